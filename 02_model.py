@@ -1,0 +1,135 @@
+"""02_model.py: one A2C policy of the swarm (the swarm runs SWARM_MODELS of these).
+
+Each model answers every observation with its action logits; the aggregation turns all models'
+logits into one action. Every reward that comes back is stored in a RolloutBuffer, and when the
+buffer is full the policy takes one A2C step on it. The evolution can read (GET) and replace (SET)
+the policy's weights as one flat vector.
+"""
+import uuid
+
+import gymnasium
+import numpy as np
+import torch
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.policies import ActorCriticPolicy
+from swergio import Trigger
+from swergio_toolbox.objects import MutableBool
+
+import swarm_common as sc
+
+COMPONENT_NAME = "model"
+COMPONENT_ID = uuid.uuid4().hex  # unique per process: the aggregation and evolution key on it
+
+# The spaces come from the environment itself instead of being written out by hand.
+_env = gymnasium.make(sc.ENV_ID)
+OBS_SPACE, ACT_SPACE = _env.observation_space, _env.action_space
+_env.close()
+
+N_STEPS = 5  # rollout length: the policy trains every 5 environment steps
+ENT_COEF, VF_COEF, MAX_GRAD_NORM = 0.0, 0.5, 0.5
+
+
+def make_policy() -> ActorCriticPolicy:
+    """The tutorial's actor-critic: two 16-unit layers for the policy and the value, Adam 7e-4."""
+    return ActorCriticPolicy(OBS_SPACE, ACT_SPACE, lr_schedule=lambda _: 7e-4,
+                             net_arch=dict(pi=[16, 16], vf=[16, 16]))
+
+
+def make_rollout_buffer() -> RolloutBuffer:
+    return RolloutBuffer(N_STEPS, OBS_SPACE, ACT_SPACE, device="cpu")
+
+
+def train(policy: ActorCriticPolicy, rollout_buffer: RolloutBuffer) -> None:
+    """One A2C update on the whole buffer (as stable-baselines3's A2C.train), then empty it."""
+    policy.set_training_mode(True)
+    for rollout_data in rollout_buffer.get(batch_size=None):
+        actions = rollout_data.actions.long().flatten()
+        values, log_prob, entropy = policy.evaluate_actions(rollout_data.observations, actions)
+        policy_loss = -(rollout_data.advantages * log_prob).mean()
+        value_loss = torch.nn.functional.mse_loss(rollout_data.returns, values.flatten())
+        entropy_loss = -torch.mean(entropy)
+        loss = policy_loss + ENT_COEF * entropy_loss + VF_COEF * value_loss
+        policy.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), MAX_GRAD_NORM)
+        policy.optimizer.step()
+    policy.set_training_mode(False)
+    rollout_buffer.reset()
+
+
+def forward(msg, policy, rollout_buffer, memory, training_enabled):
+    """Observation in, logits out. On the way: train if the buffer is full, store the last step.
+
+    `memory` carries the previous observation's tensors, because the reward and the action taken
+    for it only arrive with the next observation.
+    """
+    observation = sc.as_vector(sc.require(msg, sc.OBSERVATION), sc.OBSERVATION, OBS_SPACE.shape[0])
+    deterministic = sc.get_bool(msg, sc.DETERMINISTIC)
+    is_step = sc.REWARD in msg  # a run's first observation comes without reward/action/done
+    if is_step:
+        reward = sc.get_float(msg, sc.REWARD)
+        done = sc.get_bool(msg, sc.DONE)
+        action = sc.require(msg, sc.ACTION)
+        if not (isinstance(action, list) and len(action) == 1 and type(action[0]) is int
+                and 0 <= action[0] < ACT_SPACE.n):
+            raise sc.BadMessage(f"ACTION must be [0] or [1], got {action!r}")
+
+    if rollout_buffer.full:  # the tutorial's order: train first, then store the new step
+        if training_enabled.value:
+            rollout_buffer.compute_returns_and_advantage(last_values=memory["values"],
+                                                         dones=np.array([done if is_step else False]))
+            train(policy, rollout_buffer)
+        else:
+            rollout_buffer.reset()
+    if is_step and "obs" in memory:
+        log_prob = memory["distribution"].log_prob(torch.tensor(action))
+        rollout_buffer.add(memory["obs"], np.array(action), np.array([reward]),
+                           np.array([memory["episode_start"]]), memory["values"], log_prob)
+
+    with torch.no_grad():  # one pass through the network gives both heads
+        obs_tensor = torch.as_tensor(observation, dtype=torch.float32).unsqueeze(0)
+        latent_pi, latent_vf = policy.mlp_extractor(policy.extract_features(obs_tensor))
+        logits = policy.action_net(latent_pi)
+        values = policy.value_net(latent_vf)
+    memory.update(obs=observation.astype(np.float32), values=values, episode_start=done if is_step else True,
+                  distribution=torch.distributions.Categorical(logits=logits))
+    return {sc.LOGITS: logits[0].tolist(), sc.COMPONENT_ID: COMPONENT_ID, sc.DETERMINISTIC: deterministic}
+
+
+def send_weights(msg, policy, training_enabled):
+    """GET: answer with the weight vector and pause training until the new weights arrive."""
+    if msg.get(sc.CMD) != sc.GET:
+        return None
+    training_enabled.set(False)
+    return {sc.WEIGHTS: policy.parameters_to_vector().tolist(), sc.COMPONENT_ID: COMPONENT_ID}
+
+
+def set_weights(msg, policy, training_enabled):
+    """SET: load this model's new vector (checked first: a bad one leaves the weights as they
+    were) and resume training."""
+    if msg.get(sc.CMD) != sc.SET:
+        return None
+    all_weights = sc.require(msg, sc.WEIGHTS)
+    training_enabled.set(True)  # never stay paused, whatever the SET carried
+    if not isinstance(all_weights, dict) or COMPONENT_ID not in all_weights:
+        raise sc.BadMessage("SET carries no weights for this model; weights unchanged")
+    size = sum(p.numel() for p in policy.parameters())
+    vector = sc.as_vector(all_weights[COMPONENT_ID], f"{sc.WEIGHTS}[{COMPONENT_ID}]", size)
+    policy.load_from_vector(vector)
+    return None
+
+
+if __name__ == "__main__":
+    config = sc.setup_component(COMPONENT_NAME)
+    torch.set_num_threads(1)  # twenty models share two cores: one thread each
+    policy = make_policy()
+    client = sc.SwarmClient(COMPONENT_NAME, config, component_id=COMPONENT_ID, policy=policy,
+                            rollout_buffer=make_rollout_buffer(), memory={},
+                            training_enabled=MutableBool(True))
+    client.add_eventHandler(forward, sc.CUSTOM, responseRooms=sc.ROOM_LOGITS,
+                            trigger=Trigger(sc.CUSTOM, sc.ROOM_OBSERVATION))
+    client.add_eventHandler(send_weights, sc.CUSTOM, responseRooms=sc.ROOM_EVOLUTION,
+                            trigger=Trigger(sc.CUSTOM, sc.ROOM_EVOLUTION))
+    client.add_eventHandler(set_weights, sc.CUSTOM, responseRooms=sc.ROOM_EVOLUTION,
+                            trigger=Trigger(sc.CUSTOM, sc.ROOM_EVOLUTION))
+    client.listen()

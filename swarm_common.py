@@ -1,0 +1,595 @@
+"""What the swarm's scripts share: configuration, room and key names, message checks,
+a sturdier swergio client, and a swarm launcher that never leaves processes behind.
+
+swergio and swergio-toolbox 0.0.2 are used as they are; where they misbehave we subclass
+(never copy) them, and each override says why.
+"""
+from __future__ import annotations
+
+import atexit
+import errno
+import inspect
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from swergio import MESSAGE_TYPE, Client, Trigger
+from swergio_toolbox.swarm_control import Component, Swarm
+
+log = logging.getLogger("swarm")
+
+# --------------------------------------------------------------------------- configuration
+FORMAT = "utf-8"  # message encoding; server and clients must agree
+HEADER_LENGTH = 10  # bytes of the length header in front of every message
+ENV_ID = "CartPole-v1"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings read from the environment; `Swarm` children inherit them."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    models: int = 20
+    rounds: int = 5
+    episodes: int = 20
+    log_dir: Path = Path("logs")
+    start_timeout: float = 180.0  # launch until every component answers
+    reply_timeout: float = 120.0  # longest silence while waiting for ENV_DONE / EVO_DONE
+
+    @classmethod
+    def from_env(cls) -> "Config":
+        env = os.environ
+        return cls(
+            host=env.get("SWERGIO_HOST", cls.host),
+            port=_env_int("SWERGIO_PORT", cls.port),
+            models=_env_int("SWARM_MODELS", cls.models),
+            rounds=_env_int("SWARM_ROUNDS", cls.rounds),
+            episodes=_env_int("SWARM_EPISODES", cls.episodes),
+            log_dir=Path(env.get("SWARM_LOG_DIR", str(cls.log_dir))),
+            start_timeout=float(env.get("SWARM_START_TIMEOUT", cls.start_timeout)),
+            reply_timeout=float(env.get("SWARM_REPLY_TIMEOUT", cls.reply_timeout)),
+        )
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a whole number") from None
+
+
+# --------------------------------------------------------------------------- rooms and keys
+ROOM_CONTROL = "control"
+ROOM_OBSERVATION = "observation"
+ROOM_LOGITS = "logits"
+ROOM_ACTION = "action"
+ROOM_EVOLUTION = "evolution"
+ROOM_PING = "ping"  # ours: readiness checks, so the control never sleeps and hopes
+
+NR_OF_EPISODE = "NR_OF_EPISODE"
+DETERMINISTIC = "DETERMINISTIC"
+STATUS = "STATUS"
+AVG_SCORE = "AVG_SCORE"
+EVOLUTION = "EVOLUTION"
+OBSERVATION = "OBSERVATION"
+REWARD = "REWARD"
+DONE = "DONE"
+ACTION = "ACTION"
+LOGITS = "LOGITS"
+COMPONENT_ID = "COMPONENT_ID"
+CMD = "CMD"
+WEIGHTS = "WEIGHTS"
+CONTRIBUTION = "CONTRIBUTION"
+ROOT_ID = "ROOT_ID"  # swergio propagates it from a message to its replies: it names a run
+# Additions to the tutorial's protocol; plain clients ignore them.
+STEPS = "STEPS"  # in ENV_DONE/ENV_PROGRESS: environment steps of the run so far
+EPISODE = "EPISODE"  # in ENV_PROGRESS: episodes finished so far
+SCORE = "SCORE"  # in ENV_PROGRESS: the score of the episode that just finished
+PING = "PING"
+PONG = "PONG"
+COMPONENT = "COMPONENT"
+
+ENV_DONE = "ENV_DONE"
+ENV_PROGRESS = "ENV_PROGRESS"
+EVO_DONE = "EVO_DONE"
+GET = "GET"
+SET = "SET"
+
+CUSTOM = MESSAGE_TYPE.DATA.CUSTOM
+
+
+def custom_message(room: str, payload: dict[str, Any], root_id: str | None = None) -> dict[str, Any]:
+    """A DATA.CUSTOM message for `room`, as a plain swergio client would build it."""
+    return {
+        ROOT_ID: root_id or uuid.uuid4().hex,
+        "ID": uuid.uuid4().hex,
+        "TYPE": CUSTOM.id,
+        "TO_ROOM": room,
+        **payload,
+    }
+
+
+# --------------------------------------------------------------------------- message checks
+class BadMessage(ValueError):
+    """A message that breaks the protocol: it is logged and skipped, nothing changes."""
+
+
+def require(msg: dict[str, Any], key: str) -> Any:
+    if key not in msg:
+        raise BadMessage(f"missing key {key}")
+    return msg[key]
+
+
+def get_bool(msg: dict[str, Any], key: str) -> bool:
+    value = require(msg, key)
+    if not isinstance(value, bool):
+        raise BadMessage(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def get_int(msg: dict[str, Any], key: str, minimum: int | None = None) -> int:
+    value = require(msg, key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadMessage(f"{key} must be a whole number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise BadMessage(f"{key} must be at least {minimum}, got {value}")
+    return value
+
+
+def get_float(msg: dict[str, Any], key: str) -> float:
+    value = require(msg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadMessage(f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def get_str(msg: dict[str, Any], key: str) -> str:
+    value = require(msg, key)
+    if not isinstance(value, str) or not value:
+        raise BadMessage(f"{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def as_vector(value: Any, what: str, length: int | None = None) -> np.ndarray:
+    """A finite float vector, of `length` if given; a BadMessage otherwise."""
+    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        raise BadMessage(f"{what} must be a list of numbers")
+    vector = np.asarray(value, dtype=np.float64)
+    if length is not None and vector.shape != (length,):
+        raise BadMessage(f"{what} must have {length} numbers, got {vector.size}")
+    if not np.all(np.isfinite(vector)):
+        raise BadMessage(f"{what} contains NaN or infinite numbers")
+    return vector
+
+
+# --------------------------------------------------------------------------- component set-up
+def setup_component(name: str) -> Config:
+    """Logging to `<SWARM_LOG_DIR>/<name>.log` and, under a launcher, exit when it dies."""
+    config = Config.from_env()
+    name = os.environ.get("SWARM_COMPONENT_NAME", name)
+    config.log_dir.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [logging.FileHandler(config.log_dir / f"{name}.log")]
+    if sys.stderr.isatty():  # started by hand: show the log in the terminal too
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(
+        level=os.environ.get("SWARM_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s {name} %(levelname)s %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    watch_parent()
+    return config
+
+
+def watch_parent() -> None:
+    """Exit when the launching process dies, so a killed control or kernel leaves no orphans."""
+    parent = os.environ.get("SWARM_PARENT_PID")
+    if not parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(0.5)
+        log.warning("launcher (pid %s) is gone; exiting", parent)
+        logging.shutdown()
+        os._exit(0)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+# --------------------------------------------------------------------------- client
+class ConnectionClosed(ConnectionError):
+    """The swergio server closed the connection."""
+
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class SwarmClient(Client):
+    """swergio's Client with the failures of 0.0.2 fixed.
+
+    - connect: waits (bounded) for the server instead of failing on the first refusal.
+    - send: one write per message with TCP_NODELAY (header and body in separate writes stall
+      on Nagle's algorithm); thread-safe.
+    - receive: takes a timeout, keeps partial frames, and skips undecodable bodies instead of
+      returning False (0.0.2's listen() then disconnects the whole component).
+    - listen: handlers run in the order they were added (0.0.2 keeps them in a set), and a
+      handler that raises is logged, its message skipped, and the component keeps serving.
+    - every client answers PING in the `ping` room, so launchers can tell when it is ready.
+    """
+
+    def __init__(self, name: str, config: Config | None = None, component_id: str | None = None,
+                 connect_timeout: float = 30.0, **kwargs: Any) -> None:
+        self.config = config or Config.from_env()
+        self.component_id = component_id or uuid.uuid4().hex
+        self.connect_timeout = connect_timeout
+        self.handlers: list = []
+        self._buffer = bytearray()
+        self._send_lock = threading.Lock()
+        super().__init__(name, self.config.host, self.config.port, FORMAT, HEADER_LENGTH, **kwargs)
+        self.add_eventHandler(self._pong, CUSTOM, responseRooms=ROOM_PING, trigger=Trigger(CUSTOM, ROOM_PING))
+
+    def _pong(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        if PING in msg:
+            return {PONG: msg[PING], COMPONENT: self.name, COMPONENT_ID: self.component_id}
+        return None
+
+    def connect(self, server: str, port: int) -> socket.socket:
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            try:
+                sock = socket.create_connection((server, port), timeout=2.0)
+                break
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise ConnectionError(
+                        f"{self.name}: no swergio server at {server}:{port} after "
+                        f"{self.connect_timeout:.0f} s ({error})") from None
+                time.sleep(0.1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)
+        return sock
+
+    def send(self, message: dict[str, Any]) -> None:
+        body = json.dumps(message).encode(FORMAT)
+        frame = f"{len(body):<{HEADER_LENGTH}}".encode(FORMAT) + body
+        with self._send_lock:
+            self.client.sendall(frame)
+
+    def receive(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next message, or None when `timeout` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            frame = self._take_frame()
+            if frame is not None:
+                try:
+                    message = json.loads(frame.decode(FORMAT))
+                    if not isinstance(message, dict):
+                        raise ValueError("not a JSON object")
+                    return message
+                except (UnicodeDecodeError, ValueError) as error:
+                    log.warning("%s: skipped an undecodable message (%s): %.80r", self.name, error, bytes(frame))
+                    continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            self.client.settimeout(remaining)
+            try:
+                chunk = self.client.recv(1 << 16)
+            except socket.timeout:
+                return None
+            except OSError as error:
+                raise ConnectionClosed(f"{self.name}: connection to the server failed: {error}") from None
+            if not chunk:
+                raise ConnectionClosed(f"{self.name}: the swergio server closed the connection")
+            self._buffer += chunk
+
+    def _take_frame(self) -> bytes | None:
+        if len(self._buffer) < HEADER_LENGTH:
+            return None
+        header = bytes(self._buffer[:HEADER_LENGTH])
+        try:
+            length = int(header.decode(FORMAT).strip())
+        except (UnicodeDecodeError, ValueError):
+            length = -1
+        if not 0 <= length <= MAX_MESSAGE_BYTES:
+            # The stream cannot be re-synchronised after a broken header: give up loudly.
+            raise ConnectionClosed(f"{self.name}: malformed message header {header!r}")
+        if len(self._buffer) < HEADER_LENGTH + length:
+            return None
+        frame = bytes(self._buffer[HEADER_LENGTH:HEADER_LENGTH + length])
+        del self._buffer[:HEADER_LENGTH + length]
+        return frame
+
+    def add_eventHandler(self, handleFunction: Callable, responseType, responseRooms=None,
+                         responseComponent=None, trigger=None) -> None:
+        before = set(self.eventHandlers)
+        super().add_eventHandler(handleFunction, responseType, responseRooms, responseComponent, trigger)
+        (handler,) = self.eventHandlers - before
+        wanted = inspect.getfullargspec(handleFunction).args
+        self.handlers.append((handler, [k for k in self.kwargs if k in wanted]))
+
+    def dispatch(self, message: dict[str, Any]) -> None:
+        """Run every triggered handler on one message and send what they return."""
+        if not isinstance(message.get("TYPE"), str) or not isinstance(message.get("TO_ROOM", ""), str):
+            log.warning("%s: skipped a message without a valid TYPE/TO_ROOM: %.200r", self.name, message)
+            return
+        for handler, argument_names in self.handlers:
+            try:
+                if not handler.is_triggered(message):
+                    continue
+                responses = handler.handle(message, **{k: self.kwargs[k] for k in argument_names})
+                for response in responses or []:
+                    self.send(self.add_propagated_fields(message, response))
+            except BadMessage as error:
+                log.warning("%s: skipped message in %s from %s: %s", self.name, message.get("TO_ROOM"),
+                            message.get("SENT_BY", "?"), error)
+            except (ConnectionError, OSError):
+                raise
+            except Exception:
+                log.exception("%s: handler %s failed on a message in %s; skipped", self.name,
+                              handler.handleFunction.__name__, message.get("TO_ROOM"))
+
+    def listen(self) -> None:
+        """Serve until the server goes away."""
+        log.info("%s listening on %s:%s", self.name, self.server, self.port)
+        try:
+            while True:
+                message = self.receive()
+                if message is not None:
+                    self.dispatch(message)
+        except ConnectionClosed as reason:
+            log.info("%s; exiting", reason)
+        finally:
+            self.client.close()
+
+
+# --------------------------------------------------------------------------- control side
+class SwarmError(RuntimeError):
+    """The swarm failed; the message says which component and what to look at."""
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """A clear error, before anything starts, when the port is taken."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+    try:
+        probe.bind((host, port))
+    except OSError as error:
+        hint = "is a previous swarm still running? stop it, or set SWERGIO_PORT to a free port"
+        if error.errno == errno.EADDRINUSE:
+            raise SwarmError(f"port {port} on {host} is already in use ({hint})") from None
+        raise SwarmError(f"cannot use {host}:{port}: {error}") from None
+    finally:
+        probe.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class ManagedComponent(Component):
+    """A toolbox Component started without `python -i` and stopped for sure.
+
+    0.0.2 runs `python -i script`: a finished or crashed component then waits at an interactive
+    prompt on the inherited stdin instead of exiting, and stop() only sends SIGTERM. Here stdin
+    is closed, output goes to the component's log file, the child gets its own process group
+    (Ctrl-C reaches the control, which stops everyone in order) and knows its launcher's pid.
+    """
+
+    def __init__(self, name: str, base: Component, cwd: Path, log_dir: Path) -> None:
+        super().__init__(base.filepath, base.envpath, base.delay, base.terminal_cmd, base.python_cmd)
+        self.name, self.cwd, self.log_dir = name, cwd, log_dir
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
+    def start(self):
+        if self.process is not None and self.process.poll() is None:
+            return None  # already running
+        python = (self.envpath or "") + self.python_cmd
+        env = dict(os.environ, SWARM_PARENT_PID=str(os.getpid()), SWARM_COMPONENT_NAME=self.name,
+                   PYTHONUNBUFFERED="1")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as output:
+            self.process = subprocess.Popen([python, self.filepath], cwd=self.cwd, env=env,
+                                            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        return self.delay
+
+    def stop(self, timeout: float = 5.0) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        _signal_group(process, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            process.wait(timeout)
+
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class ManagedSwarm(Swarm):
+    """swergio-toolbox's Swarm that checks the port first, waits for readiness, and always stops.
+
+    Components run with this interpreter (so the project's .venv is used even when it is not
+    activated) unless swarm.yaml names a python_cmd. Everything it started is stopped on stop(),
+    on interpreter exit and on SIGTERM.
+    """
+
+    def __init__(self, config_file: str | os.PathLike = "swarm.yaml", settings: Config | None = None) -> None:
+        # The toolbox keeps the parsed swarm.yaml in `.config`; our environment settings are `.settings`.
+        self.settings = settings or Config.from_env()
+        self.config_path = Path(config_file).resolve()
+        super().__init__(str(self.config_path))
+        yaml_settings = self.config.get("settings") or {}
+        if "python_cmd" not in yaml_settings:
+            self.python_cmd = sys.executable
+        self.components = {name: self._managed(name, c) for name, c in self.components.items()}
+        self._started_any = False
+        atexit.register(self.stop)
+        _stop_on_sigterm()
+
+    def _managed(self, name: str, component: Component) -> ManagedComponent:
+        managed = ManagedComponent(name, component, self.config_path.parent, self.settings.log_dir.resolve())
+        if component.python_cmd == "python":  # the toolbox default: use our interpreter instead
+            managed.python_cmd = self.python_cmd
+        return managed
+
+    def add(self, name: str, filepath: str, envpath: str | None = None, delay: float | None = None,
+            terminal_cmd: str | None = None, python_cmd: str = "") -> None:
+        super().add(name, filepath, envpath, delay, terminal_cmd, python_cmd)
+        self.components[name] = self._managed(name, self.components[name])
+
+    def start(self, components: str | Iterable[str] | None = None) -> None:
+        if not self._started_any:
+            ensure_port_free(self.settings.host, self.settings.port)
+            self._started_any = True
+        try:
+            super().start(components)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, components: str | Iterable[str] | None = None) -> None:
+        """Stop components (all by default) and wait until they are gone."""
+        names = list(self.components) if components is None else [components] if isinstance(components, str) \
+            else list(components)
+        for name in names:  # signal everyone first, then wait: stopping takes one timeout, not N
+            process = self.components[name].process
+            if process is not None and process.poll() is None:
+                _signal_group(process, signal.SIGTERM)
+        for name in names:
+            self.components[name].stop()
+
+    def pids(self) -> dict[str, int]:
+        return {name: c.process.pid for name, c in self.components.items() if c.process is not None}
+
+    def raise_if_dead(self) -> None:
+        dead = [(name, c) for name, c in self.components.items() if c.exit_code() is not None]
+        if dead:
+            listing = ", ".join(f"{name} (exit code {c.exit_code()}, log {c.log_file})" for name, c in dead)
+            raise SwarmError(f"component(s) stopped unexpectedly: {listing}")
+
+    def wait_ready(self, client: SwarmClient, components: Iterable[str], models: int,
+                   timeout: float | None = None) -> float:
+        """Ping until `components` and `models` model processes answer; the seconds it took.
+
+        On failure (or Ctrl-C) the swarm is stopped before the error is raised.
+        """
+        try:
+            return self._wait_ready(client, set(components), models, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, client: SwarmClient, wanted: set[str], models: int, timeout: float | None) -> float:
+        timeout = self.settings.start_timeout if timeout is None else timeout
+        started = time.monotonic()
+        answered: set[str] = set()
+        model_ids: set[str] = set()
+        while True:
+            self.raise_if_dead()
+            nonce = uuid.uuid4().hex
+            client.send(custom_message(ROOM_PING, {PING: nonce}))
+            ping_deadline = time.monotonic() + 1.0
+            while (left := ping_deadline - time.monotonic()) > 0:
+                message = client.receive(timeout=left)
+                if message is None or message.get(PONG) != nonce:
+                    continue
+                if message.get(COMPONENT) == "model":
+                    model_ids.add(str(message.get(COMPONENT_ID)))
+                else:
+                    answered.add(str(message.get(COMPONENT)))
+            missing = sorted(wanted - answered)
+            if not missing and len(model_ids) >= models:
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                parts = missing + ([f"models ({len(model_ids)} of {models} answered)"]
+                                   if len(model_ids) < models else [])
+                raise SwarmError(f"swarm not ready after {timeout:.0f} s; no answer from: {', '.join(parts)} "
+                                 f"(logs in {self.settings.log_dir})")
+
+
+def _stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so atexit stops the swarm (only where nobody else handles it)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+class ControlClient(SwarmClient):
+    """The control's client: sends a request into `control` and waits, bounded, for its reply.
+
+    Any failure while waiting (timeout, a dead component, Ctrl-C, a notebook interrupt) stops
+    the whole swarm before the error reaches the caller: nothing is left running.
+    """
+
+    def __init__(self, swarm: ManagedSwarm | None = None, name: str = "control", **kwargs: Any) -> None:
+        self.swarm = swarm
+        try:
+            super().__init__(name, swarm.settings if swarm else None, **kwargs)
+            self.join_room(ROOM_CONTROL)
+        except BaseException:
+            if swarm is not None:
+                swarm.stop()
+            raise
+
+    def request(self, payload: dict[str, Any], until: str, timeout: float | None = None,
+                on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Send `payload` to `control`; return the reply whose STATUS is `until`.
+
+        `timeout` bounds the silence: each progress message of this request restarts it.
+        """
+        timeout = self.config.reply_timeout if timeout is None else timeout
+        root_id = uuid.uuid4().hex
+        try:
+            self.send(custom_message(ROOM_CONTROL, payload, root_id))
+            deadline = time.monotonic() + timeout
+            while True:
+                if self.swarm is not None:
+                    self.swarm.raise_if_dead()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SwarmError(f"no {until} within {timeout:.0f} s after {sorted(payload)}; "
+                                     f"see the logs in {self.config.log_dir}")
+                message = self.receive(timeout=min(1.0, left))
+                if message is None or message.get(ROOT_ID) != root_id:
+                    continue  # silence, or a reply to an earlier request
+                if message.get(STATUS) == until:
+                    return message
+                if on_progress is not None:
+                    on_progress(message)
+                deadline = time.monotonic() + timeout
+        except BaseException:
+            if self.swarm is not None:
+                self.swarm.stop()
+            raise
