@@ -1,0 +1,92 @@
+"""03_aggregation.py handlers, without sockets."""
+import numpy as np
+import pytest
+
+import swarm_common as sc
+from conftest import load_script
+
+aggregation = load_script("03_aggregation.py")
+
+
+def logits_for(p0: float) -> list[float]:
+    """Logits whose softmax gives probability p0 to action 0."""
+    return [float(np.log(p0)), float(np.log(1 - p0))]
+
+
+def logits_message(model_id, p0, deterministic=True, root_id="run-1"):
+    return {sc.COMPONENT_ID: model_id, sc.LOGITS: logits_for(p0), sc.DETERMINISTIC: deterministic,
+            sc.ROOT_ID: root_id}
+
+
+def run_step(messages, nr_of_models, memory=None, contribution=None):
+    memory = memory if memory is not None else aggregation.StepLogits()
+    contribution = contribution if contribution is not None else {}
+    replies = [aggregation.aggregate(m, memory, contribution, nr_of_models) for m in messages]
+    return replies, memory, contribution
+
+
+def test_deterministic_action_is_the_argmax_of_summed_probabilities():
+    # One confident model outweighs two lukewarm ones: a majority vote would say action 1.
+    messages = [logits_message("a", 0.99), logits_message("b", 0.4), logits_message("c", 0.4)]
+    replies, _, contribution = run_step(messages, 3)
+    assert replies[:2] == [None, None], "acted before every model had answered"
+    assert replies[2] == {sc.ACTION: [0]}
+    summed0 = 0.99 + 0.4 + 0.4
+    assert contribution["a"] == pytest.approx(0.99 / summed0)
+    assert contribution["b"] == pytest.approx(0.4 / summed0)
+    assert sum(contribution.values()) == pytest.approx(1.0)
+
+
+def test_contributions_accumulate_and_each_step_adds_one():
+    memory, contribution = aggregation.StepLogits(), {}
+    for p in [0.2, 0.7, 0.5, 0.9]:
+        run_step([logits_message("a", p), logits_message("b", 1 - p / 2)], 2, memory, contribution)
+    assert sum(contribution.values()) == pytest.approx(4.0)
+
+
+def test_sampled_action_follows_the_summed_distribution():
+    aggregation.rng = np.random.default_rng(0)
+    actions = []
+    for _ in range(4000):
+        replies, _, _ = run_step([logits_message("a", 0.9, False), logits_message("b", 0.3, False)], 2)
+        actions.append(replies[-1][sc.ACTION][0])
+    assert np.mean(np.array(actions) == 0) == pytest.approx((0.9 + 0.3) / 2, abs=0.03)
+
+
+def test_a_repeated_answer_does_not_count_twice():
+    replies, memory, _ = run_step([logits_message("a", 0.6), logits_message("a", 0.7)], 2)
+    assert replies == [None, None]
+    assert list(memory.logits) == ["a"]
+
+
+def test_answers_from_an_abandoned_run_are_ignored():
+    memory = aggregation.StepLogits()
+    run_step([logits_message("a", 0.6, root_id="old")], 2, memory)
+    run_step([logits_message("b", 0.6, root_id="new")], 2, memory)  # a new run starts
+    replies, _, _ = run_step([logits_message("a", 0.6, root_id="old")], 2, memory)  # late, stale
+    assert replies == [None] and list(memory.logits) == ["b"]
+    replies, _, _ = run_step([logits_message("a", 0.6, root_id="new")], 2, memory)
+    assert replies == [{sc.ACTION: [0]}]
+
+
+@pytest.mark.parametrize("broken", [
+    {sc.LOGITS: [0.1, 0.2], sc.DETERMINISTIC: True},
+    {sc.COMPONENT_ID: "x", sc.LOGITS: [0.1, float("nan")], sc.DETERMINISTIC: True},
+    {sc.COMPONENT_ID: "x", sc.LOGITS: "0.1,0.2", sc.DETERMINISTIC: True},
+    {sc.COMPONENT_ID: "x", sc.LOGITS: [0.1, 0.2, 0.3], sc.DETERMINISTIC: True},
+    {sc.COMPONENT_ID: "x", sc.LOGITS: [0.1, 0.2], sc.DETERMINISTIC: "yes"},
+])
+def test_bad_logits_do_not_count_towards_the_step(broken):
+    memory, contribution = aggregation.StepLogits(), {}
+    run_step([logits_message("a", 0.6, root_id=None)], 2, memory, contribution)
+    with pytest.raises(sc.BadMessage):
+        aggregation.aggregate(broken, memory, contribution, 2)
+    assert list(memory.logits) == ["a"] and contribution == {}
+
+
+def test_get_hands_over_the_contributions_and_clears_them():
+    contribution = {"a": 1.5, "b": 0.5}
+    reply = aggregation.send_contribution({sc.CMD: sc.GET}, contribution)
+    assert reply == {sc.CONTRIBUTION: {"a": 1.5, "b": 0.5}}
+    assert contribution == {}
+    assert aggregation.send_contribution({sc.CMD: sc.SET}, {"a": 1.0}) is None

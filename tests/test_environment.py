@@ -1,0 +1,99 @@
+"""04_environment.py handlers, without sockets: episode accounting and AVG_SCORE."""
+import gymnasium
+import numpy as np
+import pytest
+
+import swarm_common as sc
+from conftest import load_script
+
+environment = load_script("04_environment.py")
+
+
+@pytest.fixture
+def cartpole():
+    return environment.CartPole(gymnasium.make(sc.ENV_ID))
+
+
+def request(episodes, deterministic=False, root_id="run-1"):
+    return {sc.NR_OF_EPISODE: episodes, sc.DETERMINISTIC: deterministic, sc.ROOT_ID: root_id}
+
+
+def play(cartpole, root_id="run-1", policy=lambda obs: int(obs[2] > 0), max_steps=10_000):
+    """Answer observations like the swarm would, until ENV_DONE; every message the env sent."""
+    sent_to_models, sent_to_control = [], []
+    observation = None
+    for _ in range(max_steps):
+        action = [policy(observation) if observation is not None else 0]
+        reply = environment.step({sc.ACTION: action, sc.ROOT_ID: root_id}, cartpole)
+        report = environment.report({}, cartpole)
+        if reply is not None:
+            sent_to_models.append(reply)
+            observation = reply[sc.OBSERVATION]
+        if report is not None:
+            sent_to_control.append(report)
+            if report[sc.STATUS] == sc.ENV_DONE:
+                return sent_to_models, sent_to_control
+    raise AssertionError("no ENV_DONE")
+
+
+def test_a_run_starts_with_a_first_observation(cartpole):
+    reply = environment.start_run(request(3, deterministic=True), cartpole)
+    assert len(reply[sc.OBSERVATION]) == 4
+    assert reply[sc.DETERMINISTIC] is True and reply[sc.ROOT_ID] == "run-1"
+    assert sc.REWARD not in reply
+
+
+def test_episode_accounting_and_avg_score(cartpole):
+    environment.start_run(request(3), cartpole)
+    to_models, to_control = play(cartpole)
+    dones = [i for i, m in enumerate(to_models) if m[sc.DONE]]
+    assert len(dones) == 3, "exactly the requested number of episodes"
+    lengths = np.diff([-1] + dones)  # CartPole pays 1 per step: an episode's score is its length
+    assert [r[sc.STATUS] for r in to_control] == [sc.ENV_PROGRESS, sc.ENV_PROGRESS, sc.ENV_DONE]
+    assert to_control[-1][sc.AVG_SCORE] == pytest.approx(lengths.mean())
+    assert to_control[-1][sc.STEPS] == len(to_models)
+    assert all(m[sc.REWARD] == 1.0 and m[sc.ROOT_ID] == "run-1" for m in to_models)
+    # After the run, further actions are ignored.
+    assert environment.step({sc.ACTION: [0], sc.ROOT_ID: "run-1"}, cartpole) is None
+
+
+def test_after_done_the_observation_is_the_next_episodes_first(cartpole):
+    environment.start_run(request(2), cartpole)
+    to_models, _ = play(cartpole, policy=lambda obs: 0)  # always push left: short episodes
+    first_done = next(m for m in to_models if m[sc.DONE])
+    assert max(abs(x) for x in first_done[sc.OBSERVATION]) <= 0.05  # reset draws from ±0.05
+
+
+def test_a_new_request_abandons_the_run_in_progress(cartpole):
+    environment.start_run(request(5, root_id="old"), cartpole)
+    environment.step({sc.ACTION: [0], sc.ROOT_ID: "old"}, cartpole)
+    environment.start_run(request(1, root_id="new"), cartpole)
+    assert environment.step({sc.ACTION: [0], sc.ROOT_ID: "old"}, cartpole) is None
+    _, to_control = play(cartpole, root_id="new")
+    assert [r[sc.ROOT_ID] for r in to_control] == ["new"]
+
+
+def test_other_control_messages_are_not_runs(cartpole):
+    assert environment.start_run({sc.EVOLUTION: True}, cartpole) is None
+    assert cartpole.run is None
+    assert environment.step({sc.ACTION: [0]}, cartpole) is None  # no run: nothing to step
+
+
+@pytest.mark.parametrize("broken", [
+    {sc.NR_OF_EPISODE: 0, sc.DETERMINISTIC: False},
+    {sc.NR_OF_EPISODE: "3", sc.DETERMINISTIC: False},
+    {sc.NR_OF_EPISODE: True, sc.DETERMINISTIC: False},
+    {sc.NR_OF_EPISODE: 2},
+])
+def test_bad_requests_are_rejected(cartpole, broken):
+    with pytest.raises(sc.BadMessage):
+        environment.start_run(broken, cartpole)
+    assert cartpole.run is None
+
+
+@pytest.mark.parametrize("action", [[2], [0, 1], 1, ["0"], [True], [0.0]])
+def test_bad_actions_are_rejected_and_do_not_step(cartpole, action):
+    environment.start_run(request(1), cartpole)
+    with pytest.raises(sc.BadMessage):
+        environment.step({sc.ACTION: action, sc.ROOT_ID: "run-1"}, cartpole)
+    assert cartpole.run.steps == 0

@@ -1,0 +1,108 @@
+"""05_evolution.py handlers, without sockets: one request, one evolution over fresh data."""
+import random
+
+import numpy as np
+import pytest
+
+import swarm_common as sc
+from conftest import load_script
+
+evolution_script = load_script("05_evolution.py")
+
+
+def answers(root_id, vectors, contribution):
+    msgs = [{sc.WEIGHTS: v.tolist(), sc.COMPONENT_ID: k, sc.ROOT_ID: root_id} for k, v in vectors.items()]
+    return msgs + [{sc.CONTRIBUTION: contribution, sc.ROOT_ID: root_id}]
+
+
+def feed(evolution, messages):
+    """Deliver messages as SwarmClient would: collect, then report, per message."""
+    sets, dones = [], []
+    for msg in messages:
+        reply = evolution_script.collect(msg, evolution)
+        report = evolution_script.report(msg, evolution)
+        sets += [reply] if reply else []
+        dones += [report] if report else []
+    return sets, dones
+
+
+def population(n, length, seed):
+    rng = np.random.default_rng(seed)
+    return {f"model{i}": rng.normal(size=length) for i in range(n)}
+
+
+def test_one_request_gives_one_evolution_and_one_evo_done():
+    evolution = evolution_script.Evolution(nr_of_models=4)
+    get = evolution_script.start_evolution({sc.EVOLUTION: True, sc.ROOT_ID: "request-1"}, evolution)
+    assert get[sc.CMD] == sc.GET
+    vectors = population(4, 11, seed=0)
+    messages = answers(get[sc.ROOT_ID], vectors, {k: 1.0 for k in vectors})
+    sets, dones = feed(evolution, messages + messages)  # duplicates arrive late: no second round
+    assert len(sets) == 1 and len(dones) == 1
+    assert dones[0] == {sc.STATUS: sc.EVO_DONE, sc.ROOT_ID: "request-1"}
+    new_weights = sets[0][sc.WEIGHTS]
+    assert sets[0][sc.CMD] == sc.SET and set(new_weights) == set(vectors)
+    assert all(len(v) == 11 for v in new_weights.values()), "genome length comes from the vectors"
+
+
+def test_the_set_waits_for_every_model_and_the_contribution():
+    evolution = evolution_script.Evolution(nr_of_models=3)
+    get = evolution_script.start_evolution({sc.EVOLUTION: True}, evolution)
+    messages = answers(get[sc.ROOT_ID], population(3, 5, seed=1), {"model0": 1.0})
+    assert feed(evolution, messages[:-1]) == ([], [])  # all weights, no contribution yet
+    sets, dones = feed(evolution, messages[-1:])
+    assert len(sets) == 1 and len(dones) == 1
+
+
+def test_a_second_request_uses_fresh_data_only():
+    evolution = evolution_script.Evolution(nr_of_models=2)
+    first = evolution_script.start_evolution({sc.EVOLUTION: True, sc.ROOT_ID: "r1"}, evolution)
+    feed(evolution, answers(first[sc.ROOT_ID], population(2, 5, seed=2), {}))
+    second = evolution_script.start_evolution({sc.EVOLUTION: True, sc.ROOT_ID: "r2"}, evolution)
+    assert second[sc.ROOT_ID] != first[sc.ROOT_ID]
+    assert evolution.weights == {} and evolution.contribution is None
+    stale = answers(first[sc.ROOT_ID], population(2, 5, seed=3), {})
+    assert feed(evolution, stale) == ([], []), "answers to the first GET must not start the second"
+    fresh = population(2, 5, seed=4)
+    sets, dones = feed(evolution, answers(second[sc.ROOT_ID], fresh, {}))
+    assert len(sets) == 1 and dones == [{sc.STATUS: sc.EVO_DONE, sc.ROOT_ID: "r2"}]
+    # Every gene of the new population comes from the fresh vectors (crossover/selection only,
+    # bar the rare mutation).
+    fresh_genes = np.stack(list(fresh.values()))
+    genes = np.array(list(sets[0][sc.WEIGHTS].values()))
+    from_fresh = np.isclose(genes[:, None, :], fresh_genes[None, :, :]).any(axis=1)
+    assert from_fresh.mean() > 0.9
+
+
+def test_fitter_models_leave_more_genes():
+    random.seed(0)
+    vectors = {f"model{i}": np.full(20, float(i)) for i in range(10)}
+    contribution = {k: (100.0 if k == "model9" else 1.0) for k in vectors}
+    counts = []
+    for _ in range(50):
+        children = np.array(list(evolution_script.evolve(vectors, contribution).values()))
+        counts.append(np.mean(children == 9.0))
+    assert np.mean(counts) > 0.2  # ten times its 1/10 share would be 1.0; a lottery gives 0.1
+
+
+def test_other_control_messages_start_nothing():
+    evolution = evolution_script.Evolution(nr_of_models=1)
+    assert evolution_script.start_evolution({sc.NR_OF_EPISODE: 1}, evolution) is None
+    assert evolution_script.start_evolution({sc.EVOLUTION: False}, evolution) is None
+    assert evolution.root_id is None
+
+
+@pytest.mark.parametrize("broken", [
+    {sc.WEIGHTS: [1.0, float("nan")], sc.COMPONENT_ID: "model1"},
+    {sc.WEIGHTS: [1.0, 2.0, 3.0], sc.COMPONENT_ID: "model1"},  # the others have 2 genes
+    {sc.WEIGHTS: [1.0, 2.0]},
+    {sc.CONTRIBUTION: {"model0": "lots"}},
+    {sc.CONTRIBUTION: [1.0]},
+])
+def test_bad_answers_are_rejected_and_not_stored(broken):
+    evolution = evolution_script.Evolution(nr_of_models=2)
+    get = evolution_script.start_evolution({sc.EVOLUTION: True}, evolution)
+    feed(evolution, [{sc.WEIGHTS: [0.0, 0.0], sc.COMPONENT_ID: "model0", sc.ROOT_ID: get[sc.ROOT_ID]}])
+    with pytest.raises(sc.BadMessage):
+        evolution_script.collect({**broken, sc.ROOT_ID: get[sc.ROOT_ID]}, evolution)
+    assert list(evolution.weights) == ["model0"] and evolution.contribution is None

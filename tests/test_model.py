@@ -1,0 +1,112 @@
+"""02_model.py handlers, without sockets."""
+import numpy as np
+import pytest
+from swergio_toolbox.objects import MutableBool
+
+import swarm_common as sc
+from conftest import load_script
+
+model = load_script("02_model.py")
+
+
+@pytest.fixture
+def parts():
+    return dict(policy=model.make_policy(), rollout_buffer=model.make_rollout_buffer(), memory={},
+                training_enabled=MutableBool(True))
+
+
+def observation_message(step=None, deterministic=False):
+    rng = np.random.default_rng(step or 0)
+    msg = {sc.OBSERVATION: rng.normal(0, 0.05, 4).tolist(), sc.DETERMINISTIC: deterministic}
+    if step is not None:
+        msg.update({sc.REWARD: 1.0, sc.DONE: False, sc.ACTION: [step % 2]})
+    return msg
+
+
+def test_forward_answers_with_two_logits_and_its_id(parts):
+    reply = model.forward(observation_message(deterministic=True), **parts)
+    assert len(reply[sc.LOGITS]) == 2 and all(np.isfinite(reply[sc.LOGITS]))
+    assert reply[sc.COMPONENT_ID] == model.COMPONENT_ID
+    assert reply[sc.DETERMINISTIC] is True
+
+
+def test_forward_logits_are_the_policys_action_logits(parts):
+    msg = observation_message()
+    reply = model.forward(msg, **parts)
+    import torch
+    obs = torch.tensor([msg[sc.OBSERVATION]], dtype=torch.float32)
+    expected = parts["policy"].get_distribution(obs).distribution.logits[0]
+    # The categorical distribution normalises logits; compare as probabilities.
+    assert np.allclose(np.exp(reply[sc.LOGITS]) / np.exp(reply[sc.LOGITS]).sum(), expected.exp().detach().numpy(), atol=1e-6)
+
+
+def test_training_happens_every_five_steps_and_changes_the_weights(parts):
+    initial = parts["policy"].parameters_to_vector().copy()
+    model.forward(observation_message(), **parts)
+    for step in range(1, 6):
+        model.forward(observation_message(step), **parts)
+    assert parts["rollout_buffer"].full
+    assert np.array_equal(parts["policy"].parameters_to_vector(), initial), "trained before the buffer was used"
+    model.forward(observation_message(6), **parts)  # the buffer is full: train on it, then store
+    assert not np.array_equal(parts["policy"].parameters_to_vector(), initial)
+    assert parts["rollout_buffer"].pos == 1  # emptied by training, then the new step stored
+
+
+def test_get_returns_the_weight_vector_and_pauses_training(parts):
+    reply = model.send_weights({sc.CMD: sc.GET}, parts["policy"], parts["training_enabled"])
+    assert len(reply[sc.WEIGHTS]) == 755  # CartPole: 4 inputs, 2 actions, pi/vf [16, 16]
+    assert np.allclose(reply[sc.WEIGHTS], parts["policy"].parameters_to_vector())
+    assert reply[sc.COMPONENT_ID] == model.COMPONENT_ID
+    assert parts["training_enabled"].value is False
+    # Paused: a full buffer is thrown away instead of trained on.
+    initial = parts["policy"].parameters_to_vector().copy()
+    for step in [None, 1, 2, 3, 4, 5, 6]:
+        model.forward(observation_message(step), **parts)
+    assert np.array_equal(parts["policy"].parameters_to_vector(), initial)
+
+
+def test_get_ignores_other_commands(parts):
+    assert model.send_weights({sc.CMD: sc.SET}, parts["policy"], parts["training_enabled"]) is None
+    assert parts["training_enabled"].value is True
+
+
+def test_set_loads_exactly_that_vector_and_resumes_training(parts):
+    parts["training_enabled"].set(False)
+    vector = np.random.default_rng(1).normal(size=755).astype(np.float32)
+    msg = {sc.CMD: sc.SET, sc.WEIGHTS: {model.COMPONENT_ID: vector.tolist(), "another-model": [0.0] * 755}}
+    model.set_weights(msg, parts["policy"], parts["training_enabled"])
+    assert np.array_equal(parts["policy"].parameters_to_vector(), vector)
+    assert parts["training_enabled"].value is True
+
+
+@pytest.mark.parametrize("weights", [
+    "not a dict",
+    {"someone-else": [0.0] * 755},
+    {"ME": [0.0] * 754},
+    {"ME": [0.0] * 754 + [float("nan")]},
+    {"ME": [0.0] * 754 + ["x"]},
+])
+def test_a_bad_set_leaves_the_weights_as_they_were(parts, weights):
+    if isinstance(weights, dict) and "ME" in weights:
+        weights = {model.COMPONENT_ID: weights["ME"]}
+    before = parts["policy"].parameters_to_vector().copy()
+    with pytest.raises(sc.BadMessage):
+        model.set_weights({sc.CMD: sc.SET, sc.WEIGHTS: weights}, parts["policy"], parts["training_enabled"])
+    assert np.array_equal(parts["policy"].parameters_to_vector(), before)
+
+
+@pytest.mark.parametrize("broken", [
+    {sc.OBSERVATION: [0.0, 0.0, 0.0], sc.DETERMINISTIC: False},
+    {sc.OBSERVATION: [0.0, 0.0, float("inf"), 0.0], sc.DETERMINISTIC: False},
+    {sc.OBSERVATION: [0.0] * 4},
+    {sc.DETERMINISTIC: False},
+    {sc.OBSERVATION: [0.0] * 4, sc.DETERMINISTIC: False, sc.REWARD: 1.0, sc.DONE: False, sc.ACTION: [7]},
+    {sc.OBSERVATION: [0.0] * 4, sc.DETERMINISTIC: False, sc.REWARD: "1", sc.DONE: False, sc.ACTION: [0]},
+])
+def test_a_bad_observation_is_rejected_without_touching_the_state(parts, broken):
+    model.forward(observation_message(), **parts)
+    memory_before = dict(parts["memory"])
+    with pytest.raises(sc.BadMessage):
+        model.forward(broken, **parts)
+    assert parts["rollout_buffer"].pos == 0
+    assert parts["memory"]["obs"] is memory_before["obs"]
