@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import faulthandler
 import inspect
 import json
 import logging
@@ -62,6 +63,13 @@ class Config:
             start_timeout=float(env.get("SWARM_START_TIMEOUT", cls.start_timeout)),
             reply_timeout=float(env.get("SWARM_REPLY_TIMEOUT", cls.reply_timeout)),
         )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings in a child process."""
+        return {"SWERGIO_HOST": self.host, "SWERGIO_PORT": str(self.port), "SWARM_MODELS": str(self.models),
+                "SWARM_ROUNDS": str(self.rounds), "SWARM_EPISODES": str(self.episodes),
+                "SWARM_LOG_DIR": str(self.log_dir), "SWARM_START_TIMEOUT": str(self.start_timeout),
+                "SWARM_REPLY_TIMEOUT": str(self.reply_timeout)}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -193,6 +201,8 @@ def setup_component(name: str) -> Config:
         handlers=handlers,
         force=True,
     )
+    # `kill -USR1 <pid>` writes every thread's stack to the log: the first look at a hang.
+    faulthandler.register(signal.SIGUSR1, file=handlers[0].stream, all_threads=True)
     watch_parent()
     return config
 
@@ -395,9 +405,10 @@ class ManagedComponent(Component):
     (Ctrl-C reaches the control, which stops everyone in order) and knows its launcher's pid.
     """
 
-    def __init__(self, name: str, base: Component, cwd: Path, log_dir: Path) -> None:
+    def __init__(self, name: str, base: Component, cwd: Path, settings: Config) -> None:
         super().__init__(base.filepath, base.envpath, base.delay, base.terminal_cmd, base.python_cmd)
-        self.name, self.cwd, self.log_dir = name, cwd, log_dir
+        self.name, self.cwd, self.settings = name, cwd, settings
+        self.log_dir = settings.log_dir.resolve()
 
     @property
     def log_file(self) -> Path:
@@ -407,8 +418,9 @@ class ManagedComponent(Component):
         if self.process is not None and self.process.poll() is None:
             return None  # already running
         python = (self.envpath or "") + self.python_cmd
-        env = dict(os.environ, SWARM_PARENT_PID=str(os.getpid()), SWARM_COMPONENT_NAME=self.name,
-                   PYTHONUNBUFFERED="1")
+        # The launcher's settings win over whatever the environment says: one swarm, one config.
+        env = {**os.environ, **self.settings.to_env(), "SWARM_LOG_DIR": str(self.log_dir),
+               "SWARM_PARENT_PID": str(os.getpid()), "SWARM_COMPONENT_NAME": self.name, "PYTHONUNBUFFERED": "1"}
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as output:
             self.process = subprocess.Popen([python, self.filepath], cwd=self.cwd, env=env,
@@ -460,7 +472,7 @@ class ManagedSwarm(Swarm):
         _stop_on_sigterm()
 
     def _managed(self, name: str, component: Component) -> ManagedComponent:
-        managed = ManagedComponent(name, component, self.config_path.parent, self.settings.log_dir.resolve())
+        managed = ManagedComponent(name, component, self.config_path.parent, self.settings)
         if component.python_cmd == "python":  # the toolbox default: use our interpreter instead
             managed.python_cmd = self.python_cmd
         return managed

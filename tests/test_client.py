@@ -1,0 +1,169 @@
+"""SwarmClient and the server script on real loopback sockets (server in a thread)."""
+import logging
+import socket
+import threading
+import time
+
+import pytest
+from swergio import Client, Trigger
+
+import swarm_common as sc
+from conftest import load_script
+
+server_script = load_script("01_server.py")
+
+
+@pytest.fixture
+def config():
+    port = sc.free_port()
+    server = server_script.QuietServer("127.0.0.1", port, sc.FORMAT, sc.HEADER_LENGTH, enable_logging=False)
+    server.server.listen()  # listening before the thread starts: plain clients do not retry
+    threading.Thread(target=server.start, daemon=True).start()
+    yield sc.Config(port=port)
+    server.server.close()
+
+
+def serve(client):
+    thread = threading.Thread(target=client.listen, daemon=True)
+    thread.start()
+    return thread
+
+
+def receive_in(client, room, timeout=5.0):
+    """The next message in `room` (everyone also hears the others' join commands)."""
+    deadline = time.monotonic() + timeout
+    while (message := client.receive(timeout=deadline - time.monotonic())) is not None:
+        if message.get("TO_ROOM") == room:
+            return message
+    raise AssertionError(f"nothing in {room}")
+
+
+def wait_for(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def test_handlers_run_in_the_order_they_were_added(config):
+    seen = []
+    receiver = sc.SwarmClient("receiver", config)
+    for index in range(6):
+        receiver.add_eventHandler(lambda msg, i=index: seen.append(i), sc.CUSTOM,
+                                  trigger=Trigger(sc.CUSTOM, "room"))
+    sender = sc.SwarmClient("sender", config)
+    sender.join_room("room")
+    serve(receiver)
+    sender.send(sc.custom_message("room", {"X": 1}))
+    wait_for(lambda: len(seen) == 6)
+    assert seen == list(range(6))
+    sender.close(), receiver.close()
+
+
+def test_a_failing_handler_is_logged_and_the_client_keeps_serving(config, caplog):
+    handled = []
+
+    def picky(msg):
+        if msg["X"] < 0:
+            raise sc.BadMessage("X must not be negative")
+        if msg["X"] == 0:
+            raise ZeroDivisionError("boom")
+        handled.append(msg["X"])
+        return {"ECHO": msg["X"]}
+
+    receiver = sc.SwarmClient("receiver", config)
+    receiver.add_eventHandler(picky, sc.CUSTOM, responseRooms="out", trigger=Trigger(sc.CUSTOM, "in"))
+    sender = sc.SwarmClient("sender", config)
+    sender.join_room("in"), sender.join_room("out")
+    serve(receiver)
+    with caplog.at_level(logging.WARNING, logger="swarm"):
+        for x in [-1, 0, 5]:
+            sender.send(sc.custom_message("in", {"X": x}, root_id="r"))
+        reply = receive_in(sender, "out")
+    assert reply["ECHO"] == 5 and reply[sc.ROOT_ID] == "r" and reply["SENT_BY"] == "receiver"
+    assert handled == [5]
+    assert "X must not be negative" in caplog.text and "boom" in caplog.text
+    sender.close(), receiver.close()
+
+
+def test_a_message_to_an_empty_room_does_not_disconnect_the_sender(config):
+    sender = sc.SwarmClient("sender", config)
+    listener = sc.SwarmClient("listener", config)
+    listener.join_room("room")
+    time.sleep(0.2)  # let the join arrive before the message
+    sender.send(sc.custom_message("nobody-here", {"X": 1}))
+    sender.send(sc.custom_message("room", {"X": 2}))
+    assert receive_in(listener, "room")["X"] == 2
+    sender.close(), listener.close()
+
+
+def test_a_plain_swergio_client_reads_our_messages(config):
+    plain = Client("plain", "127.0.0.1", config.port)
+    plain.join_room("room")
+    ours = sc.SwarmClient("ours", config)
+    time.sleep(0.2)
+    ours.send(sc.custom_message("room", {sc.WEIGHTS: list(range(2000))}))
+    while (message := plain.receive()).get("TO_ROOM") != "room":
+        pass
+    assert message[sc.WEIGHTS] == list(range(2000)) and message["SENT_BY"] == "ours"
+    plain.close(), ours.close()
+
+
+def test_receive_times_out_with_none(config):
+    client = sc.SwarmClient("idle", config)
+    began = time.monotonic()
+    assert client.receive(timeout=0.3) is None
+    assert 0.25 < time.monotonic() - began < 2
+
+
+def test_connecting_to_nothing_fails_clearly_and_in_time():
+    port = sc.free_port()
+    began = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"no swergio server at 127.0.0.1:{port}"):
+        sc.SwarmClient("lonely", sc.Config(port=port), connect_timeout=1.0)
+    assert time.monotonic() - began < 5
+
+
+@pytest.fixture
+def raw_peer():
+    """A fake server: accepts one SwarmClient and lets the test write raw bytes to it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted = {}
+    threading.Thread(target=lambda: accepted.setdefault("sock", listener.accept()[0]), daemon=True).start()
+    client = sc.SwarmClient("client", sc.Config(port=port))
+    wait_for(lambda: "sock" in accepted)
+    yield client, accepted["sock"]
+    accepted["sock"].close(), listener.close()
+
+
+def frame(body: bytes) -> bytes:
+    return f"{len(body):<{sc.HEADER_LENGTH}}".encode() + body
+
+
+def test_undecodable_bodies_are_skipped_and_split_frames_reassembled(raw_peer, caplog):
+    client, peer = raw_peer
+    good = frame(b'{"TYPE": "DATA/CUSTOM", "X": 1}')
+    with caplog.at_level(logging.WARNING, logger="swarm"):
+        peer.sendall(frame(b"not json") + frame(b"[1, 2]") + frame(b"\xff\xfe") + good[:7])
+        time.sleep(0.1)
+        peer.sendall(good[7:])
+        assert client.receive(timeout=5) == {"TYPE": "DATA/CUSTOM", "X": 1}
+    assert caplog.text.count("undecodable") == 3
+
+
+@pytest.mark.parametrize("header", [b"abcdefghij", b"-5        ", b"9999999999"])
+def test_a_broken_header_closes_the_connection_loudly(raw_peer, header):
+    client, peer = raw_peer
+    peer.sendall(header + b"{}")
+    with pytest.raises(sc.ConnectionClosed, match="malformed message header"):
+        client.receive(timeout=5)
+
+
+def test_listen_returns_when_the_server_goes_away(raw_peer):
+    client, peer = raw_peer
+    thread = serve(client)
+    peer.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive()

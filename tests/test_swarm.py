@@ -1,0 +1,191 @@
+"""The swarm as real processes on a free loopback port, launched the tutorial's way by Swarm."""
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import swarm_common as sc
+from conftest import ROOT
+
+COMPONENTS = ["aggregation", "environment", "evolution"]
+
+
+def start_swarm(config, models):
+    swarm = sc.ManagedSwarm(ROOT / "swarm.yaml", dataclasses.replace(config, models=models))
+    swarm.start()
+    for i in range(models):
+        swarm.add(f"model{i}", "02_model.py")
+        swarm.start(f"model{i}")
+    return swarm
+
+
+def assert_all_gone(pids):
+    alive = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"still running: {alive}"
+
+
+def drain(client, seconds, room=None):
+    """Every message `client` receives in `seconds` (in `room`, if given)."""
+    messages, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        message = client.receive(timeout=left)
+        if message is not None and (room is None or message.get("TO_ROOM") == room):
+            messages.append(message)
+    return messages
+
+
+def get_weights(probe, models):
+    """Ask the models for their weights like the evolution does; {model id: vector}."""
+    root_id = "probe-" + str(time.monotonic())
+    probe.send(sc.custom_message(sc.ROOM_EVOLUTION, {sc.CMD: sc.GET}, root_id))
+    weights, deadline = {}, time.monotonic() + 30
+    while len(weights) < models and time.monotonic() < deadline:
+        message = probe.receive(timeout=1)
+        if message and message.get(sc.ROOT_ID) == root_id and sc.WEIGHTS in message:
+            weights[message[sc.COMPONENT_ID]] = np.array(message[sc.WEIGHTS])
+    assert len(weights) == models, f"{len(weights)} of {models} models answered GET"
+    return weights
+
+
+def set_weights(probe, weights):
+    probe.send(sc.custom_message(sc.ROOM_EVOLUTION, {sc.CMD: sc.SET, sc.WEIGHTS: {k: v.tolist() for k, v in weights.items()}}))
+
+
+def test_episodes_evolution_and_evaluation_end_to_end(swarm_env):
+    models = 3
+    swarm = start_swarm(swarm_env, models)
+    pids = list(swarm.pids().values())
+    try:
+        control = sc.ControlClient(swarm)
+        probe = sc.SwarmClient("probe", swarm_env)  # watches the evolution room like a plain client
+        probe.join_room(sc.ROOM_EVOLUTION)
+        swarm.wait_ready(control, COMPONENTS, models)
+
+        initial = get_weights(probe, models)
+        set_weights(probe, initial)  # resume training, weights unchanged
+
+        reply = control.request({sc.NR_OF_EPISODE: 3, sc.DETERMINISTIC: False}, until=sc.ENV_DONE)
+        assert 8 <= reply[sc.AVG_SCORE] <= 500 and reply[sc.STEPS] >= 24  # CartPole: 8..500 per episode
+        drain(probe, 0.5)
+
+        control.request({sc.EVOLUTION: True}, until=sc.EVO_DONE)
+        late_replies = drain(control, 1.5, sc.ROOM_CONTROL)
+        assert not [m for m in late_replies if m.get(sc.STATUS) == sc.EVO_DONE], "more than one EVO_DONE"
+        seen = drain(probe, 1.0, sc.ROOM_EVOLUTION)
+        answers = {m[sc.COMPONENT_ID]: np.array(m[sc.WEIGHTS]) for m in seen if sc.WEIGHTS in m and sc.CMD not in m}
+        sets = [m for m in seen if m.get(sc.CMD) == sc.SET]
+        assert set(answers) == set(initial), "every model answered the evolution's GET"
+        assert any(not np.allclose(answers[k], initial[k]) for k in initial), "training changed no weights"
+        assert len(sets) == 1, f"{len(sets)} SET messages for one EVOLUTION"
+        new_weights = {k: np.array(v) for k, v in sets[0][sc.WEIGHTS].items()}
+        assert set(new_weights) == set(initial) and all(len(v) == 755 for v in new_weights.values())
+        assert [m for m in seen if sc.CONTRIBUTION in m], "the aggregation sent no contribution"
+
+        loaded = get_weights(probe, models)  # the models now hold exactly what the SET carried
+        for model_id, vector in new_weights.items():
+            assert np.allclose(loaded[model_id], vector.astype(np.float32), rtol=0, atol=1e-6)
+        set_weights(probe, loaded)
+
+        reply = control.request({sc.NR_OF_EPISODE: 1, sc.DETERMINISTIC: True}, until=sc.ENV_DONE)
+        assert 8 <= reply[sc.AVG_SCORE] <= 500
+    finally:
+        swarm.stop()
+    assert_all_gone(pids)
+
+
+def test_a_port_in_use_is_reported_before_anything_starts(swarm_env):
+    with socket.create_server((swarm_env.host, swarm_env.port)):
+        swarm = sc.ManagedSwarm(ROOT / "swarm.yaml", swarm_env)
+        with pytest.raises(sc.SwarmError, match=f"port {swarm_env.port} on 127.0.0.1 is already in use"):
+            swarm.start()
+    assert swarm.pids() == {}
+
+
+def test_waiting_for_readiness_names_what_is_missing(swarm_env):
+    swarm = sc.ManagedSwarm(ROOT / "swarm.yaml", swarm_env)
+    swarm.start("server")
+    pids = list(swarm.pids().values())
+    control = sc.ControlClient(swarm)
+    began = time.monotonic()
+    with pytest.raises(sc.SwarmError, match=r"no answer from: aggregation, models \(0 of 2 answered\)"):
+        swarm.wait_ready(control, ["aggregation"], models=2, timeout=3)
+    assert time.monotonic() - began < 10
+    assert_all_gone(pids)  # a failed start stops the swarm
+
+
+def component_swarm(tmp_path, config, source):
+    (tmp_path / "component.py").write_text(textwrap.dedent(source))
+    (tmp_path / "swarm.yaml").write_text("settings: {}\ncomponents:\n  component:\n    filepath: component.py\n")
+    swarm = sc.ManagedSwarm(tmp_path / "swarm.yaml", config)
+    swarm.start()
+    return swarm
+
+
+def test_a_crashed_component_exits_and_is_reported(swarm_env, tmp_path):
+    # swergio-toolbox would run `python -i component.py`: a crash leaves an interactive prompt.
+    swarm = component_swarm(tmp_path, swarm_env, "raise SystemExit(3)\n")
+    swarm.components["component"].process.wait(timeout=10)
+    with pytest.raises(sc.SwarmError, match=r"component \(exit code 3, log .*component.log\)"):
+        swarm.raise_if_dead()
+
+
+def test_stop_kills_a_component_that_ignores_sigterm(swarm_env, tmp_path):
+    swarm = component_swarm(tmp_path, swarm_env, """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+        time.sleep(120)
+    """)
+    log = swarm_env.log_dir / "component.log"
+    deadline = time.monotonic() + 10
+    while "ready" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = swarm.pids()["component"]
+    began = time.monotonic()
+    swarm.stop()
+    assert time.monotonic() - began < 10
+    assert_all_gone([pid])
+
+
+def run_control(env_overrides, **popen):
+    env = {**os.environ, "SWARM_MODELS": "2", "SWARM_ROUNDS": "1", "SWARM_EPISODES": "2", **env_overrides}
+    return subprocess.Popen([sys.executable, "06_control.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_the_control_script_runs_the_tutorial_loop(swarm_env):
+    process = run_control({})
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "ROUND 1/1" in output and "after evolution" in output and "swarm stopped" in output
+    assert "evolution step done" in output and "steps/s" in output
+    assert (swarm_env.log_dir / "scores.png").stat().st_size > 1000
+    assert "[BROADCAST]" not in output, "server chatter reached the console"
+
+
+def test_ctrl_c_stops_the_whole_swarm(swarm_env):
+    process = run_control({"SWARM_EPISODES": "1000"})  # long enough to interrupt mid-training
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("ROUND 1"):
+            break
+    else:
+        pytest.fail("".join(lines))
+    launched = [p.pid for p in psutil.Process(process.pid).children()]
+    assert len(launched) == 6  # server, 3 components, 2 models
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=30)
+    assert process.returncode != 0
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) for p in launched) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert_all_gone(launched)
