@@ -467,7 +467,7 @@ class ManagedSwarm(Swarm):
         if "python_cmd" not in yaml_settings:
             self.python_cmd = sys.executable
         self.components = {name: self._managed(name, c) for name, c in self.components.items()}
-        self._started_any = False
+        self.stopped: set[str] = set()  # stopped on purpose: not a failure
         atexit.register(self.stop)
         _stop_on_sigterm()
 
@@ -483,31 +483,43 @@ class ManagedSwarm(Swarm):
         self.components[name] = self._managed(name, self.components[name])
 
     def start(self, components: str | Iterable[str] | None = None) -> None:
-        if not self._started_any:
+        if not self.running():  # nothing of ours holds the port yet: it must be free
             ensure_port_free(self.settings.host, self.settings.port)
-            self._started_any = True
+        names = self._names(components)
+        self.stopped.difference_update(names)
         try:
-            super().start(components)
+            super().start(names)
         except BaseException:
             self.stop()
             raise
 
     def stop(self, components: str | Iterable[str] | None = None) -> None:
         """Stop components (all by default) and wait until they are gone."""
-        names = list(self.components) if components is None else [components] if isinstance(components, str) \
-            else list(components)
+        names = self._names(components)
         for name in names:  # signal everyone first, then wait: stopping takes one timeout, not N
             process = self.components[name].process
             if process is not None and process.poll() is None:
                 _signal_group(process, signal.SIGTERM)
         for name in names:
             self.components[name].stop()
+            self.stopped.add(name)
+
+    def _names(self, components: str | Iterable[str] | None) -> list[str]:
+        """The toolbox's convention: None means all, a string means one."""
+        if components is None:
+            return list(self.components)
+        return [components] if isinstance(components, str) else list(components)
+
+    def running(self) -> list[str]:
+        return [name for name, c in self.components.items() if c.process is not None and c.exit_code() is None]
 
     def pids(self) -> dict[str, int]:
         return {name: c.process.pid for name, c in self.components.items() if c.process is not None}
 
     def raise_if_dead(self) -> None:
         dead = [(name, c) for name, c in self.components.items() if c.exit_code() is not None]
+        if dead and all(name in self.stopped for name, _ in dead):
+            raise SwarmError("the swarm has been stopped; start a new one")
         if dead:
             listing = ", ".join(f"{name} (exit code {c.exit_code()}, log {c.log_file})" for name, c in dead)
             raise SwarmError(f"component(s) stopped unexpectedly: {listing}")

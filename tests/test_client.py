@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+import swergio.server
 from swergio import Client, Trigger
 
 import swarm_common as sc
@@ -15,6 +16,9 @@ server_script = load_script("01_server.py")
 
 @pytest.fixture
 def config():
+    # Route swergio's per-message prints into logging, as the server script does. Not undone:
+    # server threads outlive the test and may still print.
+    swergio.server.print = server_script.log_server_line
     port = sc.free_port()
     server = server_script.QuietServer("127.0.0.1", port, sc.FORMAT, sc.HEADER_LENGTH, enable_logging=False)
     server.server.listen()  # listening before the thread starts: plain clients do not retry

@@ -189,3 +189,15 @@ def test_ctrl_c_stops_the_whole_swarm(swarm_env):
     while any(psutil.pid_exists(p) for p in launched) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert_all_gone(launched)
+
+
+def test_a_stopped_swarm_says_so_and_can_start_again(swarm_env, tmp_path):
+    swarm = component_swarm(tmp_path, swarm_env, "import time\ntime.sleep(120)\n")
+    first = swarm.pids()["component"]
+    swarm.stop()
+    with pytest.raises(sc.SwarmError, match="has been stopped"):
+        swarm.raise_if_dead()
+    swarm.start()
+    assert swarm.running() == ["component"] and swarm.pids()["component"] != first
+    swarm.stop()
+    assert_all_gone([first, swarm.pids()["component"]])
