@@ -603,7 +603,7 @@ class ControlClient(SwarmClient):
                     self.swarm.raise_if_dead()
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise SwarmError(f"no {until} within {timeout:.0f} s after {sorted(payload)}; "
+                    raise SwarmError(f"no {until} within {timeout:g} s after {sorted(payload)}; "
                                      f"see the logs in {self.config.log_dir}")
                 message = self.receive(timeout=min(1.0, left))
                 if message is None or message.get(ROOT_ID) != root_id:

@@ -101,6 +101,26 @@ def test_episodes_evolution_and_evaluation_end_to_end(swarm_env):
     assert_all_gone(pids)
 
 
+def test_a_new_request_abandons_the_run_in_progress(swarm_env):
+    swarm = start_swarm(swarm_env, 2)
+    pids = list(swarm.pids().values())
+    try:
+        control = sc.ControlClient(swarm)
+        swarm.wait_ready(control, COMPONENTS, 2)
+        # A control asks for a very long run, sees it going, gives up on it, and asks again.
+        control.send(sc.custom_message(sc.ROOM_CONTROL, {sc.NR_OF_EPISODE: 10_000, sc.DETERMINISTIC: False},
+                                       root_id="abandoned"))
+        progress = [m for m in drain(control, 2.0, sc.ROOM_CONTROL) if m.get(sc.ROOT_ID) == "abandoned"]
+        assert progress and progress[-1][sc.STATUS] == sc.ENV_PROGRESS, "the long run never got going"
+        reply = control.request({sc.NR_OF_EPISODE: 2, sc.DETERMINISTIC: True}, until=sc.ENV_DONE, timeout=60)
+        assert reply[sc.EPISODE] == 2 and 16 <= reply[sc.STEPS] <= 1000
+        late = [m for m in drain(control, 1.0, sc.ROOM_CONTROL) if m.get(sc.ROOT_ID) == "abandoned"]
+        assert not late, "the abandoned run is still going"
+    finally:
+        swarm.stop()
+    assert_all_gone(pids)
+
+
 def test_a_port_in_use_is_reported_before_anything_starts(swarm_env):
     with socket.create_server((swarm_env.host, swarm_env.port)):
         swarm = sc.ManagedSwarm(ROOT / "swarm.yaml", swarm_env)
@@ -201,3 +221,17 @@ def test_a_stopped_swarm_says_so_and_can_start_again(swarm_env, tmp_path):
     assert swarm.running() == ["component"] and swarm.pids()["component"] != first
     swarm.stop()
     assert_all_gone([first, swarm.pids()["component"]])
+
+
+def test_components_exit_when_the_control_is_killed(swarm_env):
+    process = run_control({"SWARM_EPISODES": "1000"})
+    for line in process.stdout:
+        if line.startswith("ROUND 1"):
+            break
+    launched = [p.pid for p in psutil.Process(process.pid).children()]
+    process.kill()  # no atexit, no signal handler: only the components' own watch can help
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) for p in launched) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert_all_gone(launched)
