@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -293,18 +294,18 @@ class SwarmClient(Client):
                     if not isinstance(message, dict):
                         raise ValueError("not a JSON object")
                     return message
-                except (UnicodeDecodeError, ValueError) as error:
+                except (UnicodeDecodeError, ValueError, RecursionError) as error:
                     log.warning("%s: skipped an undecodable message (%s): %.80r", self.name, error, bytes(frame))
                     continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
-            self.client.settimeout(remaining)
             try:
+                # select, not settimeout: the socket stays blocking for sendall in other threads
+                if not select.select([self.client], [], [], remaining)[0]:
+                    return None
                 chunk = self.client.recv(1 << 16)
-            except socket.timeout:
-                return None
-            except OSError as error:
+            except (OSError, ValueError) as error:  # ValueError: the socket was closed meanwhile
                 raise ConnectionClosed(f"{self.name}: connection to the server failed: {error}") from None
             if not chunk:
                 raise ConnectionClosed(f"{self.name}: the swergio server closed the connection")
@@ -337,7 +338,9 @@ class SwarmClient(Client):
 
     def dispatch(self, message: dict[str, Any]) -> None:
         """Run every triggered handler on one message and send what they return."""
-        if not isinstance(message.get("TYPE"), str) or not isinstance(message.get("TO_ROOM", ""), str):
+        if not isinstance(message.get("TYPE"), str) or not isinstance(message.get("TO_ROOM"), str):
+            # Every handler here listens to a room; swergio's Trigger would raise on a message
+            # without TO_ROOM (a direct message), so it is not for us.
             log.warning("%s: skipped a message without a valid TYPE/TO_ROOM: %.200r", self.name, message)
             return
         for handler, argument_names in self.handlers:

@@ -171,3 +171,16 @@ def test_listen_returns_when_the_server_goes_away(raw_peer):
     peer.close()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_messages_without_type_or_room_are_skipped_and_serving_goes_on(raw_peer, caplog):
+    client, peer = raw_peer
+    handled = []
+    client.add_eventHandler(lambda msg: handled.append(msg["X"]), sc.CUSTOM, trigger=Trigger(sc.CUSTOM, "room"))
+    with caplog.at_level(logging.WARNING, logger="swarm"):
+        serve(client)
+        for body in [b'{"TO_ROOM": "room", "X": 1}', b'{"TYPE": "DATA/CUSTOM", "TO": "client", "X": 2}',
+                     b'{"TYPE": 7, "TO_ROOM": "room", "X": 3}', b'{"TYPE": "DATA/CUSTOM", "TO_ROOM": "room", "X": 4}']:
+            peer.sendall(frame(body))
+        wait_for(lambda: handled == [4])
+    assert caplog.text.count("without a valid TYPE/TO_ROOM") == 3
