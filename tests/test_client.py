@@ -1,5 +1,6 @@
 """SwarmClient and the server script on real loopback sockets (server in a thread)."""
 import logging
+from types import SimpleNamespace
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ server_script = load_script("01_server.py")
 
 
 @pytest.fixture
-def config():
+def hub():
     # Route swergio's per-message prints into logging, as the server script does. Not undone:
     # server threads outlive the test and may still print.
     swergio.server.print = server_script.log_server_line
@@ -23,8 +24,14 @@ def config():
     server = server_script.QuietServer("127.0.0.1", port, sc.FORMAT, sc.HEADER_LENGTH, enable_logging=False)
     server.server.listen()  # listening before the thread starts: plain clients do not retry
     threading.Thread(target=server.start, daemon=True).start()
-    yield sc.Config(port=port)
+    yield SimpleNamespace(config=sc.Config(port=port), server=server)
     server.server.close()
+
+
+def joined(hub, name, room):
+    """Wait until the server has `name` in `room`: swergio does not acknowledge joins, so a
+    message sent on another connection can otherwise overtake the join."""
+    wait_for(lambda: name in {hub.server.names.get(c) for c in list(hub.server.rooms.get(room, ()))})
 
 
 def serve(client):
@@ -50,22 +57,23 @@ def wait_for(condition, timeout=5.0):
         time.sleep(0.01)
 
 
-def test_handlers_run_in_the_order_they_were_added(config):
+def test_handlers_run_in_the_order_they_were_added(hub):
     seen = []
-    receiver = sc.SwarmClient("receiver", config)
+    receiver = sc.SwarmClient("receiver", hub.config)
     for index in range(6):
         receiver.add_eventHandler(lambda msg, i=index: seen.append(i), sc.CUSTOM,
                                   trigger=Trigger(sc.CUSTOM, "room"))
-    sender = sc.SwarmClient("sender", config)
+    sender = sc.SwarmClient("sender", hub.config)
     sender.join_room("room")
     serve(receiver)
+    joined(hub, "receiver", "room")
     sender.send(sc.custom_message("room", {"X": 1}))
     wait_for(lambda: len(seen) == 6)
     assert seen == list(range(6))
     sender.close(), receiver.close()
 
 
-def test_a_failing_handler_is_logged_and_the_client_keeps_serving(config, caplog):
+def test_a_failing_handler_is_logged_and_the_client_keeps_serving(hub, caplog):
     handled = []
 
     def picky(msg):
@@ -76,11 +84,12 @@ def test_a_failing_handler_is_logged_and_the_client_keeps_serving(config, caplog
         handled.append(msg["X"])
         return {"ECHO": msg["X"]}
 
-    receiver = sc.SwarmClient("receiver", config)
+    receiver = sc.SwarmClient("receiver", hub.config)
     receiver.add_eventHandler(picky, sc.CUSTOM, responseRooms="out", trigger=Trigger(sc.CUSTOM, "in"))
-    sender = sc.SwarmClient("sender", config)
+    sender = sc.SwarmClient("sender", hub.config)
     sender.join_room("in"), sender.join_room("out")
     serve(receiver)
+    joined(hub, "receiver", "in"), joined(hub, "sender", "out")
     with caplog.at_level(logging.WARNING, logger="swarm"):
         for x in [-1, 0, 5]:
             sender.send(sc.custom_message("in", {"X": x}, root_id="r"))
@@ -91,22 +100,22 @@ def test_a_failing_handler_is_logged_and_the_client_keeps_serving(config, caplog
     sender.close(), receiver.close()
 
 
-def test_a_message_to_an_empty_room_does_not_disconnect_the_sender(config):
-    sender = sc.SwarmClient("sender", config)
-    listener = sc.SwarmClient("listener", config)
+def test_a_message_to_an_empty_room_does_not_disconnect_the_sender(hub):
+    sender = sc.SwarmClient("sender", hub.config)
+    listener = sc.SwarmClient("listener", hub.config)
     listener.join_room("room")
-    time.sleep(0.2)  # let the join arrive before the message
+    joined(hub, "listener", "room")
     sender.send(sc.custom_message("nobody-here", {"X": 1}))
     sender.send(sc.custom_message("room", {"X": 2}))
     assert receive_in(listener, "room")["X"] == 2
     sender.close(), listener.close()
 
 
-def test_a_plain_swergio_client_reads_our_messages(config):
-    plain = Client("plain", "127.0.0.1", config.port)
+def test_a_plain_swergio_client_reads_our_messages(hub):
+    plain = Client("plain", "127.0.0.1", hub.config.port)
     plain.join_room("room")
-    ours = sc.SwarmClient("ours", config)
-    time.sleep(0.2)
+    ours = sc.SwarmClient("ours", hub.config)
+    joined(hub, "plain", "room")
     ours.send(sc.custom_message("room", {sc.WEIGHTS: list(range(2000))}))
     while (message := plain.receive()).get("TO_ROOM") != "room":
         pass
@@ -114,8 +123,8 @@ def test_a_plain_swergio_client_reads_our_messages(config):
     plain.close(), ours.close()
 
 
-def test_receive_times_out_with_none(config):
-    client = sc.SwarmClient("idle", config)
+def test_receive_times_out_with_none(hub):
+    client = sc.SwarmClient("idle", hub.config)
     began = time.monotonic()
     assert client.receive(timeout=0.3) is None
     assert 0.25 < time.monotonic() - began < 2
