@@ -1,0 +1,158 @@
+# %% [markdown]
+# # 05_run_and_inference: train a network to aim a trebuchet, by messages
+#
+# This file is the source of `05_run_and_inference.ipynb` (regenerate it with
+# `python tools/py_to_ipynb.py trebuchet/05_run_and_inference.py`). Run it cell by cell (VS Code
+# `# %%` cells or the notebook, opened in `trebuchet/`) or from a shell with
+# `python trebuchet/05_run_and_inference.py`.
+#
+# It starts the server, the control model and the trebuchet with swergio-toolbox's `Swarm`, then
+# the trainer, which runs `TRAIN_STEPS` steps (default 1000) and exits. Then we aim: a batch of
+# fresh (wind, target) pairs goes through the trained network and the simulator, and we compare
+# the distances reached with the targets. At the end everything is stopped. Settings come from
+# the environment: `TRAIN_STEPS`, `SWERGIO_HOST`, `SWERGIO_PORT`, `SWARM_LOG_DIR`.
+
+# %%
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from swergio import MODEL_STATUS
+
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # a notebook has no __file__
+sys.path.insert(0, str(HERE.parent))  # the repo root: swarm_common and the trebuchet package
+
+import swarm_common as sc
+from trebuchet import protocol as tp
+
+config = sc.Config.from_env()
+TRAIN_STEPS = int(os.environ.get("TRAIN_STEPS", "1000"))  # the trainer reads the same variable
+
+# %% [markdown]
+# Start the server, the control model and the trebuchet from `swarm.yaml`. Each writes to its
+# own log file in `SWARM_LOG_DIR`. Our own client, `inference`, sits in the `control` room (where
+# the trainer reports) and the `output` room (where distances arrive). Instead of sleeping and
+# hoping, it pings until both components answer; if anything fails from here on, the whole swarm
+# is stopped.
+
+# %%
+SERVING = ["server", "controlmodel", "trebuchet"]  # these must stay up; the trainer exits when done
+swarm = sc.ManagedSwarm(HERE / "swarm.yaml", config)
+swarm.start(SERVING)
+client = sc.ControlClient(swarm, name="inference")  # stops the swarm if it cannot connect
+try:
+    client.join_room(tp.ROOM_OUTPUT)
+    ready_s = swarm.wait_ready(client, ["controlmodel", "trebuchet"], models=0)
+except BaseException:
+    swarm.stop()
+    raise
+print(f"control model and trebuchet ready in {ready_s:.1f} s")
+
+# %% [markdown]
+# Training: start the trainer and wait for its `TRAIN_DONE`. Every message between the
+# components is one hop of the training loop: the batch goes forward through the control model
+# and the trebuchet to the trainer, whose loss gradient comes back the same way. The wait is
+# bounded: `SWARM_REPLY_TIMEOUT` seconds without progress is an error.
+
+
+# %%
+def train() -> dict:
+    """Run the trainer to the end; its loss summary."""
+    try:
+        swarm.start("trainer")
+        trainer = swarm.components["trainer"]
+        deadline = time.monotonic() + config.start_timeout + config.reply_timeout  # includes start-up
+        while True:
+            tp.raise_if_dead(swarm, SERVING)
+            if trainer.exit_code() not in (None, 0):
+                raise sc.SwarmError(f"the trainer failed (exit code {trainer.exit_code()}); see {trainer.log_file}")
+            if (left := deadline - time.monotonic()) <= 0:
+                raise sc.SwarmError(f"no progress from the trainer within {config.reply_timeout:.0f} s; "
+                                    f"see the logs in {config.log_dir}")
+            message = client.receive(timeout=min(1.0, left))
+            if message is None or message.get("TO_ROOM") != sc.ROOM_CONTROL:
+                continue  # silence, or training traffic in `output`
+            if message.get(sc.STATUS) == tp.TRAIN_PROGRESS:
+                print(f"  step {message[tp.STEP]:5d}/{TRAIN_STEPS}: mean loss {message[tp.LOSS]:9.2f} "
+                      f"(RMSE {np.sqrt(message[tp.LOSS]):6.2f} m)")
+                deadline = time.monotonic() + config.reply_timeout
+            elif message.get(sc.STATUS) == tp.TRAIN_DONE:
+                trainer.process.wait(timeout=30)  # it exits right after reporting
+                return message[tp.SUMMARY]
+    except BaseException:
+        swarm.stop()
+        raise
+
+
+print(f"training for {TRAIN_STEPS} steps of 100 samples")
+summary = train()
+print(f"trained {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['steps_per_second']:.1f} steps/s); "
+      f"mean loss over the first and last {summary['averaged_over']} steps: "
+      f"{summary['loss_first']:.1f} -> {summary['loss_last']:.2f} m^2 "
+      f"(RMSE {summary['rmse_first']:.1f} -> {summary['rmse_last']:.2f} m)")
+
+# %% [markdown]
+# Inference: `aim_and_shoot` sends a batch to `input` with `MODEL_STATUS` VALIDATE (nobody trains
+# on it or keeps it for a gradient) and waits, bounded, for the trebuchet's distances for that
+# batch in `output`.
+
+
+# %%
+def aim_and_shoot(wind: np.ndarray, target: np.ndarray, timeout: float = 30.0) -> np.ndarray:
+    """The distances the trebuchet reaches when the network aims at `target` in `wind`."""
+    message = tp.data_message(tp.ROOM_INPUT, np.stack([wind, target], axis=1).tolist(), MODEL_STATUS.VALIDATE)
+    try:
+        client.send(message)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            tp.raise_if_dead(swarm, SERVING)
+            reply = client.receive(timeout=min(1.0, left))
+            if (reply is not None and reply.get(sc.ROOT_ID) == message[sc.ROOT_ID]
+                    and reply.get("TYPE") == tp.FORWARD.id and reply.get("TO_ROOM") == tp.ROOM_OUTPUT):
+                return np.asarray(reply[tp.DATA])
+        raise sc.SwarmError(f"no distances in `output` within {timeout:.0f} s; see the logs in {config.log_dir}")
+    except BaseException:
+        swarm.stop()
+        raise
+
+
+rng = np.random.default_rng()
+target = rng.uniform(20.0, 100.0, 100)  # fresh pairs, drawn as the trainer draws them
+wind = rng.normal(0.0, 5.0, 100)
+distance = aim_and_shoot(wind, target)
+error = distance - target
+
+print(f"{'wind m/s':>9} {'target m':>9} {'reached m':>10} {'error m':>8}")
+for i in np.argsort(target)[::10]:  # every tenth pair, by target
+    print(f"{wind[i]:9.1f} {target[i]:9.1f} {distance[i]:10.1f} {error[i]:8.2f}")
+mean_abs_error = float(np.mean(np.abs(error)))
+print(f"mean absolute error on {len(target)} fresh pairs: {mean_abs_error:.2f} m (largest {np.max(np.abs(error)):.2f} m)")
+
+# %% [markdown]
+# Targets against the distances reached (on the diagonal: a hit), coloured by the wind.
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 5))
+points = ax.scatter(target, distance, c=wind, cmap="coolwarm", vmin=-12, vmax=12, s=18)
+ax.plot([20, 100], [20, 100], "k--", lw=1, label="hit")
+fig.colorbar(points, label="wind (m/s, + towards the target)")
+ax.set(xlabel="target (m)", ylabel="distance reached (m)",
+       title=f"after {summary['steps']} steps: mean |error| {mean_abs_error:.2f} m")
+ax.legend()
+plot_path = config.log_dir / "trebuchet_inference.png"
+fig.savefig(plot_path, dpi=100, bbox_inches="tight")
+print(f"plot saved to {plot_path}")
+results = {"train_steps": TRAIN_STEPS, "training": summary, "pairs": len(target), "mean_abs_error": mean_abs_error,
+           "max_abs_error": float(np.max(np.abs(error))), "pids": swarm.pids()}
+(config.log_dir / "trebuchet_results.json").write_text(json.dumps(results, indent=2))
+
+# %% [markdown]
+# Stop every process of the swarm (and wait until they are gone).
+
+# %%
+swarm.stop()
+print("swarm stopped")

@@ -1,0 +1,1 @@
+"""The trebuchet example: a control network trained through a differentiable simulator by messages."""
