@@ -7,6 +7,7 @@ swergio and swergio-toolbox 0.0.2 are used as they are; where they misbehave we 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import faulthandler
 import inspect
@@ -24,7 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from swergio import MESSAGE_TYPE, Client, Trigger
@@ -490,8 +491,15 @@ class ManagedSwarm(Swarm):
             ensure_port_free(self.settings.host, self.settings.port)
         names = self._names(components)
         self.stopped.difference_update(names)
-        try:
+        with self.stop_on_failure():
             super().start(names)
+
+    @contextlib.contextmanager
+    def stop_on_failure(self) -> Iterator[None]:
+        """Any exception inside (an error, a timeout, Ctrl-C, a notebook interrupt) stops the
+        whole swarm before it propagates: a failed run leaves nothing behind."""
+        try:
+            yield
         except BaseException:
             self.stop()
             raise
@@ -519,8 +527,10 @@ class ManagedSwarm(Swarm):
     def pids(self) -> dict[str, int]:
         return {name: c.process.pid for name, c in self.components.items() if c.process is not None}
 
-    def raise_if_dead(self) -> None:
-        dead = [(name, c) for name, c in self.components.items() if c.exit_code() is not None]
+    def raise_if_dead(self, components: str | Iterable[str] | None = None) -> None:
+        """A SwarmError naming every component (all by default) that has exited."""
+        dead = [(name, self.components[name]) for name in self._names(components)
+                if self.components[name].exit_code() is not None]
         if dead and all(name in self.stopped for name, _ in dead):
             raise SwarmError("the swarm has been stopped; start a new one")
         if dead:
@@ -531,40 +541,45 @@ class ManagedSwarm(Swarm):
                    timeout: float | None = None) -> float:
         """Ping until `components` and `models` model processes answer; the seconds it took.
 
-        On failure (or Ctrl-C) the swarm is stopped before the error is raised.
+        A component that dies meanwhile is reported at once; on any failure the swarm is stopped.
         """
-        try:
-            return self._wait_ready(client, set(components), models, timeout)
-        except BaseException:
-            self.stop()
-            raise
+        with self.stop_on_failure():
+            return wait_for_answers(client, components, models,
+                                    self.settings.start_timeout if timeout is None else timeout,
+                                    check=self.raise_if_dead)
 
-    def _wait_ready(self, client: SwarmClient, wanted: set[str], models: int, timeout: float | None) -> float:
-        timeout = self.settings.start_timeout if timeout is None else timeout
-        started = time.monotonic()
-        answered: set[str] = set()
-        model_ids: set[str] = set()
-        while True:
-            self.raise_if_dead()
-            nonce = uuid.uuid4().hex
-            client.send(custom_message(ROOM_PING, {PING: nonce}))
-            ping_deadline = time.monotonic() + 1.0
-            while (left := ping_deadline - time.monotonic()) > 0:
-                message = client.receive(timeout=left)
-                if message is None or message.get(PONG) != nonce:
-                    continue
-                if message.get(COMPONENT) == "model":
-                    model_ids.add(str(message.get(COMPONENT_ID)))
-                else:
-                    answered.add(str(message.get(COMPONENT)))
-            missing = sorted(wanted - answered)
-            if not missing and len(model_ids) >= models:
-                return time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                parts = missing + ([f"models ({len(model_ids)} of {models} answered)"]
-                                   if len(model_ids) < models else [])
-                raise SwarmError(f"swarm not ready after {timeout:.0f} s; no answer from: {', '.join(parts)} "
-                                 f"(logs in {self.settings.log_dir})")
+
+def wait_for_answers(client: SwarmClient, components: Iterable[str], models: int = 0, timeout: float = 180.0,
+                     check: Callable[[], None] | None = None) -> float:
+    """Ping (in the `ping` room) until every named component and `models` model processes
+    answer; the seconds it took. Other messages received meanwhile are dropped, so call it before
+    work starts. `check` runs once a round (a launcher passes its dead-process check).
+    """
+    wanted = set(components)
+    started = time.monotonic()
+    answered: set[str] = set()
+    model_ids: set[str] = set()
+    while True:
+        if check is not None:
+            check()
+        nonce = uuid.uuid4().hex
+        client.send(custom_message(ROOM_PING, {PING: nonce}))
+        round_ends = time.monotonic() + 1.0
+        while (left := round_ends - time.monotonic()) > 0:
+            message = client.receive(timeout=left)
+            if message is None or message.get(PONG) != nonce:
+                continue
+            if message.get(COMPONENT) == "model":
+                model_ids.add(str(message.get(COMPONENT_ID)))
+            else:
+                answered.add(str(message.get(COMPONENT)))
+        missing = sorted(wanted - answered)
+        if not missing and len(model_ids) >= models:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            parts = missing + ([f"models ({len(model_ids)} of {models} answered)"] if len(model_ids) < models else [])
+            raise SwarmError(f"{client.name}: not ready after {timeout:g} s; no answer from: {', '.join(parts)} "
+                             f"(logs in {client.config.log_dir})")
 
 
 def _stop_on_sigterm() -> None:
@@ -582,13 +597,12 @@ class ControlClient(SwarmClient):
 
     def __init__(self, swarm: ManagedSwarm | None = None, name: str = "control", **kwargs: Any) -> None:
         self.swarm = swarm
-        try:
+        with self._stop_swarm_on_failure():
             super().__init__(name, swarm.settings if swarm else None, **kwargs)
             self.join_room(ROOM_CONTROL)
-        except BaseException:
-            if swarm is not None:
-                swarm.stop()
-            raise
+
+    def _stop_swarm_on_failure(self) -> contextlib.AbstractContextManager:
+        return self.swarm.stop_on_failure() if self.swarm is not None else contextlib.nullcontext()
 
     def request(self, payload: dict[str, Any], until: str, timeout: float | None = None,
                 on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -598,7 +612,7 @@ class ControlClient(SwarmClient):
         """
         timeout = self.config.reply_timeout if timeout is None else timeout
         root_id = uuid.uuid4().hex
-        try:
+        with self._stop_swarm_on_failure():
             self.send(custom_message(ROOM_CONTROL, payload, root_id))
             deadline = time.monotonic() + timeout
             while True:
@@ -616,7 +630,3 @@ class ControlClient(SwarmClient):
                 if on_progress is not None:
                     on_progress(message)
                 deadline = time.monotonic() + timeout
-        except BaseException:
-            if self.swarm is not None:
-                self.swarm.stop()
-            raise

@@ -84,7 +84,7 @@ def test_trainer_names_the_components_that_do_not_answer(swarm_env):
         trainer.process.wait(timeout=60)
         assert trainer.exit_code() != 0
         log = trainer.log_file.read_text()
-        assert "no answer after 2 s from controlmodel, trebuchet" in log
+        assert "trainer: not ready after 2 s; no answer from: controlmodel, trebuchet" in log
     finally:
         pids = list(swarm.pids().values())
         swarm.stop()

@@ -126,7 +126,7 @@ if __name__ == "__main__":
                             trigger=Trigger(tp.GRADIENT, tp.ROOM_INPUT))
 
     # The first batch must not go out before the others listen: it would be lost.
-    tp.wait_for_components(client, ["controlmodel", "trebuchet"], config.start_timeout)
+    sc.wait_for_answers(client, ["controlmodel", "trebuchet"], timeout=config.start_timeout)
     log.info("training for %d steps of %d samples", state.train_steps, BATCH_SIZE)
     state.started = time.monotonic()
     client.send(new_msg(state))

@@ -44,12 +44,8 @@ SERVING = ["server", "controlmodel", "trebuchet"]  # these must stay up; the tra
 swarm = sc.ManagedSwarm(HERE / "swarm.yaml", config)
 swarm.start(SERVING)
 client = sc.ControlClient(swarm, name="inference")  # stops the swarm if it cannot connect
-try:
-    client.join_room(tp.ROOM_OUTPUT)
-    ready_s = swarm.wait_ready(client, ["controlmodel", "trebuchet"], models=0)
-except BaseException:
-    swarm.stop()
-    raise
+client.join_room(tp.ROOM_OUTPUT)
+ready_s = swarm.wait_ready(client, ["controlmodel", "trebuchet"], models=0)  # stops the swarm on failure
 print(f"control model and trebuchet ready in {ready_s:.1f} s")
 
 # %% [markdown]
@@ -62,12 +58,12 @@ print(f"control model and trebuchet ready in {ready_s:.1f} s")
 # %%
 def train() -> dict:
     """Run the trainer to the end; its loss summary."""
-    try:
+    with swarm.stop_on_failure():
         swarm.start("trainer")
         trainer = swarm.components["trainer"]
         deadline = time.monotonic() + config.start_timeout + config.reply_timeout  # includes start-up
         while True:
-            tp.raise_if_dead(swarm, SERVING)
+            swarm.raise_if_dead(SERVING)
             if trainer.exit_code() not in (None, 0):
                 raise sc.SwarmError(f"the trainer failed (exit code {trainer.exit_code()}); see {trainer.log_file}")
             if (left := deadline - time.monotonic()) <= 0:
@@ -83,9 +79,6 @@ def train() -> dict:
             elif message.get(sc.STATUS) == tp.TRAIN_DONE:
                 trainer.process.wait(timeout=30)  # it exits right after reporting
                 return message[tp.SUMMARY]
-    except BaseException:
-        swarm.stop()
-        raise
 
 
 print(f"training for {TRAIN_STEPS} steps of 100 samples")
@@ -105,19 +98,16 @@ print(f"trained {summary['steps']} steps in {summary['seconds']:.1f} s ({summary
 def aim_and_shoot(wind: np.ndarray, target: np.ndarray, timeout: float = 30.0) -> np.ndarray:
     """The distances the trebuchet reaches when the network aims at `target` in `wind`."""
     message = tp.data_message(tp.ROOM_INPUT, np.stack([wind, target], axis=1).tolist(), MODEL_STATUS.VALIDATE)
-    try:
+    with swarm.stop_on_failure():
         client.send(message)
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            tp.raise_if_dead(swarm, SERVING)
+            swarm.raise_if_dead(SERVING)
             reply = client.receive(timeout=min(1.0, left))
             if (reply is not None and reply.get(sc.ROOT_ID) == message[sc.ROOT_ID]
                     and reply.get("TYPE") == tp.FORWARD.id and reply.get("TO_ROOM") == tp.ROOM_OUTPUT):
                 return np.asarray(reply[tp.DATA])
         raise sc.SwarmError(f"no distances in `output` within {timeout:.0f} s; see the logs in {config.log_dir}")
-    except BaseException:
-        swarm.stop()
-        raise
 
 
 rng = np.random.default_rng()

@@ -1,5 +1,5 @@
-"""What the trebuchet example's scripts share: rooms, the DATA message format and its checks, a
-bounded memory for batches waiting for their gradient, and a readiness check.
+"""What the trebuchet example's scripts share: rooms, the DATA message format and its checks, and a
+bounded memory for batches waiting for their gradient.
 
 The protocol is swergio's own: DATA.FORWARD messages carry a batch forward (`DATA` is a list of
 rows), DATA.GRADIENT messages carry d(loss)/d(that batch) back. A component that sent a FORWARD
@@ -8,10 +8,9 @@ with ID x recognises the GRADIENT for it by the same ID x.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections import OrderedDict
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from swergio import MESSAGE_TYPE, MODEL_STATUS
@@ -99,34 +98,3 @@ class BoundedMemory(OrderedDict):
         while len(self) > self.limit:
             oldest, _ = self.popitem(last=False)
             log.debug("memory full: forgot %s", oldest)
-
-
-# --------------------------------------------------------------------------- readiness
-def wait_for_components(client: sc.SwarmClient, names: Iterable[str], timeout: float) -> float:
-    """Ping until every component in `names` answers; the seconds it took.
-
-    Messages other than the answers are dropped: call it before starting to send work.
-    """
-    wanted, answered = set(names), set()
-    started = time.monotonic()
-    while True:
-        nonce = uuid.uuid4().hex
-        client.send(sc.custom_message(sc.ROOM_PING, {sc.PING: nonce}))
-        round_ends = time.monotonic() + 1.0
-        while (left := round_ends - time.monotonic()) > 0:
-            message = client.receive(timeout=left)
-            if message is not None and message.get(sc.PONG) == nonce:
-                answered.add(str(message.get(sc.COMPONENT)))
-        if wanted <= answered:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise sc.SwarmError(f"{client.name}: no answer after {timeout:.0f} s from "
-                                f"{', '.join(sorted(wanted - answered))} (logs in {client.config.log_dir})")
-
-
-def raise_if_dead(swarm: sc.ManagedSwarm, names: Iterable[str]) -> None:
-    """ManagedSwarm.raise_if_dead for some components only: the trainer may exit, it is done."""
-    dead = [(name, swarm.components[name]) for name in names if swarm.components[name].exit_code() is not None]
-    if dead:
-        listing = ", ".join(f"{name} (exit code {c.exit_code()}, log {c.log_file})" for name, c in dead)
-        raise sc.SwarmError(f"component(s) stopped unexpectedly: {listing}")
