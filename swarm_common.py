@@ -57,10 +57,10 @@ class Config:
         env = os.environ
         return cls(
             host=env.get("SWERGIO_HOST", cls.host),
-            port=_env_int("SWERGIO_PORT", cls.port),
-            models=_env_int("SWARM_MODELS", cls.models),
-            rounds=_env_int("SWARM_ROUNDS", cls.rounds),
-            episodes=_env_int("SWARM_EPISODES", cls.episodes),
+            port=env_int("SWERGIO_PORT", cls.port),
+            models=env_int("SWARM_MODELS", cls.models),
+            rounds=env_int("SWARM_ROUNDS", cls.rounds),
+            episodes=env_int("SWARM_EPISODES", cls.episodes),
             log_dir=Path(env.get("SWARM_LOG_DIR", str(cls.log_dir))),
             start_timeout=float(env.get("SWARM_START_TIMEOUT", cls.start_timeout)),
             reply_timeout=float(env.get("SWARM_REPLY_TIMEOUT", cls.reply_timeout)),
@@ -74,7 +74,8 @@ class Config:
                 "SWARM_REPLY_TIMEOUT": str(self.reply_timeout)}
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
+    """An integer setting from the environment, with a clear error for a typo."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default

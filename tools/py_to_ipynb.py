@@ -3,6 +3,7 @@
     python tools/py_to_ipynb.py 06_control.py          # writes 06_control.ipynb
 
 `# %% [markdown]` cells become markdown (their leading `# ` removed); other cells become code.
+Anything before the first `# %%` line is not part of any cell and is left out.
 """
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ missing) if a step's gradient does not come back within SWARM_REPLY_TIMEOUT seco
 """
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ import swarm_common as sc
 from trebuchet import protocol as tp
 
 COMPONENT_NAME = "trainer"
-TRAIN_STEPS = int(os.environ.get("TRAIN_STEPS", "1000"))
 BATCH_SIZE = 100
 TARGET_RANGE = (20.0, 100.0)  # m
 WIND_SD = 5.0  # m/s; positive wind blows towards the target
@@ -42,7 +40,7 @@ l_fn = nn.MSELoss()
 class TrainerState:
     """What the handlers share (the tutorial's step counter and memory, in one place)."""
 
-    train_steps: int = TRAIN_STEPS
+    train_steps: int = tp.TRAIN_STEPS
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     targets: tp.BoundedMemory = field(default_factory=tp.BoundedMemory)  # ROOT_ID -> targets
     in_flight: tp.BoundedMemory = field(default_factory=tp.BoundedMemory)  # ROOT_IDs of unfinished steps

@@ -14,7 +14,6 @@
 
 # %%
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,6 @@ import swarm_common as sc
 from trebuchet import protocol as tp
 
 config = sc.Config.from_env()
-TRAIN_STEPS = int(os.environ.get("TRAIN_STEPS", "1000"))  # the trainer reads the same variable
 
 # %% [markdown]
 # Start the server, the control model and the trebuchet from `swarm.yaml`. Each writes to its
@@ -73,7 +71,7 @@ def train() -> dict:
             if message is None or message.get("TO_ROOM") != sc.ROOM_CONTROL:
                 continue  # silence, or training traffic in `output`
             if message.get(sc.STATUS) == tp.TRAIN_PROGRESS:
-                print(f"  step {message[tp.STEP]:5d}/{TRAIN_STEPS}: mean loss {message[tp.LOSS]:9.2f} "
+                print(f"  step {message[tp.STEP]:5d}/{tp.TRAIN_STEPS}: mean loss {message[tp.LOSS]:9.2f} "
                       f"(RMSE {np.sqrt(message[tp.LOSS]):6.2f} m)")
                 deadline = time.monotonic() + config.reply_timeout
             elif message.get(sc.STATUS) == tp.TRAIN_DONE:
@@ -81,7 +79,7 @@ def train() -> dict:
                 return message[tp.SUMMARY]
 
 
-print(f"training for {TRAIN_STEPS} steps of 100 samples")
+print(f"training for {tp.TRAIN_STEPS} steps of 100 samples")
 summary = train()
 print(f"trained {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['steps_per_second']:.1f} steps/s); "
       f"mean loss over the first and last {summary['averaged_over']} steps: "
@@ -136,7 +134,7 @@ ax.legend()
 plot_path = config.log_dir / "trebuchet_inference.png"
 fig.savefig(plot_path, dpi=100, bbox_inches="tight")
 print(f"plot saved to {plot_path}")
-results = {"train_steps": TRAIN_STEPS, "training": summary, "pairs": len(target), "mean_abs_error": mean_abs_error,
+results = {"train_steps": tp.TRAIN_STEPS, "training": summary, "pairs": len(target), "mean_abs_error": mean_abs_error,
            "max_abs_error": float(np.max(np.abs(error))), "pids": swarm.pids()}
 (config.log_dir / "trebuchet_results.json").write_text(json.dumps(results, indent=2))
 

@@ -38,6 +38,7 @@ STEP = "STEP"
 LOSS = "LOSS"
 SUMMARY = "SUMMARY"
 
+TRAIN_STEPS = sc.env_int("TRAIN_STEPS", 1000)  # the trainer's steps; the run script reports against it
 MEMORY_LIMIT = 1000  # batches a component remembers while their gradient is on its way
 
 
