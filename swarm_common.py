@@ -605,8 +605,7 @@ class ControlClient(SwarmClient):
     def _stop_swarm_on_failure(self) -> contextlib.AbstractContextManager:
         return self.swarm.stop_on_failure() if self.swarm is not None else contextlib.nullcontext()
 
-    def request(self, payload: dict[str, Any], until: str, timeout: float | None = None,
-                on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def request(self, payload: dict[str, Any], until: str, timeout: float | None = None) -> dict[str, Any]:
         """Send `payload` to `control`; return the reply whose STATUS is `until`.
 
         `timeout` bounds the silence: each progress message of this request restarts it.
@@ -628,6 +627,4 @@ class ControlClient(SwarmClient):
                     continue  # silence, or a reply to an earlier request
                 if message.get(STATUS) == until:
                     return message
-                if on_progress is not None:
-                    on_progress(message)
                 deadline = time.monotonic() + timeout
