@@ -8,8 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
 import psutil
 import pytest
+from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,6 +44,44 @@ def processes_with_log_dir(log_dir: Path) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def assert_all_gone(pids, within: float = 0.0) -> None:
+    """None of `pids` is still running after at most `within` seconds (a reaped or zombie
+    process counts as gone)."""
+    def alive() -> list[int]:
+        found = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    found.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    deadline = time.monotonic() + within
+    while (still := alive()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not still, f"still running: {still}"
+
+
+def assert_notebook_matches_script(script: Path, min_code_cells: int) -> None:
+    """The notebook next to `script` holds exactly the script's `# %%` cells."""
+    py_to_ipynb = load_script("tools/py_to_ipynb.py")
+    notebook = nbformat.read(script.with_suffix(".ipynb"), as_version=4)
+    script_cells = py_to_ipynb.split_cells(script.read_text())
+    assert [(cell.cell_type, cell.source) for cell in notebook.cells] == script_cells, \
+        f"run: python tools/py_to_ipynb.py {script.relative_to(ROOT)}"
+    assert sum(kind == "code" for kind, _ in script_cells) >= min_code_cells
+
+
+def execute_notebook(notebook_path: Path, working_dir: Path, timeout: float) -> tuple[str, int]:
+    """Run a notebook top to bottom; its printed text and how many images it showed."""
+    notebook = nbformat.read(notebook_path, as_version=4)
+    NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(working_dir)}}).execute()
+    outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    return "".join(o.get("text", "") for o in outputs), sum("image/png" in o.get("data", {}) for o in outputs)
 
 
 def kill_all(processes: list[psutil.Process]) -> None:

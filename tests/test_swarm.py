@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import swarm_common as sc
-from conftest import ROOT
+from conftest import ROOT, assert_all_gone
 
 COMPONENTS = ["aggregation", "environment", "evolution"]
 
@@ -25,11 +25,6 @@ def start_swarm(config, models):
         swarm.add(f"model{i}", "02_model.py")
         swarm.start(f"model{i}")
     return swarm
-
-
-def assert_all_gone(pids):
-    alive = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    assert not alive, f"still running: {alive}"
 
 
 def drain(client, seconds, room=None):
@@ -181,6 +176,16 @@ def run_control(env_overrides, **popen):
                             stderr=subprocess.STDOUT, text=True, **popen)
 
 
+def wait_for_line(process, prefix):
+    """Read the control's output until a line starts with `prefix` (fail if it never does)."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            return
+    pytest.fail(f"no line starting with {prefix!r} in:\n{''.join(lines)}")
+
+
 def test_the_control_script_runs_the_tutorial_loop(swarm_env):
     process = run_control({})
     output, _ = process.communicate(timeout=300)
@@ -193,22 +198,13 @@ def test_the_control_script_runs_the_tutorial_loop(swarm_env):
 
 def test_ctrl_c_stops_the_whole_swarm(swarm_env):
     process = run_control({"SWARM_EPISODES": "1000"})  # long enough to interrupt mid-training
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("ROUND 1"):
-            break
-    else:
-        pytest.fail("".join(lines))
+    wait_for_line(process, "ROUND 1")
     launched = [p.pid for p in psutil.Process(process.pid).children()]
     assert len(launched) == 6  # server, 3 components, 2 models
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=30)
     assert process.returncode != 0
-    deadline = time.monotonic() + 10
-    while any(psutil.pid_exists(p) for p in launched) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert_all_gone(launched)
+    assert_all_gone(launched, within=10)
 
 
 def test_a_stopped_swarm_says_so_and_can_start_again(swarm_env, tmp_path):
@@ -225,13 +221,8 @@ def test_a_stopped_swarm_says_so_and_can_start_again(swarm_env, tmp_path):
 
 def test_components_exit_when_the_control_is_killed(swarm_env):
     process = run_control({"SWARM_EPISODES": "1000"})
-    for line in process.stdout:
-        if line.startswith("ROUND 1"):
-            break
+    wait_for_line(process, "ROUND 1")
     launched = [p.pid for p in psutil.Process(process.pid).children()]
     process.kill()  # no atexit, no signal handler: only the components' own watch can help
     process.communicate(timeout=30)
-    deadline = time.monotonic() + 10
-    while any(psutil.pid_exists(p) for p in launched) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert_all_gone(launched)
+    assert_all_gone(launched, within=10)

@@ -8,24 +8,15 @@ import subprocess
 import sys
 import time
 
-import nbformat
 import numpy as np
-import psutil
-from nbclient import NotebookClient
 from swergio import MODEL_STATUS
 
 import swarm_common as sc
-from conftest import ROOT, load_script
+from conftest import ROOT, assert_all_gone, assert_notebook_matches_script, execute_notebook
 from trebuchet import protocol as tp
 
 HERE = ROOT / "trebuchet"
 SCRIPT = HERE / "05_run_and_inference.py"
-py_to_ipynb = load_script("tools/py_to_ipynb.py")
-
-
-def assert_all_gone(pids):
-    alive = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    assert not alive, f"still running: {alive}"
 
 
 def check_results(config, train_steps):
@@ -56,20 +47,13 @@ def test_run_and_inference_from_a_shell_trains_and_stops_everything(swarm_env, m
 
 
 def test_notebook_cells_match_the_script():
-    notebook = nbformat.read(SCRIPT.with_suffix(".ipynb"), as_version=4)
-    script_cells = py_to_ipynb.split_cells(SCRIPT.read_text())
-    assert [(cell.cell_type, cell.source) for cell in notebook.cells] == script_cells, \
-        "run: python tools/py_to_ipynb.py trebuchet/05_run_and_inference.py"
-    assert sum(kind == "code" for kind, _ in script_cells) >= 5
+    assert_notebook_matches_script(SCRIPT, min_code_cells=5)
 
 
 def test_notebook_executes_top_to_bottom(swarm_env, monkeypatch):
     monkeypatch.setenv("TRAIN_STEPS", "30")
-    notebook = nbformat.read(SCRIPT.with_suffix(".ipynb"), as_version=4)
-    NotebookClient(notebook, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
-    outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
-    assert "trained 30 steps" in outputs and "swarm stopped" in outputs
-    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    text, images = execute_notebook(SCRIPT.with_suffix(".ipynb"), HERE, timeout=240)
+    assert "trained 30 steps" in text and "swarm stopped" in text
     assert images, "the targets-against-distances plot is not shown inline"
     check_results(swarm_env, 30)
 
