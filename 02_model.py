@@ -126,8 +126,9 @@ if __name__ == "__main__":
     client = sc.SwarmClient(COMPONENT_NAME, config, component_id=COMPONENT_ID, policy=policy,
                             rollout_buffer=make_rollout_buffer(), memory={},
                             training_enabled=MutableBool(True))
+    # Logits go to the aggregation only: a model does not listen to the other models' logits.
     client.add_eventHandler(forward, sc.CUSTOM, responseRooms=sc.ROOM_LOGITS,
-                            trigger=Trigger(sc.CUSTOM, sc.ROOM_OBSERVATION))
+                            trigger=Trigger(sc.CUSTOM, sc.ROOM_OBSERVATION), listen_to_response_rooms=False)
     client.add_eventHandler(send_weights, sc.CUSTOM, responseRooms=sc.ROOM_EVOLUTION,
                             trigger=Trigger(sc.CUSTOM, sc.ROOM_EVOLUTION))
     client.add_eventHandler(set_weights, sc.CUSTOM, responseRooms=sc.ROOM_EVOLUTION,

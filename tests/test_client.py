@@ -21,7 +21,7 @@ def hub():
     # server threads outlive the test and may still print.
     swergio.server.print = server_script.log_server_line
     port = sc.free_port()
-    server = server_script.QuietServer("127.0.0.1", port, sc.FORMAT, sc.HEADER_LENGTH, enable_logging=False)
+    server = server_script.SwarmServer("127.0.0.1", port, sc.FORMAT, sc.HEADER_LENGTH, enable_logging=False)
     server.server.listen()  # listening before the thread starts: plain clients do not retry
     threading.Thread(target=server.start, daemon=True).start()
     yield SimpleNamespace(config=sc.Config(port=port), server=server)
