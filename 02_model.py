@@ -16,6 +16,7 @@ from swergio import Trigger
 from swergio_toolbox.objects import MutableBool
 
 import swarm_common as sc
+import swarm_torch as sc_torch
 
 COMPONENT_NAME = "model"
 COMPONENT_ID = uuid.uuid4().hex  # unique per process: the aggregation and evolution key on it
@@ -32,16 +33,19 @@ ENT_COEF, VF_COEF, MAX_GRAD_NORM = 0.0, 0.5, 0.5
 def make_policy() -> ActorCriticPolicy:
     """The tutorial's actor-critic: two 16-unit layers for the policy and the value, Adam 7e-4."""
     return ActorCriticPolicy(OBS_SPACE, ACT_SPACE, lr_schedule=lambda _: 7e-4,
-                             net_arch=dict(pi=[16, 16], vf=[16, 16]))
+                             net_arch=dict(pi=[16, 16], vf=[16, 16]), optimizer_class=sc_torch.Adam)
 
 
-def make_rollout_buffer() -> RolloutBuffer:
-    return RolloutBuffer(N_STEPS, OBS_SPACE, ACT_SPACE, device="cpu")
+def make_rollout_buffer(envs: int = 1) -> RolloutBuffer:
+    return RolloutBuffer(N_STEPS, OBS_SPACE, ACT_SPACE, device="cpu", n_envs=envs)
 
 
 def train(policy: ActorCriticPolicy, rollout_buffer: RolloutBuffer) -> None:
-    """One A2C update on the whole buffer (as stable-baselines3's A2C.train), then empty it."""
-    policy.set_training_mode(True)
+    """One A2C update on the whole buffer (as stable-baselines3's A2C.train), then empty it.
+
+    A2C.train also switches the policy into training mode and back; this network has no
+    dropout or batch norm, so both modes are the same function, and the switch cost 10% of a step.
+    """
     for rollout_data in rollout_buffer.get(batch_size=None):
         actions = rollout_data.actions.long().flatten()
         values, log_prob, entropy = policy.evaluate_actions(rollout_data.observations, actions)
@@ -53,47 +57,46 @@ def train(policy: ActorCriticPolicy, rollout_buffer: RolloutBuffer) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), MAX_GRAD_NORM)
         policy.optimizer.step()
-    policy.set_training_mode(False)
     rollout_buffer.reset()
 
 
 def forward(msg, policy, rollout_buffer, memory, training_enabled):
-    """Observation in, logits out. On the way: train if the buffer is full, store the last step.
+    """Observation(s) in, logits out. On the way: train if the buffer is full, store the last step.
 
     `memory` carries the previous observation's tensors, because the reward and the action taken
-    for it only arrive with the next observation.
+    for it only arrive with the next observation. With SWARM_ENVS copies of the environment every
+    array has one row per copy, and they all go through the network in one pass.
     """
-    observation = sc.as_vector(sc.require(msg, sc.OBSERVATION), sc.OBSERVATION, OBS_SPACE.shape[0])
+    envs = rollout_buffer.n_envs
+    observation = sc.as_batch(sc.require(msg, sc.OBSERVATION), sc.OBSERVATION, envs, OBS_SPACE.shape[0])
     deterministic = sc.get_bool(msg, sc.DETERMINISTIC)
     is_step = sc.REWARD in msg  # a run's first observation comes without reward/action/done
     if is_step:
-        reward = sc.get_float(msg, sc.REWARD)
-        done = sc.get_bool(msg, sc.DONE)
-        action = sc.require(msg, sc.ACTION)
-        if not (isinstance(action, list) and len(action) == 1 and type(action[0]) is int
-                and 0 <= action[0] < ACT_SPACE.n):
-            raise sc.BadMessage(f"ACTION must be [0] or [1], got {action!r}")
+        reward = sc.get_per_env(msg, sc.REWARD, envs, float)
+        done = sc.get_per_env(msg, sc.DONE, envs, bool)
+        action = sc.get_actions(msg, envs, ACT_SPACE.n)
 
     if rollout_buffer.full:  # the tutorial's order: train first, then store the new step
         if training_enabled.value:
             rollout_buffer.compute_returns_and_advantage(last_values=memory["values"],
-                                                         dones=np.array([done if is_step else False]))
+                                                         dones=done if is_step else np.zeros(envs))
             train(policy, rollout_buffer)
         else:
             rollout_buffer.reset()
     if is_step and "obs" in memory:
-        log_prob = memory["distribution"].log_prob(torch.tensor(action))
-        rollout_buffer.add(memory["obs"], np.array(action), np.array([reward]),
-                           np.array([memory["episode_start"]]), memory["values"], log_prob)
+        log_prob = memory["log_probs"][np.arange(envs), action]
+        rollout_buffer.add(memory["obs"], action, reward, memory["episode_start"], memory["values"], log_prob)
 
     with torch.no_grad():  # one pass through the network gives both heads
-        obs_tensor = torch.as_tensor(observation, dtype=torch.float32).unsqueeze(0)
+        obs_tensor = torch.as_tensor(observation, dtype=torch.float32)
         latent_pi, latent_vf = policy.mlp_extractor(policy.extract_features(obs_tensor))
         logits = policy.action_net(latent_pi)
         values = policy.value_net(latent_vf)
-    memory.update(obs=observation.astype(np.float32), values=values, episode_start=done if is_step else True,
-                  distribution=torch.distributions.Categorical(logits=logits))
-    return {sc.LOGITS: logits[0].tolist(), sc.COMPONENT_ID: COMPONENT_ID, sc.DETERMINISTIC: deterministic}
+    # log-probabilities of both actions (what Categorical(logits).log_prob gives, without building
+    # a distribution object per step)
+    memory.update(obs=obs_tensor.numpy(), values=values, log_probs=torch.log_softmax(logits, dim=-1),
+                  episode_start=done if is_step else np.ones(envs))
+    return {sc.LOGITS: sc.unbatch(logits.numpy()), sc.COMPONENT_ID: COMPONENT_ID, sc.DETERMINISTIC: deterministic}
 
 
 def send_weights(msg, policy, training_enabled):
@@ -124,7 +127,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)  # twenty models share two cores: one thread each
     policy = make_policy()
     client = sc.SwarmClient(COMPONENT_NAME, config, component_id=COMPONENT_ID, policy=policy,
-                            rollout_buffer=make_rollout_buffer(), memory={},
+                            rollout_buffer=make_rollout_buffer(config.envs), memory={},
                             training_enabled=MutableBool(True))
     # Logits go to the aggregation only: a model does not listen to the other models' logits.
     client.add_eventHandler(forward, sc.CUSTOM, responseRooms=sc.ROOM_LOGITS,

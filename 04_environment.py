@@ -3,6 +3,7 @@
 The control asks for a number of episodes (a "run"). The environment resets, sends the first
 observation, and then answers every ACTION with the next observation, the reward and whether
 the episode is done, until the requested episodes are over; then it reports the average score.
+With SWARM_ENVS > 1 it steps that many copies at once, and every copy's episodes count.
 """
 import uuid
 from dataclasses import dataclass, field
@@ -22,9 +23,9 @@ class Run:
     root_id: str
     episodes: int
     deterministic: bool
-    scores: list[float] = field(default_factory=list)
-    episode_return: float = 0.0
-    steps: int = 0
+    episode_returns: list[float]  # of the episode in progress, one per environment copy
+    scores: list[float] = field(default_factory=list)  # every finished episode, of every copy
+    steps: int = 0  # environment steps: a step of N copies counts N
 
     @property
     def finished(self) -> bool:
@@ -33,13 +34,17 @@ class Run:
 
 @dataclass
 class CartPole:
-    env: gymnasium.Env
+    """SWARM_ENVS CartPole copies, stepped together. With one, messages carry a single
+    observation, reward and done flag, exactly as in the tutorial; with more, one per copy."""
+    envs: list[gymnasium.Env]
     run: Run | None = None
     report: dict | None = None  # what the control should hear after the step just taken
 
-    def reset(self) -> list[float]:
-        observation, _info = self.env.reset()
-        return observation.tolist()
+    def reset(self) -> list:
+        return sc.unbatch(np.stack([env.reset()[0] for env in self.envs]))
+
+    def batch(self, values: list):
+        return values[0] if len(self.envs) == 1 else values
 
 
 def start_run(msg, cartpole):
@@ -49,32 +54,43 @@ def start_run(msg, cartpole):
     episodes = sc.get_int(msg, sc.NR_OF_EPISODE, minimum=1)
     deterministic = sc.get_bool(msg, sc.DETERMINISTIC)
     root_id = msg.get(sc.ROOT_ID) or uuid.uuid4().hex
-    cartpole.run, cartpole.report = Run(root_id, episodes, deterministic), None
+    cartpole.run, cartpole.report = Run(root_id, episodes, deterministic, [0.0] * len(cartpole.envs)), None
     return {sc.OBSERVATION: cartpole.reset(), sc.DETERMINISTIC: deterministic, sc.ROOT_ID: root_id}
 
 
 def step(msg, cartpole):
-    """ACTION from the aggregation: step, and send what happened to the models."""
+    """ACTION from the aggregation: step every copy, and send what happened to the models."""
     run = cartpole.run
     if run is None or run.finished or msg.get(sc.ROOT_ID, run.root_id) != run.root_id:
         return None  # no run, or an action that belongs to an abandoned run
     action = sc.require(msg, sc.ACTION)
-    if not (isinstance(action, list) and len(action) == 1 and type(action[0]) is int
-            and cartpole.env.action_space.contains(action[0])):
-        raise sc.BadMessage(f"ACTION must be a list with one valid action, got {action!r}")
-    observation, reward, terminated, truncated, _info = cartpole.env.step(action[0])
-    done = bool(terminated or truncated)
-    run.steps += 1
-    run.episode_return += float(reward)
-    if done:
-        run.scores.append(run.episode_return)
-        run.episode_return = 0.0
-        observation, _info = cartpole.env.reset()  # after DONE: the next episode's first observation
+    n = len(cartpole.envs)
+    if not (isinstance(action, list) and len(action) == n
+            and all(type(a) is int and cartpole.envs[0].action_space.contains(a) for a in action)):
+        raise sc.BadMessage(f"ACTION must be a list of {n} valid action(s), got {action!r:.200}")
+    observations, rewards, dones, finished = [], [], [], []
+    for i, env in enumerate(cartpole.envs):
+        observation, reward, terminated, truncated, _info = env.step(action[i])
+        done = bool(terminated or truncated)
+        run.episode_returns[i] += float(reward)
+        if done:
+            finished.append(run.episode_returns[i])
+            run.episode_returns[i] = 0.0
+            observation, _info = env.reset()  # after DONE: the next episode's first observation
+        observations.append(observation)
+        rewards.append(float(reward))
+        dones.append(done)
+    run.steps += n
+    if finished:
+        run.scores.extend(finished)
         cartpole.report = {sc.STATUS: sc.ENV_DONE if run.finished else sc.ENV_PROGRESS,
-                           sc.EPISODE: len(run.scores), sc.SCORE: run.scores[-1], sc.STEPS: run.steps,
+                           sc.EPISODE: len(run.scores), sc.SCORE: finished[-1], sc.STEPS: run.steps,
                            sc.AVG_SCORE: float(np.mean(run.scores)), sc.ROOT_ID: run.root_id}
-    return {sc.OBSERVATION: observation.tolist(), sc.REWARD: float(reward), sc.DONE: done,
-            sc.DETERMINISTIC: run.deterministic, sc.ACTION: action, sc.ROOT_ID: run.root_id}
+        if run.finished:
+            cartpole.report[sc.SCORES] = run.scores
+    return {sc.OBSERVATION: sc.unbatch(np.stack(observations)), sc.REWARD: cartpole.batch(rewards),
+            sc.DONE: cartpole.batch(dones), sc.DETERMINISTIC: run.deterministic, sc.ACTION: action,
+            sc.ROOT_ID: run.root_id}
 
 
 def report(msg, cartpole):
@@ -85,7 +101,8 @@ def report(msg, cartpole):
 
 if __name__ == "__main__":
     config = sc.setup_component(COMPONENT_NAME)
-    client = sc.SwarmClient(COMPONENT_NAME, config, cartpole=CartPole(gymnasium.make(sc.ENV_ID)))
+    cartpole = CartPole([gymnasium.make(sc.ENV_ID) for _ in range(config.envs)])
+    client = sc.SwarmClient(COMPONENT_NAME, config, cartpole=cartpole)
     client.add_eventHandler(start_run, sc.CUSTOM, responseRooms=sc.ROOM_OBSERVATION,
                             trigger=Trigger(sc.CUSTOM, sc.ROOM_CONTROL))
     # step, then report: SwarmClient runs handlers in the order they are added.

@@ -48,6 +48,7 @@ class Config:
     models: int = 20
     rounds: int = 5
     episodes: int = 20
+    envs: int = 1  # CartPole copies stepped together (SWARM_ENVS); 1 is the tutorial
     log_dir: Path = Path("logs")
     start_timeout: float = 180.0  # launch until every component answers
     reply_timeout: float = 120.0  # longest silence while waiting for ENV_DONE / EVO_DONE
@@ -61,6 +62,7 @@ class Config:
             models=env_int("SWARM_MODELS", cls.models),
             rounds=env_int("SWARM_ROUNDS", cls.rounds),
             episodes=env_int("SWARM_EPISODES", cls.episodes),
+            envs=env_int("SWARM_ENVS", cls.envs, minimum=1),
             log_dir=Path(env.get("SWARM_LOG_DIR", str(cls.log_dir))),
             start_timeout=float(env.get("SWARM_START_TIMEOUT", cls.start_timeout)),
             reply_timeout=float(env.get("SWARM_REPLY_TIMEOUT", cls.reply_timeout)),
@@ -70,19 +72,23 @@ class Config:
         """The environment variables that reproduce these settings in a child process."""
         return {"SWERGIO_HOST": self.host, "SWERGIO_PORT": str(self.port), "SWARM_MODELS": str(self.models),
                 "SWARM_ROUNDS": str(self.rounds), "SWARM_EPISODES": str(self.episodes),
-                "SWARM_LOG_DIR": str(self.log_dir), "SWARM_START_TIMEOUT": str(self.start_timeout),
+                "SWARM_ENVS": str(self.envs), "SWARM_LOG_DIR": str(self.log_dir),
+                "SWARM_START_TIMEOUT": str(self.start_timeout),
                 "SWARM_REPLY_TIMEOUT": str(self.reply_timeout)}
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
     """An integer setting from the environment, with a clear error for a typo."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ValueError(f"environment variable {name}={raw!r} is not a whole number") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"environment variable {name}={raw!r} must be at least {minimum}")
+    return value
 
 
 # --------------------------------------------------------------------------- rooms and keys
@@ -112,6 +118,7 @@ ROOT_ID = "ROOT_ID"  # swergio propagates it from a message to its replies: it n
 STEPS = "STEPS"  # in ENV_DONE/ENV_PROGRESS: environment steps of the run so far
 EPISODE = "EPISODE"  # in ENV_PROGRESS: episodes finished so far
 SCORE = "SCORE"  # in ENV_PROGRESS: the score of the episode that just finished
+SCORES = "SCORES"  # in ENV_DONE: the scores of all the run's episodes
 PING = "PING"
 PONG = "PONG"
 COMPONENT = "COMPONENT"
@@ -175,6 +182,43 @@ def get_str(msg: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise BadMessage(f"{key} must be a non-empty string, got {value!r}")
     return value
+
+
+def as_batch(value: Any, what: str, envs: int, width: int | None = None) -> np.ndarray:
+    """One row per environment: with one environment the message holds the row itself (the
+    tutorial's format), with more a list of rows. A BadMessage for anything else."""
+    if envs == 1:
+        return as_vector(value, what, width)[np.newaxis]
+    if not isinstance(value, list) or len(value) != envs:
+        raise BadMessage(f"{what} must be a list of {envs} rows, one per environment")
+    rows = [as_vector(row, f"{what}[{i}]", width) for i, row in enumerate(value)]
+    if len({row.size for row in rows}) != 1:
+        raise BadMessage(f"{what}: rows of different lengths")
+    return np.stack(rows)
+
+
+def get_actions(msg: dict[str, Any], envs: int, n_actions: int) -> np.ndarray:
+    """ACTION: a list of one action per environment (with one environment: [action])."""
+    action = require(msg, ACTION)
+    if not (isinstance(action, list) and len(action) == envs
+            and all(type(a) is int and 0 <= a < n_actions for a in action)):
+        raise BadMessage(f"ACTION must be a list of {envs} action(s) in 0..{n_actions - 1}, got {action!r:.200}")
+    return np.array(action)
+
+
+def get_per_env(msg: dict[str, Any], key: str, envs: int, kind: type) -> np.ndarray:
+    """REWARD (kind float) or DONE (kind bool): the value itself for one environment, a list of
+    values for more."""
+    values = [require(msg, key)] if envs == 1 else require(msg, key)
+    if not isinstance(values, list) or len(values) != envs:
+        raise BadMessage(f"{key} must be a list of {envs} values, one per environment")
+    get = get_bool if kind is bool else get_float
+    return np.array([get({key: v}, key) for v in values])
+
+
+def unbatch(array: np.ndarray) -> list:
+    """The inverse of as_batch: the row itself for one environment, else the list of rows."""
+    return array[0].tolist() if len(array) == 1 else array.tolist()
 
 
 def as_vector(value: Any, what: str, length: int | None = None) -> np.ndarray:

@@ -21,7 +21,7 @@ def logits_message(model_id, p0, deterministic=True, root_id="run-1"):
 def run_step(messages, nr_of_models, memory=None, contribution=None):
     memory = memory if memory is not None else aggregation.StepLogits()
     contribution = contribution if contribution is not None else {}
-    replies = [aggregation.aggregate(m, memory, contribution, nr_of_models) for m in messages]
+    replies = [aggregation.aggregate(m, memory, contribution, nr_of_models, 1) for m in messages]
     return replies, memory, contribution
 
 
@@ -80,7 +80,7 @@ def test_bad_logits_do_not_count_towards_the_step(broken):
     memory, contribution = aggregation.StepLogits(), {}
     run_step([logits_message("a", 0.6, root_id=None)], 2, memory, contribution)
     with pytest.raises(sc.BadMessage):
-        aggregation.aggregate(broken, memory, contribution, 2)
+        aggregation.aggregate(broken, memory, contribution, 2, 1)
     assert list(memory.logits) == ["a"] and contribution == {}
 
 

@@ -11,7 +11,7 @@ environment = load_script("04_environment.py")
 
 @pytest.fixture
 def cartpole():
-    return environment.CartPole(gymnasium.make(sc.ENV_ID))
+    return environment.CartPole([gymnasium.make(sc.ENV_ID)])
 
 
 def request(episodes, deterministic=False, root_id="run-1"):
