@@ -2,7 +2,6 @@
 and find every process a test's swarm started (so none can outlive the test)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import time
@@ -18,18 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 import swarm_common as sc  # noqa: E402
 
-_loaded: dict[str, object] = {}
-
-
-def load_script(filename: str):
-    """Import a numbered script (e.g. 02_model.py) without running its __main__ part."""
-    if filename not in _loaded:
-        path = ROOT / filename
-        spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _loaded[filename] = module
-    return _loaded[filename]
+load_script = sc.load_script  # tests import it from here
 
 
 def processes_with_log_dir(log_dir: Path) -> list[psutil.Process]:

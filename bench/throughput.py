@@ -1,0 +1,199 @@
+"""bench/throughput.py: how fast is the swarm, compared with the same work in one process?
+
+One run measures, and prints as a table and as a final JSON line:
+- compute_only_sps: the same models doing the same per-step work (forward, rollout storage, an
+  A2C update every 5 steps, the aggregation, the environment step), called directly in ONE
+  process: no sockets, no JSON;
+- swarm_sps: the real swarm (server, aggregation, environment, evolution and the models as
+  separate processes on loopback, launched like 06_control.py, training on), over a fixed
+  number of environment steps after a warm-up;
+- ratio = swarm_sps / compute_only_sps (on 2 cores the ceiling is about 2);
+- ready_s: launch until every component and model answers a ping;
+- evolution_s: EVOLUTION sent until EVO_DONE (the median of three);
+- pss_mb: the peak total proportional set size (PSS) of all swarm processes, sampled every second.
+
+    python bench/throughput.py                       # 20 models, 1 environment
+    python bench/throughput.py --envs 32             # 32 CartPole copies per step
+    python bench/throughput.py --quick               # 4 models, short: under a minute
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import swarm_common as sc  # noqa: E402
+
+
+def compute_only_sps(models: int, envs: int, steps: int, warmup: int) -> float:
+    """Environment steps per second of the swarm's per-step work in this one process."""
+    import torch
+    from swergio_toolbox.objects import MutableBool
+
+    torch.set_num_threads(1)  # as each model process
+    model = sc.load_script("02_model.py")
+    aggregation = sc.load_script("03_aggregation.py")
+    environment = sc.load_script("04_environment.py")
+    import gymnasium
+
+    policies = [dict(policy=model.make_policy(), rollout_buffer=model.make_rollout_buffer(envs), memory={},
+                     training_enabled=MutableBool(True)) for _ in range(models)]
+    cartpole = environment.CartPole([gymnasium.make(sc.ENV_ID) for _ in range(envs)])
+    step_logits, contribution = aggregation.StepLogits(), {}
+    message = environment.start_run({sc.NR_OF_EPISODE: 10**9, sc.DETERMINISTIC: False, sc.ROOT_ID: "bench"},
+                                    cartpole)
+    done_steps, started = 0, None
+    while done_steps < warmup + steps:
+        if done_steps >= warmup and started is None:
+            started, counted_from = time.perf_counter(), done_steps
+        action = None
+        for index, parts in enumerate(policies):
+            reply = model.forward(message, **parts)
+            reply[sc.COMPONENT_ID] = f"model{index}"  # one process: tell the models apart by hand
+            reply[sc.ROOT_ID] = "bench"
+            action = aggregation.aggregate(reply, step_logits, contribution, models, envs) or action
+        message = environment.step({**action, sc.ROOT_ID: "bench"}, cartpole)
+        environment.report({}, cartpole)
+        done_steps += envs
+    return (done_steps - counted_from) / (time.perf_counter() - started)
+
+
+class PeakPSS:
+    """Samples the total PSS of a set of processes every `interval` seconds, in a thread, and
+    whenever `sample()` is called. A sample reads /proc/<pid>/smaps_rollup of every process, about
+    5 ms per torch process: sampled rarely, so the measurement does not slow the swarm."""
+
+    def __init__(self, pids: callable, interval: float = 5.0) -> None:
+        self.pids, self.interval, self.peak_mb = pids, interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                    total += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:")) * 1024
+            except (OSError, StopIteration):  # gone meanwhile
+                pass
+        self.peak_mb = max(self.peak_mb, total / 2**20)
+        return total / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> "PeakPSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def measure_swarm(settings: sc.Config, steps: int, warmup: int) -> dict:
+    """Launch the swarm as 06_control.py does, and time readiness, training steps and evolution."""
+    swarm = sc.ManagedSwarm(sc.PROJECT_DIR / "swarm.yaml", settings)
+    results: dict = {}
+    launched = time.monotonic()
+    try:
+        with PeakPSS(lambda: [p for name, p in swarm.pids().items()]) as memory:
+            swarm.start()
+            for i in range(settings.models):
+                swarm.add(f"model{i}", "02_model.py")
+                swarm.start(f"model{i}")
+            control = sc.ControlClient(swarm, name="bench")
+            swarm.wait_ready(control, ["aggregation", "environment", "evolution"], settings.models)
+            results["ready_s"] = time.monotonic() - launched
+            memory.sample()
+
+            # A training run longer than we need; progress messages (one per finished episode)
+            # carry the step count. The clock starts at the first report past the warm-up.
+            marks: list[tuple[float, int]] = []
+
+            def measured(message: dict) -> bool:
+                now, done = time.monotonic(), message[sc.STEPS]
+                if not marks and done >= warmup:
+                    marks.append((now, done))
+                elif marks and done >= marks[0][1] + steps:
+                    marks.append((now, done))
+                    return True  # measured: stop waiting for this run
+                return False
+
+            control.request({sc.NR_OF_EPISODE: 10**9, sc.DETERMINISTIC: False}, until=sc.ENV_DONE,
+                            timeout=60, progress=measured)
+            memory.sample()
+            (t0, s0), (t1, s1) = marks
+            results["swarm_sps"] = (s1 - s0) / (t1 - t0)
+            results["measured_steps"] = s1 - s0
+            # End the endless run with a short one, so the evolution is timed on a quiet swarm.
+            control.request({sc.NR_OF_EPISODE: 1, sc.DETERMINISTIC: True}, until=sc.ENV_DONE)
+            evolution_times = []
+            for _ in range(3):
+                began = time.monotonic()
+                control.request({sc.EVOLUTION: True}, until=sc.EVO_DONE)
+                evolution_times.append(time.monotonic() - began)
+            results["evolution_s"] = statistics.median(evolution_times)
+            results["evolution_runs_s"] = evolution_times
+            memory.sample()
+        results["pss_mb"] = memory.peak_mb
+        control.close()
+    finally:
+        swarm.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=int, default=20)
+    parser.add_argument("--envs", type=int, default=1, help="SWARM_ENVS: CartPole copies stepped together")
+    parser.add_argument("--steps", type=int, help="measured environment steps (default 1500 per environment)")
+    parser.add_argument("--warmup", type=int, help="environment steps before the clock starts (default 300 per env)")
+    parser.add_argument("--quick", action="store_true", help="4 models and short runs: under a minute")
+    parser.add_argument("--skip-compute", action="store_true", help="measure the swarm only")
+    args = parser.parse_args()
+    if args.quick:
+        args.models = 4
+    steps = args.steps or (300 if args.quick else 1500) * args.envs
+    warmup = args.warmup or (100 if args.quick else 300) * args.envs
+
+    log_dir = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
+    settings = sc.Config(port=sc.free_port(), models=args.models, envs=args.envs, log_dir=log_dir,
+                         start_timeout=180.0, reply_timeout=60.0)
+    print(f"benchmark: {args.models} models, {args.envs} environment(s), {steps} measured steps after "
+          f"{warmup} warm-up steps, {os.cpu_count()} CPUs; logs in {log_dir}", flush=True)
+
+    compute = None
+    if not args.skip_compute:
+        compute = compute_only_sps(args.models, args.envs, steps, warmup)
+        print(f"compute only (one process):  {compute:9.1f} env steps/s", flush=True)
+    swarm = measure_swarm(settings, steps, warmup)
+    ratio = swarm["swarm_sps"] / compute if compute else None
+
+    rows = [("compute_only_sps", compute, "env steps/s, one process, no messaging"),
+            ("swarm_sps", swarm["swarm_sps"], f"env steps/s, {swarm['measured_steps']} steps after warm-up"),
+            ("ratio", ratio, "swarm / compute only"),
+            ("ready_s", swarm["ready_s"], "launch until all answer"),
+            ("evolution_s", swarm["evolution_s"],
+             "median of " + ", ".join(f"{t:.2f}" for t in swarm["evolution_runs_s"]) + " s"),
+            ("pss_mb", swarm["pss_mb"], "peak total PSS of the swarm's processes")]
+    print(f"\n{'figure':<18}{'value':>10}  note")
+    for name, value, note in rows:
+        print(f"{name:<18}{'n/a' if value is None else f'{value:10.2f}':>10}  {note}")
+    summary = {"models": args.models, "envs": args.envs, "steps": swarm["measured_steps"],
+               **{name: None if value is None else round(value, 3) for name, value, _ in rows}}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
