@@ -155,19 +155,19 @@ def measure_swarm(settings: sc.Config, steps: int, warmup: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=int, default=20)
+    parser.add_argument("--models", type=int, help="model processes (default 20; 4 with --quick)")
     parser.add_argument("--envs", type=int, default=1, help="SWARM_ENVS: CartPole copies stepped together")
     parser.add_argument("--steps", type=int, help="measured environment steps (default 1500 per environment)")
     parser.add_argument("--warmup", type=int, help="environment steps before the clock starts (default 300 per env)")
     parser.add_argument("--quick", action="store_true", help="4 models and short runs: under a minute")
     parser.add_argument("--skip-compute", action="store_true", help="measure the swarm only")
+    parser.add_argument("--log-dir", type=Path, help="the components' logs (default: a new temporary folder)")
     args = parser.parse_args()
-    if args.quick:
-        args.models = 4
+    args.models = args.models or (4 if args.quick else 20)
     steps = args.steps or (300 if args.quick else 1500) * args.envs
     warmup = args.warmup or (100 if args.quick else 300) * args.envs
 
-    log_dir = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="swarm-bench-"))
     settings = sc.Config(port=sc.free_port(), models=args.models, envs=args.envs, log_dir=log_dir,
                          start_timeout=180.0, reply_timeout=60.0)
     print(f"benchmark: {args.models} models, {args.envs} environment(s), {steps} measured steps after "

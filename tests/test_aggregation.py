@@ -90,3 +90,41 @@ def test_get_hands_over_the_contributions_and_clears_them():
     assert reply == {sc.CONTRIBUTION: {"a": 1.5, "b": 0.5}}
     assert contribution == {}
     assert aggregation.send_contribution({sc.CMD: sc.SET}, {"a": 1.0}) is None
+
+
+# --------------------------------------------------------------------------- SWARM_ENVS > 1
+def test_a_batch_gets_one_action_per_environment_from_one_pass():
+    # Environment 0: model a is sure of action 0; environment 1: both lean to action 1.
+    messages = [{sc.COMPONENT_ID: "a", sc.LOGITS: [logits_for(0.99), logits_for(0.4)], sc.DETERMINISTIC: True},
+                {sc.COMPONENT_ID: "b", sc.LOGITS: [logits_for(0.4), logits_for(0.2)], sc.DETERMINISTIC: True}]
+    memory, contribution = aggregation.StepLogits(), {}
+    replies = [aggregation.aggregate(m, memory, contribution, 2, 2) for m in messages]
+    assert replies == [None, {sc.ACTION: [0, 1]}]
+    # Each environment hands out a total share of 1: a model's contribution adds its shares up.
+    assert contribution["a"] == pytest.approx(0.99 / 1.39 + 0.6 / 1.4)
+    assert sum(contribution.values()) == pytest.approx(2.0)
+
+
+def test_sampled_batch_actions_follow_each_environments_distribution():
+    aggregation.rng = np.random.default_rng(1)
+    p0 = np.array([0.1, 0.5, 0.9])
+    chosen = []
+    for _ in range(3000):
+        memory = aggregation.StepLogits()
+        message = {sc.COMPONENT_ID: "a", sc.LOGITS: [logits_for(p) for p in p0], sc.DETERMINISTIC: False}
+        chosen.append(aggregation.aggregate(message, memory, {}, 1, 3)[sc.ACTION])
+    assert np.allclose(np.mean(np.array(chosen) == 0, axis=0), p0, atol=0.03)
+
+
+@pytest.mark.parametrize("logits", [
+    [[0.1, 0.2]],  # one row for two environments
+    [0.1, 0.2],  # one environment's format
+    [[0.1, 0.2], [0.1]],
+    [[0.1, 0.2], [0.1, float("inf")]],
+    [[0.1, 0.2], [0.1, True]],
+])
+def test_a_bad_batch_of_logits_does_not_count(logits):
+    memory, contribution = aggregation.StepLogits(), {}
+    with pytest.raises(sc.BadMessage):
+        aggregation.aggregate({sc.COMPONENT_ID: "a", sc.LOGITS: logits, sc.DETERMINISTIC: True}, memory, contribution, 1, 2)
+    assert memory.logits == {} and contribution == {}

@@ -193,3 +193,51 @@ def test_messages_without_type_or_room_are_skipped_and_serving_goes_on(raw_peer,
             peer.sendall(frame(body))
         wait_for(lambda: handled == [4])
     assert caplog.text.count("without a valid TYPE/TO_ROOM") == 3
+
+
+def test_replies_can_go_to_a_room_without_listening_to_it(hub):
+    """Models send logits without joining `logits`: they must not receive each other's."""
+    models = []
+    for name in ("model-a", "model-b"):
+        client = sc.SwarmClient(name, hub.config)
+        client.add_eventHandler(lambda msg: {"FROM": msg["X"]}, sc.CUSTOM, responseRooms="out",
+                                trigger=Trigger(sc.CUSTOM, "in"), listen_to_response_rooms=False)
+        models.append(client)
+    collector = sc.SwarmClient("collector", hub.config)
+    collector.join_room("out")
+    for client, name in zip(models, ("model-a", "model-b")):
+        joined(hub, name, "in")
+        assert name not in {hub.server.names.get(c) for c in hub.server.rooms.get("out", ())}
+        serve(client)
+    joined(hub, "collector", "out")
+    sender = sc.SwarmClient("sender", hub.config)
+    sender.send(sc.custom_message("in", {"X": 7}))
+    answers = [receive_in(collector, "out"), receive_in(collector, "out")]
+    assert sorted(m["SENT_BY"] for m in answers) == ["model-a", "model-b"] and all(m["FROM"] == 7 for m in answers)
+    sender.close(), collector.close(), [m.close() for m in models]
+
+
+def test_large_messages_from_two_senders_never_interleave(hub):
+    """The server writes each delivery in one go under the recipient's lock."""
+    receiver = sc.SwarmClient("receiver", hub.config)
+    receiver.join_room("room")
+    joined(hub, "receiver", "room")
+    # A small send buffer towards the receiver splits every delivery into many partial writes.
+    (towards_receiver,) = [c for c, name in hub.server.names.items() if name == "receiver"]
+    towards_receiver.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    senders = [sc.SwarmClient(f"sender{i}", hub.config) for i in range(2)]
+    payload = list(range(40_000))  # about 250 KB of JSON per message
+
+    def flood(client, tag):
+        for n in range(15):
+            client.send(sc.custom_message("room", {"TAG": tag, "N": n, "DATA": payload}))
+
+    threads = [threading.Thread(target=flood, args=(s, i)) for i, s in enumerate(senders)]
+    [t.start() for t in threads]
+    time.sleep(0.5)  # let both senders' deliveries pile up against the full buffer
+    received = [receive_in(receiver, "room", timeout=20) for _ in range(30)]
+    [t.join(10) for t in threads]
+    for tag in (0, 1):
+        assert [m["N"] for m in received if m["TAG"] == tag] == list(range(15))
+    assert all(m["DATA"] == payload for m in received)
+    receiver.close(), [s.close() for s in senders]

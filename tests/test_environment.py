@@ -97,3 +97,45 @@ def test_bad_actions_are_rejected_and_do_not_step(cartpole, action):
     with pytest.raises(sc.BadMessage):
         environment.step({sc.ACTION: action, sc.ROOT_ID: "run-1"}, cartpole)
     assert cartpole.run.steps == 0
+
+
+# --------------------------------------------------------------------------- SWARM_ENVS > 1
+@pytest.fixture
+def three_cartpoles():
+    return environment.CartPole([gymnasium.make(sc.ENV_ID) for _ in range(3)])
+
+
+def test_with_one_environment_the_messages_are_the_tutorials(cartpole):
+    first = environment.start_run(request(1), cartpole)
+    reply = environment.step({sc.ACTION: [1], sc.ROOT_ID: "run-1"}, cartpole)
+    assert len(first[sc.OBSERVATION]) == 4 and all(isinstance(x, float) for x in first[sc.OBSERVATION])
+    assert isinstance(reply[sc.REWARD], float) and isinstance(reply[sc.DONE], bool) and reply[sc.ACTION] == [1]
+
+
+def test_copies_step_together_and_every_copys_episodes_count(three_cartpoles):
+    first = environment.start_run(request(7), three_cartpoles)
+    assert np.array(first[sc.OBSERVATION]).shape == (3, 4)
+    ended, reports, steps = 0, [], 0
+    while True:
+        reply = environment.step({sc.ACTION: [0, 1, 0], sc.ROOT_ID: "run-1"}, three_cartpoles)
+        if reply is None:
+            break
+        steps += 1
+        assert np.array(reply[sc.OBSERVATION]).shape == (3, 4)
+        assert reply[sc.REWARD] == [1.0] * 3 and len(reply[sc.DONE]) == 3
+        ended += sum(reply[sc.DONE])
+        if (report := environment.report({}, three_cartpoles)) is not None:
+            reports.append(report)
+    done = reports[-1]
+    assert done[sc.STATUS] == sc.ENV_DONE and all(r[sc.STATUS] == sc.ENV_PROGRESS for r in reports[:-1])
+    assert done[sc.EPISODE] == ended >= 7 and len(done[sc.SCORES]) == ended
+    assert done[sc.STEPS] == 3 * steps  # a step of three copies is three environment steps
+    assert done[sc.AVG_SCORE] == pytest.approx(np.mean(done[sc.SCORES]))
+
+
+@pytest.mark.parametrize("action", [[0, 1], [0, 1, 2], [0, 1, True], 0])
+def test_a_batch_action_needs_one_valid_action_per_copy(three_cartpoles, action):
+    environment.start_run(request(1), three_cartpoles)
+    with pytest.raises(sc.BadMessage):
+        environment.step({sc.ACTION: action, sc.ROOT_ID: "run-1"}, three_cartpoles)
+    assert three_cartpoles.run.steps == 0

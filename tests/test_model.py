@@ -110,3 +110,95 @@ def test_a_bad_observation_is_rejected_without_touching_the_state(parts, broken)
         model.forward(broken, **parts)
     assert parts["rollout_buffer"].pos == 0
     assert parts["memory"]["obs"] is memory_before["obs"]
+
+
+# --------------------------------------------------------------------------- SWARM_ENVS > 1
+def batch_message(envs, step=None, seed=0):
+    rng = np.random.default_rng(seed)
+    msg = {sc.OBSERVATION: rng.normal(0, 0.05, (envs, 4)).tolist(), sc.DETERMINISTIC: False}
+    if step is not None:
+        msg.update({sc.REWARD: [1.0] * envs, sc.DONE: [False] * (envs - 1) + [step % 3 == 0],
+                    sc.ACTION: [(step + i) % 2 for i in range(envs)]})
+    return msg
+
+
+def test_a_batch_goes_through_the_network_in_one_pass_row_by_row_equal():
+    policy = model.make_policy()
+    batched = dict(policy=policy, rollout_buffer=model.make_rollout_buffer(4), memory={},
+                   training_enabled=MutableBool(True))
+    msg = batch_message(4)
+    logits = np.array(model.forward(msg, **batched)[sc.LOGITS])
+    assert logits.shape == (4, 2)
+    for row, observation in zip(logits, msg[sc.OBSERVATION]):
+        single = dict(policy=policy, rollout_buffer=model.make_rollout_buffer(1), memory={},
+                      training_enabled=MutableBool(True))
+        alone = model.forward({sc.OBSERVATION: observation, sc.DETERMINISTIC: False}, **single)[sc.LOGITS]
+        assert np.allclose(row, alone, atol=1e-6)
+
+
+def test_a_batch_fills_the_buffer_per_environment_and_trains_every_five_steps():
+    parts = dict(policy=model.make_policy(), rollout_buffer=model.make_rollout_buffer(3), memory={},
+                 training_enabled=MutableBool(True))
+    initial = parts["policy"].parameters_to_vector().copy()
+    model.forward(batch_message(3), **parts)
+    for step in range(1, 6):
+        model.forward(batch_message(3, step, seed=step), **parts)
+    buffer = parts["rollout_buffer"]
+    assert buffer.full and buffer.rewards.shape == (5, 3)
+    assert buffer.actions[:, :, 0].tolist() == [[(s + i) % 2 for i in range(3)] for s in range(1, 6)]
+    assert np.array_equal(parts["policy"].parameters_to_vector(), initial)
+    model.forward(batch_message(3, 6, seed=6), **parts)
+    assert not np.array_equal(parts["policy"].parameters_to_vector(), initial)
+
+
+@pytest.mark.parametrize("broken", [
+    {sc.OBSERVATION: [[0.0] * 4] * 2, sc.DETERMINISTIC: False},  # 2 rows for 3 environments
+    {sc.OBSERVATION: [0.0] * 4, sc.DETERMINISTIC: False},  # one environment's format
+    {sc.OBSERVATION: [[0.0] * 4, [0.0] * 4, [0.0] * 3], sc.DETERMINISTIC: False},
+    {**batch_message(3, 1), sc.REWARD: 1.0},
+    {**batch_message(3, 1), sc.DONE: [False, "no", False]},
+    {**batch_message(3, 1), sc.ACTION: [0, 1]},
+])
+def test_a_bad_batch_is_rejected(broken):
+    parts = dict(policy=model.make_policy(), rollout_buffer=model.make_rollout_buffer(3), memory={},
+                 training_enabled=MutableBool(True))
+    with pytest.raises(sc.BadMessage):
+        model.forward(broken, **parts)
+    assert parts["memory"] == {}
+
+
+# --------------------------------------------------------------------------- start-up cost
+def test_our_adam_makes_the_same_updates_as_torchs():
+    import torch
+    import swarm_torch
+
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(4, 3)
+    ours = torch.nn.Linear(4, 3)
+    ours.load_state_dict(reference.state_dict())
+    optimizers = [torch.optim.Adam(reference.parameters(), lr=0.01),
+                  swarm_torch.Adam(ours.parameters(), lr=0.01, fused=True)]
+    for step in range(20):
+        data = torch.randn(8, 4)
+        for network, optimizer in zip([reference, ours], optimizers):
+            optimizer.zero_grad()
+            network(data).pow(2).mean().backward()
+            optimizer.step()
+    for a, b in zip(reference.parameters(), ours.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.equal(reference.weight, torch.nn.Linear(4, 3).weight)
+
+
+def test_a_model_process_never_imports_the_torch_compiler():
+    """torch._dynamo costs 1.2-1.5 CPU-s per process; twenty models start at once."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    code = ("import sys; sys.path.insert(0, '.'); import swarm_common as sc; from swergio_toolbox.objects import MutableBool; "
+            "m = sc.load_script('02_model.py'); p = dict(policy=m.make_policy(), rollout_buffer=m.make_rollout_buffer(), "
+            "memory={}, training_enabled=MutableBool(True)); "
+            "[m.forward({'OBSERVATION': [0.01] * 4, 'DETERMINISTIC': False, **({'REWARD': 1.0, 'DONE': False, 'ACTION': [0]} if i else {})}, **p) for i in range(8)]; "
+            "m.set_weights({'CMD': 'SET', 'WEIGHTS': {m.COMPONENT_ID: m.send_weights({'CMD': 'GET'}, p['policy'], p['training_enabled'])['WEIGHTS']}}, p['policy'], p['training_enabled']); "
+            "print('trained', p['rollout_buffer'].pos, 'dynamo', 'torch._dynamo' in sys.modules)")
+    output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert output.stdout.strip() == "trained 2 dynamo False", output.stderr

@@ -226,3 +226,21 @@ def test_components_exit_when_the_control_is_killed(swarm_env):
     process.kill()  # no atexit, no signal handler: only the components' own watch can help
     process.communicate(timeout=30)
     assert_all_gone(launched, within=10)
+
+
+def test_a_swarm_with_several_environment_copies(swarm_env):
+    config = dataclasses.replace(swarm_env, envs=4)
+    swarm = start_swarm(config, 2)
+    pids = list(swarm.pids().values())
+    try:
+        control = sc.ControlClient(swarm)
+        swarm.wait_ready(control, COMPONENTS, 2)
+        reply = control.request({sc.NR_OF_EPISODE: 6, sc.DETERMINISTIC: False}, until=sc.ENV_DONE)
+        assert reply[sc.EPISODE] >= 6 and len(reply[sc.SCORES]) == reply[sc.EPISODE]
+        assert reply[sc.STEPS] % 4 == 0 and reply[sc.STEPS] >= 6 * 8
+        control.request({sc.EVOLUTION: True}, until=sc.EVO_DONE)
+        reply = control.request({sc.NR_OF_EPISODE: 4, sc.DETERMINISTIC: True}, until=sc.ENV_DONE)
+        assert all(8 <= score <= 500 for score in reply[sc.SCORES])
+    finally:
+        swarm.stop()
+    assert_all_gone(pids)
