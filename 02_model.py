@@ -8,7 +8,8 @@ the policy's weights as one flat vector.
 import gc
 
 gc.disable()  # twenty of these start at once: no garbage collection while torch loads (10% faster)
-import uuid  # noqa: E402
+import os  # noqa: E402
+import uuid
 
 import gymnasium
 import numpy as np
@@ -25,7 +26,9 @@ gc.freeze()  # the libraries' objects live forever: later collections need not s
 gc.enable()
 
 COMPONENT_NAME = "model"
-COMPONENT_ID = uuid.uuid4().hex  # unique per process: the aggregation and evolution key on it
+# Unique per process (the aggregation and evolution key on it), and readable in their messages:
+# the launcher's name for this process (model0, model1, ...) and a random part.
+COMPONENT_ID = f"{os.environ.get('SWARM_COMPONENT_NAME', COMPONENT_NAME)}-{uuid.uuid4().hex[:12]}"
 
 # The spaces come from the environment itself instead of being written out by hand.
 _env = gymnasium.make(sc.ENV_ID)

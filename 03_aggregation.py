@@ -3,8 +3,11 @@
 Every model proposes a distribution over the actions. The aggregation adds up the models'
 probabilities, takes the argmax (deterministic) or samples from the summed distribution, and
 credits each model with its share of the chosen action's summed probability: its contribution,
-which the evolution uses as fitness.
+which the evolution uses as fitness. A step whose last logits do not come within
+SWARM_MODEL_TIMEOUT seconds is given up, and the control is told which models are missing.
 """
+import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -14,6 +17,7 @@ from swergio import Trigger
 import swarm_common as sc
 
 COMPONENT_NAME = "aggregation"
+log = logging.getLogger(COMPONENT_NAME)
 rng = np.random.default_rng()
 
 
@@ -22,6 +26,7 @@ class StepLogits:
     """The logits received so far for the current step of the current run (by ROOT_ID)."""
     root_id: str | None = None
     logits: dict[str, np.ndarray] = field(default_factory=dict)
+    first_at: float = 0.0  # when the step's first logits arrived (time.monotonic)
     retired_roots: deque = field(default_factory=lambda: deque(maxlen=1000))
 
 
@@ -49,11 +54,12 @@ def get_action(logits_by_model: dict[str, np.ndarray], deterministic: bool = Fal
     return actions, {model_id: float(s) for model_id, s in zip(logits_by_model, shares.sum(axis=-1))}
 
 
-def aggregate(msg, memory, contribution_memory, nr_of_models, envs):
+def aggregate(msg, memory, contribution_memory, models, envs):
     """Collect one LOGITS per model; when all have answered, send the ACTION (one per environment)."""
     model_id = sc.get_str(msg, sc.COMPONENT_ID)
     logits = sc.as_batch(sc.require(msg, sc.LOGITS), sc.LOGITS, envs)
     deterministic = sc.get_bool(msg, sc.DETERMINISTIC)
+    models.admit(model_id)
     root_id = msg.get(sc.ROOT_ID)
     if root_id != memory.root_id:
         if root_id in memory.retired_roots:
@@ -64,14 +70,37 @@ def aggregate(msg, memory, contribution_memory, nr_of_models, envs):
     if memory.logits and logits.shape != next(iter(memory.logits.values())).shape:
         raise sc.BadMessage(f"LOGITS of {model_id} has shape {logits.shape}, the others have "
                             f"{next(iter(memory.logits.values())).shape}")
+    if not memory.logits:
+        memory.first_at = time.monotonic()
     memory.logits[model_id] = logits
-    if len(memory.logits) < nr_of_models:
+    if len(memory.logits) < models.expected:
         return None
     actions, contribution = get_action(memory.logits, deterministic)
     for k, share in contribution.items():
         contribution_memory[k] = contribution_memory.get(k, 0.0) + share
     memory.logits = {}
     return {sc.ACTION: actions.tolist()}
+
+
+def check_missing_models(memory, models, model_timeout):
+    """Every half second: a step that has waited `model_timeout` seconds for the last models'
+    logits is given up. The control hears which models are missing (an ERROR for its run, which
+    stops the swarm); a late answer for the abandoned run is ignored."""
+    if not memory.logits or time.monotonic() - memory.first_at < model_timeout:
+        return None
+    missing = sorted(models.known - set(memory.logits))
+    error = (f"no LOGITS within {model_timeout:g} s from {len(missing) or models.expected - len(memory.logits)} "
+             f"model(s): {', '.join(missing) or 'not yet known'}; {len(memory.logits)} of {models.expected} answered")
+    log.error("%s (run %s)", error, memory.root_id)
+    report = {sc.STATUS: sc.ERROR, sc.ERROR: error, sc.MISSING: missing, sc.ROOT_ID: memory.root_id}
+    memory.retired_roots.append(memory.root_id)
+    memory.root_id, memory.logits = None, {}
+    return report
+
+
+def register_model(msg, models):
+    """A model's answer to a readiness ping: now we know its id."""
+    models.register_pong(msg)
 
 
 def send_contribution(msg, contribution_memory):
@@ -86,9 +115,12 @@ def send_contribution(msg, contribution_memory):
 if __name__ == "__main__":
     config = sc.setup_component(COMPONENT_NAME)
     client = sc.SwarmClient(COMPONENT_NAME, config, memory=StepLogits(), contribution_memory={},
-                            nr_of_models=config.models, envs=config.envs)
+                            models=sc.ModelRegistry(config.models), envs=config.envs,
+                            model_timeout=config.model_timeout)
     client.add_eventHandler(aggregate, sc.CUSTOM, responseRooms=sc.ROOM_ACTION,
                             trigger=Trigger(sc.CUSTOM, sc.ROOM_LOGITS))
+    client.add_eventHandler(register_model, sc.CUSTOM, trigger=Trigger(sc.CUSTOM, sc.ROOM_PING))
+    client.add_timer(check_missing_models, 0.5, responseRooms=sc.ROOM_CONTROL)
     client.add_eventHandler(send_contribution, sc.CUSTOM, responseRooms=sc.ROOM_EVOLUTION,
                             trigger=Trigger(sc.CUSTOM, sc.ROOM_EVOLUTION))
     client.listen()

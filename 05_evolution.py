@@ -47,11 +47,15 @@ def evolve(weights: dict[str, np.ndarray], contribution: dict[str, float]) -> di
 class Evolution:
     """One evolution at a time, over the answers to its own GET (matched by ROOT_ID)."""
     nr_of_models: int
+    models: sc.ModelRegistry | None = None  # whose weights count (default: the first nr_of_models)
     root_id: str | None = None  # of our GET: the answers carry it back
     request_id: str | None = None  # of the control's EVOLUTION: EVO_DONE carries it back
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     contribution: dict[str, float] | None = None
     report: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.models = self.models or sc.ModelRegistry(self.nr_of_models)
 
 
 def start_evolution(msg, evolution):
@@ -69,6 +73,7 @@ def collect(msg, evolution):
         return None  # not an answer to the evolution in progress
     if sc.WEIGHTS in msg:
         model_id = sc.get_str(msg, sc.COMPONENT_ID)
+        evolution.models.admit(model_id)
         known_length = len(next(iter(evolution.weights.values()))) if evolution.weights else None
         evolution.weights[model_id] = sc.as_vector(msg[sc.WEIGHTS], f"{sc.WEIGHTS} of {model_id}", known_length)
     elif sc.CONTRIBUTION in msg:
@@ -82,6 +87,11 @@ def collect(msg, evolution):
     evolution.report = {sc.STATUS: sc.EVO_DONE, sc.ROOT_ID: evolution.request_id or evolution.root_id}
     evolution.root_id = None  # done: late or repeated answers start nothing
     return {sc.CMD: sc.SET, sc.WEIGHTS: new_weights}
+
+
+def register_model(msg, evolution):
+    """A model's answer to a readiness ping: now we know its id."""
+    evolution.models.register_pong(msg)
 
 
 def report(msg, evolution):
@@ -100,4 +110,5 @@ if __name__ == "__main__":
                             trigger=Trigger(sc.CUSTOM, sc.ROOM_EVOLUTION))
     client.add_eventHandler(report, sc.CUSTOM, responseRooms=sc.ROOM_CONTROL,
                             trigger=Trigger(sc.CUSTOM, sc.ROOM_EVOLUTION))
+    client.add_eventHandler(register_model, sc.CUSTOM, trigger=Trigger(sc.CUSTOM, sc.ROOM_PING))
     client.listen()

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -54,6 +54,7 @@ class Config:
     log_dir: Path = Path("logs")
     start_timeout: float = 180.0  # launch until every component answers
     reply_timeout: float = 120.0  # longest silence while waiting for ENV_DONE / EVO_DONE
+    model_timeout: float = 5.0  # the aggregation's wait for the last model's logits of a step
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -68,6 +69,7 @@ class Config:
             log_dir=Path(env.get("SWARM_LOG_DIR", str(cls.log_dir))),
             start_timeout=float(env.get("SWARM_START_TIMEOUT", cls.start_timeout)),
             reply_timeout=float(env.get("SWARM_REPLY_TIMEOUT", cls.reply_timeout)),
+            model_timeout=float(env.get("SWARM_MODEL_TIMEOUT", cls.model_timeout)),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -76,7 +78,7 @@ class Config:
                 "SWARM_ROUNDS": str(self.rounds), "SWARM_EPISODES": str(self.episodes),
                 "SWARM_ENVS": str(self.envs), "SWARM_LOG_DIR": str(self.log_dir),
                 "SWARM_START_TIMEOUT": str(self.start_timeout),
-                "SWARM_REPLY_TIMEOUT": str(self.reply_timeout)}
+                "SWARM_REPLY_TIMEOUT": str(self.reply_timeout), "SWARM_MODEL_TIMEOUT": str(self.model_timeout)}
 
 
 def env_int(name: str, default: int, minimum: int | None = None) -> int:
@@ -124,6 +126,8 @@ SCORES = "SCORES"  # in ENV_DONE: the scores of all the run's episodes
 PING = "PING"
 PONG = "PONG"
 COMPONENT = "COMPONENT"
+ERROR = "ERROR"  # STATUS ERROR: a component tells the control why a run cannot go on
+MISSING = "MISSING"  # in an ERROR: the model ids that did not answer
 
 ENV_DONE = "ENV_DONE"
 ENV_PROGRESS = "ENV_PROGRESS"
@@ -260,6 +264,32 @@ def unbatch(array: np.ndarray) -> list:
     return array[0].tolist() if len(array) == 1 else array.tolist()
 
 
+# --------------------------------------------------------------------------- who the models are
+@dataclass
+class ModelRegistry:
+    """The model ids a component accepts answers from.
+
+    A model is known once it has answered a readiness PING (every client sees every PONG in the
+    `ping` room, and the control pings before the first run). A control that never pings still
+    works: until `expected` models are known, a new id is learned from its first message. After
+    that an unknown COMPONENT_ID is refused, so a stray or forged message cannot vote or breed.
+    """
+    expected: int
+    known: set[str] = field(default_factory=set)
+
+    def register_pong(self, msg: dict[str, Any]) -> None:
+        if PONG in msg and msg.get(COMPONENT) == "model" and isinstance(msg.get(COMPONENT_ID), str):
+            self.known.add(msg[COMPONENT_ID])
+
+    def admit(self, model_id: str) -> None:
+        """Accept `model_id`, or raise BadMessage for a model that is not one of ours."""
+        if model_id in self.known:
+            return
+        if len(self.known) >= self.expected:
+            raise BadMessage(f"unknown model {model_id!r}: not among the {len(self.known)} models that answered")
+        self.known.add(model_id)
+
+
 # --------------------------------------------------------------------------- component set-up
 PROJECT_DIR = Path(__file__).resolve().parent
 _loaded_scripts: dict[str, Any] = {}
@@ -333,6 +363,15 @@ class ConnectionClosed(ConnectionError):
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+@dataclass
+class _Timer:
+    function: Callable
+    interval: float
+    rooms: list[str]
+    argument_names: list[str]
+    due: float = field(default_factory=time.monotonic)
+
+
 class SwarmClient(Client):
     """swergio's Client with the failures of 0.0.2 fixed.
 
@@ -352,6 +391,7 @@ class SwarmClient(Client):
         self.component_id = component_id or uuid.uuid4().hex
         self.connect_timeout = connect_timeout
         self.handlers: list = []
+        self.timers: list[_Timer] = []
         self._buffer = bytearray()
         self._send_lock = threading.Lock()
         super().__init__(name, self.config.host, self.config.port, FORMAT, HEADER_LENGTH, **kwargs)
@@ -480,14 +520,39 @@ class SwarmClient(Client):
                 log.exception("%s: handler %s failed on a message in %s; skipped", self.name,
                               handler.handleFunction.__name__, message.get("TO_ROOM"))
 
+    def add_timer(self, function: Callable, interval: float, responseRooms: str | list[str]) -> None:
+        """While listening, call `function` every `interval` seconds, with the client's keyword
+        arguments it names; a dict it returns is sent to `responseRooms` (ours, not swergio's:
+        a component that waits for something can notice that it did not come)."""
+        wanted = inspect.getfullargspec(function).args
+        rooms = responseRooms if isinstance(responseRooms, list) else [responseRooms]
+        self.timers.append(_Timer(function, interval, rooms, [k for k in self.kwargs if k in wanted]))
+
+    def run_due_timers(self) -> None:
+        now = time.monotonic()
+        for timer in self.timers:
+            if now < timer.due:
+                continue
+            timer.due = now + timer.interval
+            try:
+                response = timer.function(**{k: self.kwargs[k] for k in timer.argument_names})
+            except Exception:
+                log.exception("%s: timer %s failed", self.name, timer.function.__name__)
+                continue
+            for room in timer.rooms if response else []:
+                self.send({"ID": uuid.uuid4().hex, "TYPE": CUSTOM.id, "SENT_BY": self.name, **response,
+                           "TO_ROOM": room})
+
     def listen(self) -> None:
         """Serve until the server goes away."""
         log.info("%s listening on %s:%s", self.name, self.server, self.port)
         try:
             while True:
-                message = self.receive()
+                wait = min((t.due for t in self.timers), default=None)
+                message = self.receive(None if wait is None else max(0.0, wait - time.monotonic()))
                 if message is not None:
                     self.dispatch(message)
+                self.run_due_timers()
         except ConnectionClosed as reason:
             log.info("%s; exiting", reason)
         finally:
@@ -557,6 +622,7 @@ class ManagedComponent(Component):
         if process is None or process.poll() is not None:
             return
         _signal_group(process, signal.SIGTERM)
+        _signal_group(process, signal.SIGCONT)  # a stopped (Ctrl-Z, SIGSTOP) process must wake to exit
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -744,9 +810,17 @@ class ControlClient(SwarmClient):
                 if left <= 0:
                     raise SwarmError(f"no {until} within {timeout:g} s after {sorted(payload)}; "
                                      f"see the logs in {self.config.log_dir}")
-                message = self.receive(timeout=min(1.0, left))
+                try:
+                    message = self.receive(timeout=min(1.0, left))
+                except ConnectionClosed as lost:
+                    if self.swarm is not None:
+                        self.swarm.raise_if_dead()  # names the server if it died
+                    raise SwarmError(f"{lost} (server {self.config.host}:{self.config.port}); "
+                                     f"see the logs in {self.config.log_dir}") from None
                 if message is None or message.get(ROOT_ID) != root_id:
                     continue  # silence, or a reply to an earlier request
+                if message.get(STATUS) == ERROR:
+                    raise SwarmError(f"{message.get('SENT_BY', 'a component')}: {message.get(ERROR)}")
                 if message.get(STATUS) == until or (progress is not None and progress(message)):
                     return message
                 deadline = time.monotonic() + timeout

@@ -48,7 +48,7 @@ def compute_only_sps(models: int, envs: int, steps: int, warmup: int) -> float:
     policies = [dict(policy=model.make_policy(), rollout_buffer=model.make_rollout_buffer(envs), memory={},
                      training_enabled=MutableBool(True)) for _ in range(models)]
     cartpole = environment.CartPole([gymnasium.make(sc.ENV_ID) for _ in range(envs)])
-    step_logits, contribution = aggregation.StepLogits(), {}
+    step_logits, contribution, registry = aggregation.StepLogits(), {}, sc.ModelRegistry(models)
     message = environment.start_run({sc.NR_OF_EPISODE: 10**9, sc.DETERMINISTIC: False, sc.ROOT_ID: "bench"},
                                     cartpole)
     done_steps, started = 0, None
@@ -60,7 +60,7 @@ def compute_only_sps(models: int, envs: int, steps: int, warmup: int) -> float:
             reply = model.forward(message, **parts)
             reply[sc.COMPONENT_ID] = f"model{index}"  # one process: tell the models apart by hand
             reply[sc.ROOT_ID] = "bench"
-            action = aggregation.aggregate(reply, step_logits, contribution, models, envs) or action
+            action = aggregation.aggregate(reply, step_logits, contribution, registry, envs) or action
         message = environment.step({**action, sc.ROOT_ID: "bench"}, cartpole)
         environment.report({}, cartpole)
         done_steps += envs

@@ -18,10 +18,11 @@ def logits_message(model_id, p0, deterministic=True, root_id="run-1"):
             sc.ROOT_ID: root_id}
 
 
-def run_step(messages, nr_of_models, memory=None, contribution=None):
+def run_step(messages, nr_of_models, memory=None, contribution=None, models=None):
     memory = memory if memory is not None else aggregation.StepLogits()
     contribution = contribution if contribution is not None else {}
-    replies = [aggregation.aggregate(m, memory, contribution, nr_of_models, 1) for m in messages]
+    models = models or sc.ModelRegistry(nr_of_models)
+    replies = [aggregation.aggregate(m, memory, contribution, models, 1) for m in messages]
     return replies, memory, contribution
 
 
@@ -80,7 +81,7 @@ def test_bad_logits_do_not_count_towards_the_step(broken):
     memory, contribution = aggregation.StepLogits(), {}
     run_step([logits_message("a", 0.6, root_id=None)], 2, memory, contribution)
     with pytest.raises(sc.BadMessage):
-        aggregation.aggregate(broken, memory, contribution, 2, 1)
+        aggregation.aggregate(broken, memory, contribution, sc.ModelRegistry(2), 1)
     assert list(memory.logits) == ["a"] and contribution == {}
 
 
@@ -98,7 +99,8 @@ def test_a_batch_gets_one_action_per_environment_from_one_pass():
     messages = [{sc.COMPONENT_ID: "a", sc.LOGITS: [logits_for(0.99), logits_for(0.4)], sc.DETERMINISTIC: True},
                 {sc.COMPONENT_ID: "b", sc.LOGITS: [logits_for(0.4), logits_for(0.2)], sc.DETERMINISTIC: True}]
     memory, contribution = aggregation.StepLogits(), {}
-    replies = [aggregation.aggregate(m, memory, contribution, 2, 2) for m in messages]
+    models = sc.ModelRegistry(2)
+    replies = [aggregation.aggregate(m, memory, contribution, models, 2) for m in messages]
     assert replies == [None, {sc.ACTION: [0, 1]}]
     # Each environment hands out a total share of 1: a model's contribution adds its shares up.
     assert contribution["a"] == pytest.approx(0.99 / 1.39 + 0.6 / 1.4)
@@ -112,7 +114,7 @@ def test_sampled_batch_actions_follow_each_environments_distribution():
     for _ in range(3000):
         memory = aggregation.StepLogits()
         message = {sc.COMPONENT_ID: "a", sc.LOGITS: [logits_for(p) for p in p0], sc.DETERMINISTIC: False}
-        chosen.append(aggregation.aggregate(message, memory, {}, 1, 3)[sc.ACTION])
+        chosen.append(aggregation.aggregate(message, memory, {}, sc.ModelRegistry(1), 3)[sc.ACTION])
     assert np.allclose(np.mean(np.array(chosen) == 0, axis=0), p0, atol=0.03)
 
 
@@ -126,5 +128,49 @@ def test_sampled_batch_actions_follow_each_environments_distribution():
 def test_a_bad_batch_of_logits_does_not_count(logits):
     memory, contribution = aggregation.StepLogits(), {}
     with pytest.raises(sc.BadMessage):
-        aggregation.aggregate({sc.COMPONENT_ID: "a", sc.LOGITS: logits, sc.DETERMINISTIC: True}, memory, contribution, 1, 2)
+        aggregation.aggregate({sc.COMPONENT_ID: "a", sc.LOGITS: logits, sc.DETERMINISTIC: True}, memory, contribution,
+                              sc.ModelRegistry(1), 2)
     assert memory.logits == {} and contribution == {}
+
+
+# --------------------------------------------------------------------------- who may vote, and who is late
+def pong(model_id):
+    return {sc.PONG: "nonce", sc.COMPONENT: "model", sc.COMPONENT_ID: model_id}
+
+
+def test_only_models_that_answered_the_ping_may_vote():
+    models = sc.ModelRegistry(2)
+    aggregation.register_model(pong("a"), models)
+    aggregation.register_model(pong("b"), models)
+    aggregation.register_model({sc.PONG: "nonce", sc.COMPONENT: "environment", sc.COMPONENT_ID: "env"}, models)
+    assert models.known == {"a", "b"}
+    memory, contribution = aggregation.StepLogits(), {}
+    with pytest.raises(sc.BadMessage, match="unknown model 'intruder'"):
+        aggregation.aggregate(logits_message("intruder", 0.9), memory, contribution, models, 1)
+    replies, _, _ = run_step([logits_message("a", 0.9), logits_message("b", 0.9)], 2, memory, contribution, models)
+    assert replies[-1] == {sc.ACTION: [0]} and set(contribution) == {"a", "b"}
+
+
+def test_without_pings_the_first_models_to_answer_are_learned():
+    models = sc.ModelRegistry(2)
+    replies, _, _ = run_step([logits_message("a", 0.9), logits_message("b", 0.9)], 2, models=models)
+    assert replies[-1] == {sc.ACTION: [0]} and models.known == {"a", "b"}
+    with pytest.raises(sc.BadMessage):
+        models.admit("c")
+
+
+def test_a_step_missing_a_model_is_given_up_after_the_timeout_naming_it():
+    models = sc.ModelRegistry(3)
+    for model_id in ("model0-x", "model1-y", "model2-z"):
+        models.register_pong(pong(model_id))
+    memory, contribution = aggregation.StepLogits(), {}
+    run_step([logits_message("model0-x", 0.6), logits_message("model2-z", 0.6)], 3, memory, contribution, models)
+    assert aggregation.check_missing_models(memory, models, model_timeout=5.0) is None  # not late yet
+    memory.first_at -= 5.1  # as if 5.1 s had passed
+    report = aggregation.check_missing_models(memory, models, model_timeout=5.0)
+    assert report[sc.STATUS] == sc.ERROR and report[sc.ROOT_ID] == "run-1"
+    assert report[sc.MISSING] == ["model1-y"] and "model1-y" in report[sc.ERROR] and "2 of 3" in report[sc.ERROR]
+    # The run is over: the late answer does not complete a step, and nothing counted.
+    replies, _, _ = run_step([logits_message("model1-y", 0.6)], 3, memory, contribution, models)
+    assert replies == [None] and contribution == {} and memory.logits == {}
+    assert aggregation.check_missing_models(memory, models, model_timeout=5.0) is None

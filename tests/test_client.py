@@ -5,6 +5,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 import swergio.server
 from swergio import Client, Trigger
@@ -241,3 +242,23 @@ def test_large_messages_from_two_senders_never_interleave(hub):
         assert [m["N"] for m in received if m["TAG"] == tag] == list(range(15))
     assert all(m["DATA"] == payload for m in received)
     receiver.close(), [s.close() for s in senders]
+
+
+def test_timers_run_while_listening_and_their_replies_are_sent(hub):
+    ticks = []
+
+    def tick(counter):
+        ticks.append(time.monotonic())
+        return {"TICK": len(ticks)} if len(ticks) == 3 else None
+
+    client = sc.SwarmClient("ticker", hub.config, counter=0)
+    client.add_timer(tick, 0.1, responseRooms="ticks")
+    listener = sc.SwarmClient("listener", hub.config)
+    listener.join_room("ticks")
+    joined(hub, "listener", "ticks")
+    serve(client)
+    message = receive_in(listener, "ticks", timeout=5)
+    assert message["TICK"] == 3 and message["SENT_BY"] == "ticker" and message["TYPE"] == sc.CUSTOM.id
+    wait_for(lambda: len(ticks) >= 5)
+    assert min(np.diff(ticks)) >= 0.09  # not a busy loop
+    client.close(), listener.close()

@@ -106,3 +106,16 @@ def test_bad_answers_are_rejected_and_not_stored(broken):
     with pytest.raises(sc.BadMessage):
         evolution_script.collect({**broken, sc.ROOT_ID: get[sc.ROOT_ID]}, evolution)
     assert list(evolution.weights) == ["model0"] and evolution.contribution is None
+
+
+def test_weights_from_an_unknown_model_do_not_count():
+    evolution = evolution_script.Evolution(nr_of_models=2)
+    for model_id in ("model0", "model1"):  # both answered the readiness ping
+        evolution_script.register_model({sc.PONG: "x", sc.COMPONENT: "model", sc.COMPONENT_ID: model_id}, evolution)
+    get = evolution_script.start_evolution({sc.EVOLUTION: True}, evolution)
+    stranger = {sc.ROOT_ID: get[sc.ROOT_ID], sc.WEIGHTS: [0.0] * 5, sc.COMPONENT_ID: "intruder"}
+    with pytest.raises(sc.BadMessage, match="unknown model 'intruder'"):
+        evolution_script.collect(stranger, evolution)
+    assert evolution.weights == {}
+    sets, _ = feed(evolution, answers(get[sc.ROOT_ID], population(2, 5, seed=4), {}))
+    assert len(sets) == 1 and set(sets[0][sc.WEIGHTS]) == {"model0", "model1"}

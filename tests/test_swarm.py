@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -243,4 +244,24 @@ def test_a_swarm_with_several_environment_copies(swarm_env):
         assert all(8 <= score <= 500 for score in reply[sc.SCORES])
     finally:
         swarm.stop()
+    assert_all_gone(pids)
+
+
+def test_a_model_that_stops_answering_is_named_within_the_model_timeout(swarm_env):
+    swarm = start_swarm(dataclasses.replace(swarm_env, model_timeout=2.0), 2)
+    pids = list(swarm.pids().values())
+    control = sc.ControlClient(swarm)
+    swarm.wait_ready(control, COMPONENTS, 2)
+    frozen = {}
+
+    def freeze_model1():
+        time.sleep(1.0)
+        frozen["at"] = time.monotonic()
+        os.kill(swarm.pids()["model1"], signal.SIGSTOP)  # alive, but silent: only a timeout can tell
+
+    threading.Thread(target=freeze_model1, daemon=True).start()
+    with pytest.raises(sc.SwarmError, match=r"aggregation: no LOGITS within 2 s from 1 model\(s\): model1-"):
+        control.request({sc.NR_OF_EPISODE: 100_000, sc.DETERMINISTIC: False}, until=sc.ENV_DONE)
+    assert time.monotonic() - frozen["at"] < 2.0 + 3.0
+    assert swarm.running() == []  # the control stopped the swarm, the frozen model too
     assert_all_gone(pids)
