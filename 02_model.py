@@ -119,17 +119,20 @@ def send_weights(msg, policy, training_enabled):
 
 
 def set_weights(msg, policy, training_enabled):
-    """SET: load this model's new vector (checked first: a bad one leaves the weights as they
-    were) and resume training."""
+    """SET: load this model's new vector and resume training. It is checked first: a bad SET
+    changes nothing (the weights stay, and so does the pause of a GET)."""
     if msg.get(sc.CMD) != sc.SET:
         return None
     all_weights = sc.require(msg, sc.WEIGHTS)
-    training_enabled.set(True)  # never stay paused, whatever the SET carried
     if not isinstance(all_weights, dict) or COMPONENT_ID not in all_weights:
         raise sc.BadMessage("SET carries no weights for this model; weights unchanged")
     size = sum(p.numel() for p in policy.parameters())
-    vector = sc.as_vector(all_weights[COMPONENT_ID], f"{sc.WEIGHTS}[{COMPONENT_ID}]", size)
+    try:
+        vector = sc.as_vector(all_weights[COMPONENT_ID], f"{sc.WEIGHTS}[{COMPONENT_ID}]", size)
+    except sc.BadMessage as error:
+        raise sc.BadMessage(f"{error}; weights unchanged") from None
     policy.load_from_vector(vector)
+    training_enabled.set(True)
     return None
 
 

@@ -63,11 +63,7 @@ def step(msg, cartpole):
     run = cartpole.run
     if run is None or run.finished or msg.get(sc.ROOT_ID, run.root_id) != run.root_id:
         return None  # no run, or an action that belongs to an abandoned run
-    action = sc.require(msg, sc.ACTION)
-    n = len(cartpole.envs)
-    if not (isinstance(action, list) and len(action) == n
-            and all(type(a) is int and cartpole.envs[0].action_space.contains(a) for a in action)):
-        raise sc.BadMessage(f"ACTION must be a list of {n} valid action(s), got {action!r:.200}")
+    action = sc.get_actions(msg, len(cartpole.envs), cartpole.envs[0].action_space.n).tolist()
     observations, rewards, dones, finished = [], [], [], []
     for i, env in enumerate(cartpole.envs):
         observation, reward, terminated, truncated, _info = env.step(action[i])
@@ -80,7 +76,7 @@ def step(msg, cartpole):
         observations.append(observation)
         rewards.append(float(reward))
         dones.append(done)
-    run.steps += n
+    run.steps += len(cartpole.envs)
     if finished:
         run.scores.extend(finished)
         cartpole.report = {sc.STATUS: sc.ENV_DONE if run.finished else sc.ENV_PROGRESS,

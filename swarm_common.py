@@ -254,7 +254,7 @@ def get_per_env(msg: dict[str, Any], key: str, envs: int, kind: type) -> np.ndar
         raise BadMessage(f"{key} must be a list of {envs} values, one per environment")
     if kind is bool:
         if not all(type(v) is bool for v in values):
-            raise BadMessage(f"{key} must be true or false, got {values!r:.200}")
+            raise BadMessage(f"{key} must be true or false, got {msg[key]!r:.200}")
         return np.array(values)
     return as_vector(values, key, envs)
 

@@ -90,9 +90,11 @@ def test_a_bad_set_leaves_the_weights_as_they_were(parts, weights):
     if isinstance(weights, dict) and "ME" in weights:
         weights = {model.COMPONENT_ID: weights["ME"]}
     before = parts["policy"].parameters_to_vector().copy()
+    parts["training_enabled"].set(False)  # paused by a GET
     with pytest.raises(sc.BadMessage):
         model.set_weights({sc.CMD: sc.SET, sc.WEIGHTS: weights}, parts["policy"], parts["training_enabled"])
     assert np.array_equal(parts["policy"].parameters_to_vector(), before)
+    assert parts["training_enabled"].value is False, "a bad SET must not resume training either"
 
 
 @pytest.mark.parametrize("broken", [
