@@ -47,7 +47,8 @@ class SwarmServer(Server):
     - a recipient whose socket fails drops the *sender*: here the recipient is dropped;
     - every delivery is two writes (header, then body), which stalls on Nagle's algorithm and
       delayed ACKs: here it is one write with TCP_NODELAY;
-    - every message is printed: here only connections and rooms are logged.
+    - every message is printed: here connections and rooms are logged, and with
+      SWARM_LOG_LEVEL=DEBUG every message too.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -88,8 +89,11 @@ class SwarmServer(Server):
 
     def _read_frame(self, client: socket.socket, addr) -> bytes | None:
         """The next message body; None when the peer closed or sent a broken header."""
-        header = _recv_exactly(client, sc.HEADER_LENGTH)
+        header, got = _recv_exactly(client, sc.HEADER_LENGTH)
         if header is None:
+            if got:
+                log.warning("%s (%s:%s): closed after %d of %d header bytes", self._name(client), *addr, got,
+                            sc.HEADER_LENGTH)
             return None
         try:
             length = int(header.decode(sc.FORMAT).strip())
@@ -99,7 +103,11 @@ class SwarmServer(Server):
             log.warning("%s (%s:%s): malformed header %r; closing this connection", self._name(client), *addr,
                         header)
             return None
-        return _recv_exactly(client, length)
+        body, got = _recv_exactly(client, length)
+        if body is None:
+            log.warning("%s (%s:%s): truncated message: closed after %d of %d bytes", self._name(client), *addr,
+                        got, length)
+        return body
 
     def _decode(self, body: bytes, client: socket.socket, addr) -> dict | None:
         try:
@@ -123,6 +131,9 @@ class SwarmServer(Server):
             message["SENT_BY"] = self._name(sender)
             body = json.dumps(message).encode(sc.FORMAT)
         data = frame(body)
+        if log.isEnabledFor(logging.DEBUG):  # SWARM_LOG_LEVEL=DEBUG: every message, as swergio printed
+            log.debug("%s -> %s: %.200s", self._name(sender), message.get("TO_ROOM", message.get("TO")),
+                      body.decode(sc.FORMAT, "replace"))
         with self.clients_lock:
             recipients = [c for c in self.rooms.get(message.get("TO_ROOM"), ()) if c is not sender]
             if "TO" in message:
@@ -152,16 +163,17 @@ class SwarmServer(Server):
             client.close()
 
 
-def _recv_exactly(client: socket.socket, size: int) -> bytes | None:
-    """`size` bytes, or None if the peer closes first (a blocked recv costs no CPU)."""
+def _recv_exactly(client: socket.socket, size: int) -> tuple[bytes | None, int]:
+    """`size` bytes, or None if the peer closes first (a blocked recv costs no CPU); and how many
+    bytes arrived."""
     chunks, left = [], size
     while left > 0:
         chunk = client.recv(min(left, 1 << 20))
         if not chunk:
-            return None
+            return None, size - left
         chunks.append(chunk)
         left -= len(chunk)
-    return b"".join(chunks)
+    return b"".join(chunks), size
 
 
 if __name__ == "__main__":
