@@ -3,8 +3,11 @@
 On EVOLUTION from the control it asks every model for its weights and the aggregation for the
 models' contributions (GET), breeds a new population with deap (fitness = contribution), sends
 each model its new vector (SET), and tells the control EVO_DONE. Every request starts from
-fresh data and gives exactly one evolution and one EVO_DONE.
+fresh data and gives exactly one evolution and one EVO_DONE, or, when answers are missing after
+SWARM_MODEL_TIMEOUT seconds, an ERROR naming who did not answer.
 """
+import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -15,6 +18,7 @@ from swergio import Trigger
 import swarm_common as sc
 
 COMPONENT_NAME = "evolution"
+log = logging.getLogger(COMPONENT_NAME)
 
 # The tutorial's genetic algorithm: tournaments of 3, two-point crossover, Gaussian mutation.
 CROSSOVER_PROB, MUTATION_PROB = 0.5, 0.01
@@ -53,6 +57,7 @@ class Evolution:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     contribution: dict[str, float] | None = None
     report: dict | None = None
+    started_at: float = 0.0  # when our GET went out (time.monotonic)
 
     def __post_init__(self) -> None:
         self.models = self.models or sc.ModelRegistry(self.nr_of_models)
@@ -64,6 +69,7 @@ def start_evolution(msg, evolution):
         return None
     evolution.root_id, evolution.request_id = uuid.uuid4().hex, msg.get(sc.ROOT_ID)
     evolution.weights, evolution.contribution, evolution.report = {}, None, None
+    evolution.started_at = time.monotonic()
     return {sc.CMD: sc.GET, sc.ROOT_ID: evolution.root_id}
 
 
@@ -89,6 +95,22 @@ def collect(msg, evolution):
     return {sc.CMD: sc.SET, sc.WEIGHTS: new_weights}
 
 
+def check_missing_answers(evolution, model_timeout):
+    """Every half second: an evolution still short of answers after `model_timeout` seconds is
+    given up, and the control hears who did not answer (an ERROR for its EVOLUTION request)."""
+    if evolution.root_id is None or time.monotonic() - evolution.started_at < model_timeout:
+        return None
+    missing = sorted(evolution.models.known - set(evolution.weights))
+    silent = missing + (["aggregation (CONTRIBUTION)"] if evolution.contribution is None else [])
+    error = (f"no answer to GET within {model_timeout:g} s from: {', '.join(silent) or 'models not yet known'}; "
+             f"{len(evolution.weights)} of {evolution.nr_of_models} models answered")
+    log.error(error)
+    report = {sc.STATUS: sc.ERROR, sc.ERROR: error, sc.MISSING: missing,
+              sc.ROOT_ID: evolution.request_id or evolution.root_id}
+    evolution.root_id = None  # late answers start nothing
+    return report
+
+
 def register_model(msg, evolution):
     """A model's answer to a readiness ping: now we know its id."""
     evolution.models.register_pong(msg)
@@ -102,7 +124,8 @@ def report(msg, evolution):
 
 if __name__ == "__main__":
     config = sc.setup_component(COMPONENT_NAME)
-    client = sc.SwarmClient(COMPONENT_NAME, config, evolution=Evolution(config.models))
+    client = sc.SwarmClient(COMPONENT_NAME, config, evolution=Evolution(config.models),
+                            model_timeout=config.model_timeout)
     client.add_eventHandler(start_evolution, sc.CUSTOM, responseRooms=sc.ROOM_EVOLUTION,
                             trigger=Trigger(sc.CUSTOM, sc.ROOM_CONTROL))
     # collect, then report: SwarmClient runs handlers in the order they are added.
@@ -111,4 +134,5 @@ if __name__ == "__main__":
     client.add_eventHandler(report, sc.CUSTOM, responseRooms=sc.ROOM_CONTROL,
                             trigger=Trigger(sc.CUSTOM, sc.ROOM_EVOLUTION))
     client.add_eventHandler(register_model, sc.CUSTOM, trigger=Trigger(sc.CUSTOM, sc.ROOM_PING))
+    client.add_timer(check_missing_answers, 0.5, responseRooms=sc.ROOM_CONTROL)
     client.listen()

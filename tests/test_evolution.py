@@ -119,3 +119,19 @@ def test_weights_from_an_unknown_model_do_not_count():
     assert evolution.weights == {}
     sets, _ = feed(evolution, answers(get[sc.ROOT_ID], population(2, 5, seed=4), {}))
     assert len(sets) == 1 and set(sets[0][sc.WEIGHTS]) == {"model0", "model1"}
+
+
+def test_an_evolution_short_of_answers_is_given_up_naming_who_is_missing():
+    evolution = evolution_script.Evolution(nr_of_models=2)
+    for model_id in ("model0-a", "model1-b"):
+        evolution_script.register_model({sc.PONG: "x", sc.COMPONENT: "model", sc.COMPONENT_ID: model_id}, evolution)
+    get = evolution_script.start_evolution({sc.EVOLUTION: True, sc.ROOT_ID: "request-7"}, evolution)
+    feed(evolution, [{sc.ROOT_ID: get[sc.ROOT_ID], sc.WEIGHTS: [0.0] * 5, sc.COMPONENT_ID: "model0-a"}])
+    assert evolution_script.check_missing_answers(evolution, model_timeout=5.0) is None
+    evolution.started_at -= 5.1
+    report = evolution_script.check_missing_answers(evolution, model_timeout=5.0)
+    assert report[sc.STATUS] == sc.ERROR and report[sc.ROOT_ID] == "request-7"
+    assert report[sc.MISSING] == ["model1-b"] and "aggregation (CONTRIBUTION)" in report[sc.ERROR]
+    late = answers(get[sc.ROOT_ID], {"model1-b": np.zeros(5)}, {"model0-a": 1.0, "model1-b": 1.0})
+    assert feed(evolution, late) == ([], [])  # given up: late answers start nothing
+    assert evolution_script.check_missing_answers(evolution, model_timeout=5.0) is None

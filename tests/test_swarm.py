@@ -265,3 +265,16 @@ def test_a_model_that_stops_answering_is_named_within_the_model_timeout(swarm_en
     assert time.monotonic() - frozen["at"] < 2.0 + 3.0
     assert swarm.running() == []  # the control stopped the swarm, the frozen model too
     assert_all_gone(pids)
+
+
+def test_an_evolution_missing_a_model_is_given_up_naming_it(swarm_env):
+    swarm = start_swarm(dataclasses.replace(swarm_env, model_timeout=2.0), 2)
+    pids = list(swarm.pids().values())
+    control = sc.ControlClient(swarm)
+    swarm.wait_ready(control, COMPONENTS, 2)
+    os.kill(swarm.pids()["model0"], signal.SIGSTOP)
+    began = time.monotonic()
+    with pytest.raises(sc.SwarmError, match=r"evolution: no answer to GET within 2 s from: model0-"):
+        control.request({sc.EVOLUTION: True}, until=sc.EVO_DONE)
+    assert time.monotonic() - began < 2.0 + 3.0
+    assert_all_gone(pids)
