@@ -26,9 +26,15 @@ gc.freeze()  # the libraries' objects live forever: later collections need not s
 gc.enable()
 
 COMPONENT_NAME = "model"
-# Unique per process (the aggregation and evolution key on it), and readable in their messages:
-# the launcher's name for this process (model0, model1, ...) and a random part.
-COMPONENT_ID = f"{os.environ.get('SWARM_COMPONENT_NAME', COMPONENT_NAME)}-{uuid.uuid4().hex[:12]}"
+
+
+def new_component_id() -> str:
+    """Unique per process (the aggregation and evolution key on it), and readable in their
+    messages: the launcher's name for this process (model0, model1, ...) and a random part."""
+    return f"{os.environ.get('SWARM_COMPONENT_NAME', COMPONENT_NAME)}-{uuid.uuid4().hex[:12]}"
+
+
+COMPONENT_ID = new_component_id()
 
 # The spaces come from the environment itself instead of being written out by hand.
 _env = gymnasium.make(sc.ENV_ID)
@@ -136,7 +142,8 @@ def set_weights(msg, policy, training_enabled):
     return None
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Connect and serve (what running this script does)."""
     sc.yield_to_the_critical_path()  # twenty models share two cores with the rest of the swarm
     config = sc.setup_component(COMPONENT_NAME)
     torch.set_num_threads(1)  # one thread each
@@ -152,3 +159,7 @@ if __name__ == "__main__":
     client.add_eventHandler(set_weights, sc.CUSTOM, responseRooms=sc.ROOM_EVOLUTION,
                             trigger=Trigger(sc.CUSTOM, sc.ROOM_EVOLUTION))
     client.listen()
+
+
+if __name__ == "__main__":
+    main()

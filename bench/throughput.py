@@ -15,10 +15,12 @@ One run measures, and prints as a table and as a final JSON line:
     python bench/throughput.py                       # 20 models, 1 environment
     python bench/throughput.py --envs 32             # 32 CartPole copies per step
     python bench/throughput.py --quick               # 4 models, short: under a minute
+    python bench/throughput.py --launcher fork       # models forked from one process (fork_models.py)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import swarm_common as sc  # noqa: E402
@@ -101,17 +104,31 @@ class PeakPSS:
         self._thread.join(5)
 
 
-def measure_swarm(settings: sc.Config, steps: int, warmup: int) -> dict:
+def swarm_processes(swarm: sc.ManagedSwarm) -> list[int]:
+    """Every process of the swarm: the components and whatever they started (forked models)."""
+    pids = []
+    for pid in swarm.pids().values():
+        pids.append(pid)
+        with contextlib.suppress(psutil.Error):
+            pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    return pids
+
+
+def measure_swarm(settings: sc.Config, steps: int, warmup: int, launcher: str) -> dict:
     """Launch the swarm as 06_control.py does, and time readiness, training steps and evolution."""
     swarm = sc.ManagedSwarm(sc.PROJECT_DIR / "swarm.yaml", settings)
     results: dict = {}
     launched = time.monotonic()
     try:
-        with PeakPSS(lambda: [p for name, p in swarm.pids().items()]) as memory:
+        with PeakPSS(lambda: swarm_processes(swarm)) as memory:
             swarm.start()
-            for i in range(settings.models):
-                swarm.add(f"model{i}", "02_model.py")
-                swarm.start(f"model{i}")
+            if launcher == "fork":
+                swarm.add("models", "fork_models.py")
+                swarm.start("models")
+            else:
+                for i in range(settings.models):
+                    swarm.add(f"model{i}", "02_model.py")
+                    swarm.start(f"model{i}")
             control = sc.ControlClient(swarm, name="bench")
             swarm.wait_ready(control, ["aggregation", "environment", "evolution"], settings.models)
             results["ready_s"] = time.monotonic() - launched
@@ -161,6 +178,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="environment steps before the clock starts (default 300 per env)")
     parser.add_argument("--quick", action="store_true", help="4 models and short runs: under a minute")
     parser.add_argument("--skip-compute", action="store_true", help="measure the swarm only")
+    parser.add_argument("--launcher", choices=["swarm", "fork"], default="swarm",
+                        help="swarm: one interpreter per model, the tutorial's way (default); "
+                             "fork: fork_models.py, every model a fork of one process that imported torch once")
     parser.add_argument("--log-dir", type=Path, help="the components' logs (default: a new temporary folder)")
     args = parser.parse_args()
     args.models = args.models or (4 if args.quick else 20)
@@ -171,13 +191,13 @@ def main() -> None:
     settings = sc.Config(port=sc.free_port(), models=args.models, envs=args.envs, log_dir=log_dir,
                          start_timeout=180.0, reply_timeout=60.0)
     print(f"benchmark: {args.models} models, {args.envs} environment(s), {steps} measured steps after "
-          f"{warmup} warm-up steps, {os.cpu_count()} CPUs; logs in {log_dir}", flush=True)
+          f"{warmup} warm-up steps, launcher {args.launcher}, {os.cpu_count()} CPUs; logs in {log_dir}", flush=True)
 
     compute = None
     if not args.skip_compute:
         compute = compute_only_sps(args.models, args.envs, steps, warmup)
         print(f"compute only (one process):  {compute:9.1f} env steps/s", flush=True)
-    swarm = measure_swarm(settings, steps, warmup)
+    swarm = measure_swarm(settings, steps, warmup, args.launcher)
     ratio = swarm["swarm_sps"] / compute if compute else None
 
     rows = [("compute_only_sps", compute, "env steps/s, one process, no messaging"),
@@ -190,7 +210,7 @@ def main() -> None:
     print(f"\n{'figure':<18}{'value':>10}  note")
     for name, value, note in rows:
         print(f"{name:<18}{'n/a' if value is None else f'{value:10.2f}':>10}  {note}")
-    summary = {"models": args.models, "envs": args.envs, "steps": swarm["measured_steps"],
+    summary = {"models": args.models, "envs": args.envs, "launcher": args.launcher, "steps": swarm["measured_steps"],
                **{name: None if value is None else round(value, 3) for name, value, _ in rows}}
     print(json.dumps(summary))
 

@@ -1,12 +1,19 @@
 """bench/throughput.py runs end to end and reports every figure (the figures themselves are
-checked by running the benchmark, not by tests)."""
+checked by running the benchmark, not by tests), and its fork_models.py launcher option works."""
+import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 
+import numpy as np
+import psutil
 import pytest
 
-from conftest import ROOT, processes_with_log_dir
+import swarm_common as sc
+from conftest import ROOT, assert_all_gone, processes_with_log_dir
+from test_swarm import COMPONENTS, get_weights
 
 
 def test_the_quick_benchmark_reports_every_figure(swarm_env):
@@ -22,3 +29,32 @@ def test_the_quick_benchmark_reports_every_figure(swarm_env):
     assert figures["ratio"] == pytest.approx(figures["swarm_sps"] / figures["compute_only_sps"], rel=0.01)
     assert "compute_only_sps" in result.stdout and "pss_mb" in result.stdout  # the table
     assert not processes_with_log_dir(swarm_env.log_dir), "the benchmark left its swarm running"
+
+
+def test_forked_models_are_separate_models_and_stop_with_the_swarm(swarm_env):
+    """fork_models.py (the shared-import option): every fork has its own id and weights."""
+    swarm = sc.ManagedSwarm(ROOT / "swarm.yaml", dataclasses.replace(swarm_env, models=3))
+    swarm.start()
+    swarm.add("models", "fork_models.py")
+    swarm.start("models")
+    launched = list(swarm.pids().values())
+    try:
+        control = sc.ControlClient(swarm)
+        probe = sc.SwarmClient("probe", swarm_env)
+        probe.join_room(sc.ROOM_EVOLUTION)
+        swarm.wait_ready(control, COMPONENTS, 3)
+        forks = [p.pid for p in psutil.Process(swarm.pids()["models"]).children()]
+        assert len(forks) == 3
+        weights = get_weights(probe, 3)
+        assert sorted(k.split("-")[0] for k in weights) == ["model0", "model1", "model2"]
+        vectors = list(weights.values())
+        assert not np.allclose(vectors[0], vectors[1]), "forks share their initial weights"
+        probe.send(sc.custom_message(sc.ROOM_EVOLUTION, {sc.CMD: sc.SET, sc.WEIGHTS: {k: v.tolist() for k, v in weights.items()}}))
+        reply = control.request({sc.NR_OF_EPISODE: 2, sc.DETERMINISTIC: False}, until=sc.ENV_DONE)
+        assert reply[sc.EPISODE] == 2
+        os.kill(forks[1], signal.SIGKILL)  # one model dies: the launcher reports it by exiting
+        with pytest.raises(sc.SwarmError, match=r"models \(exit code 1"):
+            control.request({sc.NR_OF_EPISODE: 1000, sc.DETERMINISTIC: False}, until=sc.ENV_DONE)
+    finally:
+        swarm.stop()
+    assert_all_gone(launched + forks)
