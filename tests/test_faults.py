@@ -8,6 +8,7 @@ timeout (60 s here, 120 s by default) would leave a user staring at a silent con
 """
 import dataclasses
 import os
+import queue
 import signal
 import threading
 import time
@@ -201,7 +202,7 @@ class Kernel:
         while time.monotonic() < deadline:
             try:
                 message = self.client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-            except Exception:  # queue.Empty: nothing yet
+            except queue.Empty:
                 continue
             if message["parent_header"].get("msg_id") != msg_id:
                 continue
@@ -218,7 +219,10 @@ class Kernel:
     def wait_for_reply(self, msg_id: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            reply = self.client.get_shell_msg(timeout=left)
+            try:
+                reply = self.client.get_shell_msg(timeout=left)
+            except queue.Empty:
+                break
             if reply["parent_header"].get("msg_id") == msg_id:
                 return reply["content"]
         pytest.fail(f"the cell did not finish within {timeout:g} s")
