@@ -134,6 +134,7 @@ def test_when_the_server_is_killed_everything_else_exits_by_itself(ready_swarm, 
     began = time.monotonic()
     with pytest.raises(sc.SwarmError, match=r"server \(exit code -9, log "):
         control.request(SHORT_RUN, until=sc.ENV_DONE)
+    print(f"the next request failed after {time.monotonic() - began:.2f} s")
     assert time.monotonic() - began < 5
     gone_with_the_swarm(pids, swarm_env.log_dir)
 
@@ -320,6 +321,7 @@ def test_a_second_swarm_on_the_port_of_a_running_one_starts_nothing(ready_swarm,
     with pytest.raises(sc.SwarmError, match=rf"port {swarm_env.port} on 127.0.0.1 is already in use "
                                             r"\(is a previous swarm still running\?"):
         second.start()
+    print(f"the second swarm refused to start after {time.monotonic() - began:.3f} s")
     assert time.monotonic() - began < 2
     assert second.pids() == {}, "the second swarm started processes"
     assert {p.pid for p in processes_with_log_dir(swarm_env.log_dir)} == running
