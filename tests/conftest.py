@@ -2,8 +2,12 @@
 and find every process a test's swarm started (so none can outlive the test)."""
 from __future__ import annotations
 
+import dataclasses
 import os
+import queue
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,3 +103,75 @@ def swarm_env(tmp_path, monkeypatch) -> sc.Config:
         time.sleep(0.2)
     kill_all(left)
     assert not left, f"processes left behind: {[p.pid for p in left]}"
+
+
+# --------------------------------------------------------------------------- whole swarms
+COMPONENTS = ["aggregation", "environment", "evolution"]  # what wait_ready waits for, besides models
+
+
+def start_swarm(config, models):
+    """swarm.yaml's components and `models` models, launched like 06_control.py does."""
+    swarm = sc.ManagedSwarm(ROOT / "swarm.yaml", dataclasses.replace(config, models=models))
+    swarm.start()
+    for i in range(models):
+        swarm.add(f"model{i}", "02_model.py")
+        swarm.start(f"model{i}")
+    return swarm
+
+
+def drain(client, seconds, room=None):
+    """Every message `client` receives in `seconds` (in `room`, if given)."""
+    messages, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        message = client.receive(timeout=left)
+        if message is not None and (room is None or message.get("TO_ROOM") == room):
+            messages.append(message)
+    return messages
+
+
+def run_control(env_overrides, **popen):
+    """`python 06_control.py` with a small swarm (2 models, 1 round of 2 episodes by default)."""
+    env = {**os.environ, "SWARM_MODELS": "2", "SWARM_ROUNDS": "1", "SWARM_EPISODES": "2", **env_overrides}
+    return subprocess.Popen([sys.executable, "06_control.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def wait_for_line(process, prefix, timeout=120.0):
+    """Read the control's output until a line starts with `prefix`; fail if it never does, or
+    not within `timeout` seconds (a reader thread, so a silent, hung control cannot block us)."""
+    lines, found = [], queue.Queue()
+
+    def read():
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith(prefix):
+                found.put(True)
+                return
+        found.put(False)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        if found.get(timeout=timeout):
+            return
+    except queue.Empty:
+        pytest.fail(f"no line starting with {prefix!r} within {timeout:g} s in:\n{''.join(lines)}")
+    pytest.fail(f"no line starting with {prefix!r} in:\n{''.join(lines)}")
+
+
+def seconds_until_gone(pids, timeout):
+    """How long until none of `pids` runs any more (a zombie counts as gone), polled every 50 ms;
+    None if some are still running after `timeout` seconds."""
+    began = time.monotonic()
+    while True:
+        if not any(_running(pid) for pid in pids):
+            return time.monotonic() - began
+        if time.monotonic() - began > timeout:
+            return None
+        time.sleep(0.05)
+
+
+def _running(pid) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,10 +1,6 @@
 """The swarm as real processes on a free loopback port, launched the tutorial's way by Swarm."""
-import dataclasses
-import os
 import signal
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -14,28 +10,7 @@ import psutil
 import pytest
 
 import swarm_common as sc
-from conftest import ROOT, assert_all_gone
-
-COMPONENTS = ["aggregation", "environment", "evolution"]
-
-
-def start_swarm(config, models):
-    swarm = sc.ManagedSwarm(ROOT / "swarm.yaml", dataclasses.replace(config, models=models))
-    swarm.start()
-    for i in range(models):
-        swarm.add(f"model{i}", "02_model.py")
-        swarm.start(f"model{i}")
-    return swarm
-
-
-def drain(client, seconds, room=None):
-    """Every message `client` receives in `seconds` (in `room`, if given)."""
-    messages, deadline = [], time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        message = client.receive(timeout=left)
-        if message is not None and (room is None or message.get("TO_ROOM") == room):
-            messages.append(message)
-    return messages
+from conftest import COMPONENTS, ROOT, assert_all_gone, drain, run_control, start_swarm, wait_for_line
 
 
 def get_weights(probe, models):
@@ -169,22 +144,6 @@ def test_stop_kills_a_component_that_ignores_sigterm(swarm_env, tmp_path):
     swarm.stop()
     assert time.monotonic() - began < 10
     assert_all_gone([pid])
-
-
-def run_control(env_overrides, **popen):
-    env = {**os.environ, "SWARM_MODELS": "2", "SWARM_ROUNDS": "1", "SWARM_EPISODES": "2", **env_overrides}
-    return subprocess.Popen([sys.executable, "06_control.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **popen)
-
-
-def wait_for_line(process, prefix):
-    """Read the control's output until a line starts with `prefix` (fail if it never does)."""
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith(prefix):
-            return
-    pytest.fail(f"no line starting with {prefix!r} in:\n{''.join(lines)}")
 
 
 def test_the_control_script_runs_the_tutorial_loop(swarm_env):
