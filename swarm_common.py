@@ -790,6 +790,18 @@ class ControlClient(SwarmClient):
     def _stop_swarm_on_failure(self) -> contextlib.AbstractContextManager:
         return self.swarm.stop_on_failure() if self.swarm is not None else contextlib.nullcontext()
 
+    def _name_the_dead(self, within: float) -> None:
+        """The connection dropped: if the server (or anything) died, say which. A killed process
+        is collected a moment after its socket closes, so look again for up to `within` s."""
+        if self.swarm is None:
+            return
+        deadline = time.monotonic() + within
+        while True:
+            self.swarm.raise_if_dead()
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
     def request(self, payload: dict[str, Any], until: str, timeout: float | None = None,
                 progress: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
         """Send `payload` to `control`; return the reply whose STATUS is `until`.
@@ -813,8 +825,7 @@ class ControlClient(SwarmClient):
                 try:
                     message = self.receive(timeout=min(1.0, left))
                 except ConnectionClosed as lost:
-                    if self.swarm is not None:
-                        self.swarm.raise_if_dead()  # names the server if it died
+                    self._name_the_dead(within=2.0)
                     raise SwarmError(f"{lost} (server {self.config.host}:{self.config.port}); "
                                      f"see the logs in {self.config.log_dir}") from None
                 if message is None or message.get(ROOT_ID) != root_id:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import psutil
 import pytest
 from nbclient import NotebookClient
@@ -175,3 +176,20 @@ def _running(pid) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def get_weights(probe, models):
+    """Ask the models for their weights like the evolution does; {model id: vector}."""
+    root_id = "probe-" + str(time.monotonic())
+    probe.send(sc.custom_message(sc.ROOM_EVOLUTION, {sc.CMD: sc.GET}, root_id))
+    weights, deadline = {}, time.monotonic() + 30
+    while len(weights) < models and time.monotonic() < deadline:
+        message = probe.receive(timeout=1)
+        if message and message.get(sc.ROOT_ID) == root_id and sc.WEIGHTS in message:
+            weights[message[sc.COMPONENT_ID]] = np.array(message[sc.WEIGHTS])
+    assert len(weights) == models, f"{len(weights)} of {models} models answered GET"
+    return weights
+
+
+def set_weights(probe, weights):
+    probe.send(sc.custom_message(sc.ROOM_EVOLUTION, {sc.CMD: sc.SET, sc.WEIGHTS: {k: v.tolist() for k, v in weights.items()}}))

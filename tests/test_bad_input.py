@@ -6,8 +6,7 @@ import math
 import numpy as np
 
 import swarm_common as sc
-from conftest import assert_all_gone
-from test_swarm import COMPONENTS, drain, get_weights, set_weights, start_swarm
+from conftest import COMPONENTS, assert_all_gone, drain, get_weights, set_weights, start_swarm
 
 BAD_MESSAGES = {
     sc.ROOM_CONTROL: [

@@ -12,8 +12,7 @@ import psutil
 import pytest
 
 import swarm_common as sc
-from conftest import ROOT, assert_all_gone, processes_with_log_dir
-from test_swarm import COMPONENTS, get_weights
+from conftest import COMPONENTS, ROOT, assert_all_gone, get_weights, processes_with_log_dir
 
 
 def test_the_quick_benchmark_reports_every_figure(swarm_env):

@@ -139,9 +139,6 @@ def test_when_the_server_is_killed_everything_else_exits_by_itself(ready_swarm, 
     gone_with_the_swarm(pids, swarm_env.log_dir)
 
 
-@pytest.mark.xfail(strict=True, reason="a server that dies while a request waits surfaces as "
-                                       "sc.ConnectionClosed ('the swergio server closed the connection'), "
-                                       "not as a SwarmError naming the server with its exit code and log")
 def test_a_server_killed_during_a_request_is_reported_as_a_dead_server(ready_swarm, swarm_env):
     swarm, control, pids = ready_swarm
     error, took, _ = request_and_kill(control, LONG_RUN, sc.ENV_DONE, pids["server"])

@@ -177,8 +177,6 @@ def test_a_truncated_frame_ends_only_that_connection(server):
     assert_still_serving(server)
 
 
-@pytest.mark.xfail(strict=True, reason="the server logs a connection closed in the middle of a frame as a "
-                                       "plain disconnect; the truncated frame is not mentioned")
 def test_a_truncated_frame_is_logged_as_such(server):
     peer = RawPeer(server, unique("truncator"))
     peer.sock.sendall(b"100       " + b'{"TYPE": "')
@@ -303,8 +301,6 @@ def test_a_recipient_that_vanished_does_not_cost_the_sender_its_connection(serve
     assert_still_serving(server)
 
 
-@pytest.mark.xfail(strict=True, reason="README: SWARM_LOG_LEVEL=DEBUG 'also logs every message the server "
-                                       "passes on'; SwarmServer.deliver logs nothing at any level")
 def test_debug_level_logs_every_message_the_server_passes_on(swarm_env, monkeypatch):
     monkeypatch.setenv("SWARM_LOG_LEVEL", "DEBUG")  # before the server starts: it inherits it
     with server_process(swarm_env) as hub:

@@ -1,4 +1,6 @@
 """The swarm as real processes on a free loopback port, launched the tutorial's way by Swarm."""
+import dataclasses
+import os
 import signal
 import socket
 import textwrap
@@ -10,24 +12,8 @@ import psutil
 import pytest
 
 import swarm_common as sc
-from conftest import COMPONENTS, ROOT, assert_all_gone, drain, run_control, start_swarm, wait_for_line
-
-
-def get_weights(probe, models):
-    """Ask the models for their weights like the evolution does; {model id: vector}."""
-    root_id = "probe-" + str(time.monotonic())
-    probe.send(sc.custom_message(sc.ROOM_EVOLUTION, {sc.CMD: sc.GET}, root_id))
-    weights, deadline = {}, time.monotonic() + 30
-    while len(weights) < models and time.monotonic() < deadline:
-        message = probe.receive(timeout=1)
-        if message and message.get(sc.ROOT_ID) == root_id and sc.WEIGHTS in message:
-            weights[message[sc.COMPONENT_ID]] = np.array(message[sc.WEIGHTS])
-    assert len(weights) == models, f"{len(weights)} of {models} models answered GET"
-    return weights
-
-
-def set_weights(probe, weights):
-    probe.send(sc.custom_message(sc.ROOM_EVOLUTION, {sc.CMD: sc.SET, sc.WEIGHTS: {k: v.tolist() for k, v in weights.items()}}))
+from conftest import (COMPONENTS, ROOT, assert_all_gone, drain, get_weights, run_control, set_weights, start_swarm,
+                      wait_for_line)
 
 
 def test_episodes_evolution_and_evaluation_end_to_end(swarm_env):
