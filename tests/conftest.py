@@ -2,6 +2,7 @@
 and find every process a test's swarm started (so none can outlive the test)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -118,6 +119,21 @@ def start_swarm(config, models):
         swarm.add(f"model{i}", "02_model.py")
         swarm.start(f"model{i}")
     return swarm
+
+
+@contextlib.contextmanager
+def ready_swarm(config, models):
+    """A started swarm whose components and models all answer, and the control's client:
+    (swarm, control, pids). Whatever happens inside, everything is stopped and gone afterwards."""
+    swarm = start_swarm(config, models)
+    pids = swarm.pids()
+    try:
+        control = sc.ControlClient(swarm)
+        swarm.wait_ready(control, COMPONENTS, models)
+        yield swarm, control, pids
+    finally:
+        swarm.stop()
+    assert_all_gone(pids.values())
 
 
 def drain(client, seconds, room=None):

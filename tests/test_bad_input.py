@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 import swarm_common as sc
-from conftest import COMPONENTS, assert_all_gone, drain, get_weights, set_weights, start_swarm
+from conftest import drain, get_weights, ready_swarm, set_weights
 
 BAD_MESSAGES = {
     sc.ROOM_CONTROL: [
@@ -37,13 +37,9 @@ BAD_MESSAGES = {
 
 
 def test_every_component_skips_bad_input_and_keeps_serving(swarm_env):
-    swarm = start_swarm(swarm_env, 2)
-    pids = list(swarm.pids().values())
-    try:
-        control = sc.ControlClient(swarm)
+    with ready_swarm(swarm_env, 2) as (swarm, control, pids):
         probe = sc.SwarmClient("probe", swarm_env)
         probe.join_room(sc.ROOM_EVOLUTION)
-        swarm.wait_ready(control, COMPONENTS, 2)
         reply = control.request({sc.NR_OF_EPISODE: 2, sc.DETERMINISTIC: False}, until=sc.ENV_DONE)
         before = get_weights(probe, 2)  # also pauses training, so the weights stay put
 
@@ -82,6 +78,3 @@ def test_every_component_skips_bad_input_and_keeps_serving(swarm_env):
             assert "OBSERVATION contains NaN" in logs[model] and "DONE must be true or false" in logs[model]
             assert "shape (755,), got shape (754,) of float64; weights unchanged" in logs[model]
         raw.close(), probe.close()
-    finally:
-        swarm.stop()
-    assert_all_gone(pids)

@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 import swarm_common as sc
-from conftest import (COMPONENTS, ROOT, assert_all_gone, processes_with_log_dir, run_control, seconds_until_gone,
-                      start_swarm, wait_for_line)
+from conftest import (ROOT, assert_all_gone, processes_with_log_dir, ready_swarm, run_control, seconds_until_gone,
+                      wait_for_line)
 
 MODELS = 2
 LONG_RUN = {sc.NR_OF_EPISODE: 100_000, sc.DETERMINISTIC: False}  # hours: only a fault ends it
@@ -26,18 +26,11 @@ SHORT_RUN = {sc.NR_OF_EPISODE: 1, sc.DETERMINISTIC: False}
 
 
 @pytest.fixture
-def ready_swarm(swarm_env):
+def two_model_swarm(swarm_env):
     """Server, aggregation, environment, evolution and two models, all answering; and the
     control's client. Whatever happens in the test, everything is stopped and gone at the end."""
-    swarm = start_swarm(swarm_env, MODELS)
-    pids = swarm.pids()
-    try:
-        control = sc.ControlClient(swarm)
-        swarm.wait_ready(control, COMPONENTS, MODELS)
-        yield swarm, control, pids
-    finally:
-        swarm.stop()
-    assert_all_gone(pids.values())
+    with ready_swarm(swarm_env, MODELS) as started:
+        yield started
 
 
 def request_and_kill(control, payload, until, victim_pid, after=1.5):
@@ -76,8 +69,8 @@ def gone_with_the_swarm(pids, log_dir):
 
 # --------------------------------------------------------------------------- components killed
 @pytest.mark.parametrize("victim", ["environment", "model1", "aggregation"])
-def test_a_component_killed_during_a_long_run_fails_the_request_at_once(ready_swarm, swarm_env, victim):
-    swarm, control, pids = ready_swarm
+def test_a_component_killed_during_a_long_run_fails_the_request_at_once(two_model_swarm, swarm_env, victim):
+    swarm, control, pids = two_model_swarm
     error, took, episodes_before = request_and_kill(control, LONG_RUN, sc.ENV_DONE, pids[victim])
     print(f"{victim} killed after {episodes_before} episodes: SwarmError {took:.2f} s later: {error}")
     assert episodes_before >= 1, "the run was not under way when the component was killed"
@@ -86,8 +79,8 @@ def test_a_component_killed_during_a_long_run_fails_the_request_at_once(ready_sw
     gone_with_the_swarm(pids, swarm_env.log_dir)  # ControlClient stopped the swarm on failure
 
 
-def test_an_evolution_request_after_the_evolution_was_killed_fails_at_once(ready_swarm, swarm_env):
-    swarm, control, pids = ready_swarm
+def test_an_evolution_request_after_the_evolution_was_killed_fails_at_once(two_model_swarm, swarm_env):
+    swarm, control, pids = two_model_swarm
     control.request(SHORT_RUN, until=sc.ENV_DONE)  # contributions to evolve on
     os.kill(pids["evolution"], signal.SIGKILL)
     killed_at = time.monotonic()
@@ -121,8 +114,8 @@ def watch_exits(processes: dict[str, psutil.Process], timeout: float) -> dict[st
     return exits
 
 
-def test_when_the_server_is_killed_everything_else_exits_by_itself(ready_swarm, swarm_env):
-    swarm, control, pids = ready_swarm
+def test_when_the_server_is_killed_everything_else_exits_by_itself(two_model_swarm, swarm_env):
+    swarm, control, pids = two_model_swarm
     control.request(SHORT_RUN, until=sc.ENV_DONE)
     others = {name: psutil.Process(pid) for name, pid in pids.items() if name != "server"}
     os.kill(pids["server"], signal.SIGKILL)
@@ -139,8 +132,8 @@ def test_when_the_server_is_killed_everything_else_exits_by_itself(ready_swarm, 
     gone_with_the_swarm(pids, swarm_env.log_dir)
 
 
-def test_a_server_killed_during_a_request_is_reported_as_a_dead_server(ready_swarm, swarm_env):
-    swarm, control, pids = ready_swarm
+def test_a_server_killed_during_a_request_is_reported_as_a_dead_server(two_model_swarm, swarm_env):
+    swarm, control, pids = two_model_swarm
     error, took, _ = request_and_kill(control, LONG_RUN, sc.ENV_DONE, pids["server"])
     assert "server (exit code -9, log " in str(error) and took < 5
     gone_with_the_swarm(pids, swarm_env.log_dir)
@@ -308,8 +301,8 @@ def test_ctrl_c_on_the_control_script_ends_every_process_within_10_s(swarm_env):
 
 
 # --------------------------------------------------------------------------- two swarms, one port
-def test_a_second_swarm_on_the_port_of_a_running_one_starts_nothing(ready_swarm, swarm_env):
-    swarm, control, pids = ready_swarm
+def test_a_second_swarm_on_the_port_of_a_running_one_starts_nothing(two_model_swarm, swarm_env):
+    swarm, control, pids = two_model_swarm
     running = {p.pid for p in processes_with_log_dir(swarm_env.log_dir)}
     assert running == set(pids.values())
 

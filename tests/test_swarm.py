@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 import swarm_common as sc
-from conftest import (COMPONENTS, ROOT, assert_all_gone, drain, get_weights, run_control, set_weights, start_swarm,
-                      wait_for_line)
+from conftest import (COMPONENTS, ROOT, assert_all_gone, drain, get_weights, ready_swarm, run_control, set_weights,
+                      start_swarm, wait_for_line)
 
 
 def test_episodes_evolution_and_evaluation_end_to_end(swarm_env):
@@ -193,33 +193,25 @@ def test_a_swarm_with_several_environment_copies(swarm_env):
 
 
 def test_a_model_that_stops_answering_is_named_within_the_model_timeout(swarm_env):
-    swarm = start_swarm(dataclasses.replace(swarm_env, model_timeout=2.0), 2)
-    pids = list(swarm.pids().values())
-    control = sc.ControlClient(swarm)
-    swarm.wait_ready(control, COMPONENTS, 2)
-    frozen = {}
+    with ready_swarm(dataclasses.replace(swarm_env, model_timeout=2.0), 2) as (swarm, control, pids):
+        frozen = {}
 
-    def freeze_model1():
-        time.sleep(1.0)
-        frozen["at"] = time.monotonic()
-        os.kill(swarm.pids()["model1"], signal.SIGSTOP)  # alive, but silent: only a timeout can tell
+        def freeze_model1():
+            time.sleep(1.0)
+            frozen["at"] = time.monotonic()
+            os.kill(pids["model1"], signal.SIGSTOP)  # alive, but silent: only a timeout can tell
 
-    threading.Thread(target=freeze_model1, daemon=True).start()
-    with pytest.raises(sc.SwarmError, match=r"aggregation: no LOGITS within 2 s from 1 model\(s\): model1-"):
-        control.request({sc.NR_OF_EPISODE: 100_000, sc.DETERMINISTIC: False}, until=sc.ENV_DONE)
-    assert time.monotonic() - frozen["at"] < 2.0 + 3.0
-    assert swarm.running() == []  # the control stopped the swarm, the frozen model too
-    assert_all_gone(pids)
+        threading.Thread(target=freeze_model1, daemon=True).start()
+        with pytest.raises(sc.SwarmError, match=r"aggregation: no LOGITS within 2 s from 1 model\(s\): model1-"):
+            control.request({sc.NR_OF_EPISODE: 100_000, sc.DETERMINISTIC: False}, until=sc.ENV_DONE)
+        assert time.monotonic() - frozen["at"] < 2.0 + 3.0
+        assert swarm.running() == []  # the control stopped the swarm, the frozen model too
 
 
 def test_an_evolution_missing_a_model_is_given_up_naming_it(swarm_env):
-    swarm = start_swarm(dataclasses.replace(swarm_env, model_timeout=2.0), 2)
-    pids = list(swarm.pids().values())
-    control = sc.ControlClient(swarm)
-    swarm.wait_ready(control, COMPONENTS, 2)
-    os.kill(swarm.pids()["model0"], signal.SIGSTOP)
-    began = time.monotonic()
-    with pytest.raises(sc.SwarmError, match=r"evolution: no answer to GET within 2 s from: model0-"):
-        control.request({sc.EVOLUTION: True}, until=sc.EVO_DONE)
-    assert time.monotonic() - began < 2.0 + 3.0
-    assert_all_gone(pids)
+    with ready_swarm(dataclasses.replace(swarm_env, model_timeout=2.0), 2) as (swarm, control, pids):
+        os.kill(pids["model0"], signal.SIGSTOP)
+        began = time.monotonic()
+        with pytest.raises(sc.SwarmError, match=r"evolution: no answer to GET within 2 s from: model0-"):
+            control.request({sc.EVOLUTION: True}, until=sc.EVO_DONE)
+        assert time.monotonic() - began < 2.0 + 3.0
