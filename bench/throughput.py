@@ -10,7 +10,10 @@ One run measures, and prints as a table and as a final JSON line:
 - ratio = swarm_sps / compute_only_sps (on 2 cores the ceiling is about 2);
 - ready_s: launch until every component and model answers a ping;
 - evolution_s: EVOLUTION sent until EVO_DONE (the median of three);
-- pss_mb: the peak total proportional set size (PSS) of all swarm processes, sampled every second.
+- pss_mb: the peak total proportional set size (PSS) of all swarm processes, sampled every 5 s.
+
+It also prints where the CPU went while the swarm was measured: cores busy and CPU milliseconds per
+(batched) step for each kind of process, and for the whole machine.
 
     python bench/throughput.py                       # 20 models, 1 environment
     python bench/throughput.py --envs 32             # 32 CartPole copies per step
@@ -20,6 +23,7 @@ One run measures, and prints as a table and as a final JSON line:
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -104,14 +108,27 @@ class PeakPSS:
         self._thread.join(5)
 
 
-def swarm_processes(swarm: sc.ManagedSwarm) -> list[int]:
-    """Every process of the swarm: the components and whatever they started (forked models)."""
-    pids = []
-    for pid in swarm.pids().values():
-        pids.append(pid)
+def swarm_processes(swarm: sc.ManagedSwarm) -> dict[int, str]:
+    """Every process of the swarm, by pid, with its kind (server, aggregation, environment,
+    evolution, model): the components and whatever they started (forked models)."""
+    kinds = {}
+    for name, pid in swarm.pids().items():
+        kinds[pid] = "model" if name.startswith("model") else name
         with contextlib.suppress(psutil.Error):
-            pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    return pids
+            kinds.update({child.pid: "model" for child in psutil.Process(pid).children(recursive=True)})
+    return kinds
+
+
+def cpu_seconds(kinds: dict[int, str]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far, summed by kind, and `machine` for all CPUs."""
+    used = collections.defaultdict(float)
+    for pid, kind in kinds.items():
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            used[kind] += times.user + times.system
+    machine = psutil.cpu_times()
+    used["machine"] = machine.user + machine.nice + machine.system
+    return used
 
 
 def measure_swarm(settings: sc.Config, steps: int, warmup: int, launcher: str) -> dict:
@@ -120,7 +137,7 @@ def measure_swarm(settings: sc.Config, steps: int, warmup: int, launcher: str) -
     results: dict = {}
     launched = time.monotonic()
     try:
-        with PeakPSS(lambda: swarm_processes(swarm)) as memory:
+        with PeakPSS(lambda: list(swarm_processes(swarm))) as memory:
             swarm.start()
             if launcher == "fork":
                 swarm.add("models", "fork_models.py")
@@ -138,12 +155,16 @@ def measure_swarm(settings: sc.Config, steps: int, warmup: int, launcher: str) -
             # carry the step count. The clock starts at the first report past the warm-up.
             marks: list[tuple[float, int]] = []
 
+            kinds, cpu = swarm_processes(swarm), []
+
             def measured(message: dict) -> bool:
                 now, done = time.monotonic(), message[sc.STEPS]
                 if not marks and done >= warmup:
                     marks.append((now, done))
+                    cpu.append(cpu_seconds(kinds))
                 elif marks and done >= marks[0][1] + steps:
                     marks.append((now, done))
+                    cpu.append(cpu_seconds(kinds))
                     return True  # measured: stop waiting for this run
                 return False
 
@@ -153,6 +174,10 @@ def measure_swarm(settings: sc.Config, steps: int, warmup: int, launcher: str) -
             (t0, s0), (t1, s1) = marks
             results["swarm_sps"] = (s1 - s0) / (t1 - t0)
             results["measured_steps"] = s1 - s0
+            # Where the CPU went while the clock ran: per kind of process, per batched step.
+            batched_steps = (s1 - s0) / settings.envs
+            results["profile"] = {kind: ((cpu[1][kind] - cpu[0][kind]) / (t1 - t0),
+                                         (cpu[1][kind] - cpu[0][kind]) / batched_steps * 1e3) for kind in cpu[1]}
             # End the endless run with a short one, so the evolution is timed on a quiet swarm.
             control.request({sc.NR_OF_EPISODE: 1, sc.DETERMINISTIC: True}, until=sc.ENV_DONE)
             evolution_times = []
@@ -207,6 +232,10 @@ def main() -> None:
             ("evolution_s", swarm["evolution_s"],
              "median of " + ", ".join(f"{t:.2f}" for t in swarm["evolution_runs_s"]) + " s"),
             ("pss_mb", swarm["pss_mb"], "peak total PSS of the swarm's processes")]
+    print(f"\nwhere the CPU went while the swarm was measured ({os.cpu_count()} CPUs):")
+    print(f"{'process':<14}{'cores busy':>11}{'CPU ms per step':>17}")
+    for kind, (cores, ms) in sorted(swarm["profile"].items(), key=lambda item: -item[1][0]):
+        print(f"{kind:<14}{cores:>11.2f}{ms:>17.2f}")
     print(f"\n{'figure':<18}{'value':>10}  note")
     for name, value, note in rows:
         print(f"{name:<18}{'n/a' if value is None else f'{value:10.2f}':>10}  {note}")
