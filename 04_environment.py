@@ -43,7 +43,8 @@ class CartPole:
     def reset(self) -> list:
         return sc.unbatch(np.stack([env.reset()[0] for env in self.envs]))
 
-    def batch(self, values: list):
+    def per_copy(self, values: list):
+        """One value per copy; with one copy the value itself (the tutorial's format)."""
         return values[0] if len(self.envs) == 1 else values
 
 
@@ -84,8 +85,8 @@ def step(msg, cartpole):
                            sc.AVG_SCORE: float(np.mean(run.scores)), sc.ROOT_ID: run.root_id}
         if run.finished:
             cartpole.report[sc.SCORES] = run.scores
-    return {sc.OBSERVATION: sc.unbatch(np.stack(observations)), sc.REWARD: cartpole.batch(rewards),
-            sc.DONE: cartpole.batch(dones), sc.DETERMINISTIC: run.deterministic, sc.ACTION: action,
+    return {sc.OBSERVATION: sc.unbatch(np.stack(observations)), sc.REWARD: cartpole.per_copy(rewards),
+            sc.DONE: cartpole.per_copy(dones), sc.DETERMINISTIC: run.deterministic, sc.ACTION: action,
             sc.ROOT_ID: run.root_id}
 
 
