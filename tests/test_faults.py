@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 import swarm_common as sc
-from conftest import (ROOT, assert_all_gone, processes_with_log_dir, ready_swarm, run_control, seconds_until_gone,
-                      wait_for_line)
+from conftest import (ROOT, assert_all_gone, load_script, processes_with_log_dir, ready_swarm, run_control,
+                      seconds_until_gone, wait_for_line)
 
 MODELS = 2
 LONG_RUN = {sc.NR_OF_EPISODE: 100_000, sc.DETERMINISTIC: False}  # hours: only a fault ends it
@@ -140,23 +140,15 @@ def test_a_server_killed_during_a_request_is_reported_as_a_dead_server(two_model
 
 
 # --------------------------------------------------------------------------- the notebook kernel
-# What 06_control.py's first cells do, in one cell; READY lists the swarm's pids.
-START_CELL = """
-import swarm_common as sc
-config = sc.Config.from_env()
-swarm = sc.ManagedSwarm("swarm.yaml", config)
-swarm.start()
-for i in range(config.models):
-    swarm.add(f"model{i}", "02_model.py")
-    swarm.start(f"model{i}")
-control = sc.ControlClient(swarm)
-swarm.wait_ready(control, ["aggregation", "environment", "evolution"], config.models)
-print("READY", *swarm.pids().values(), flush=True)
-"""
-LONG_CELL = START_CELL + "control.request({sc.NR_OF_EPISODE: 100_000, sc.DETERMINISTIC: False}, until=sc.ENV_DONE)\n"
+# The notebook's own first four code cells (imports, the swarm started, the control ready, start()
+# and start_evo() defined) in one cell; READY then lists the swarm's pids.
+NOTEBOOK_CELLS = [source for kind, source in
+                  load_script("tools/py_to_ipynb.py").split_cells((ROOT / "06_control.py").read_text())
+                  if kind == "code"]
+START_CELL = "\n".join(NOTEBOOK_CELLS[:4]) + '\nprint("READY", *swarm.pids().values(), flush=True)\n'
+LONG_CELL = START_CELL + "start(100_000)\n"
 SHORT_CELL = START_CELL + """
-reply = control.request({sc.NR_OF_EPISODE: 1, sc.DETERMINISTIC: False}, until=sc.ENV_DONE)
-print("EPISODES", reply[sc.EPISODE], flush=True)
+start(1)
 swarm.stop()
 print("STOPPED", flush=True)
 """
