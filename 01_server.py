@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import socket
+import struct
 import threading
 
 import swergio.server
@@ -48,8 +49,12 @@ class SwarmServer(Server):
     - every delivery is two writes (header, then body), which stalls on Nagle's algorithm and
       delayed ACKs: here it is one write with TCP_NODELAY;
     - every message is printed: here connections and rooms are logged, and with
-      SWARM_LOG_LEVEL=DEBUG every message too.
+      SWARM_LOG_LEVEL=DEBUG every message too;
+    - a member that stops reading blocks every sender into its room for good: here a delivery
+      that cannot be written for `send_timeout` seconds drops that member.
     """
+
+    send_timeout = 30.0  # seconds a recipient may leave its socket full before it is dropped
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -57,6 +62,10 @@ class SwarmServer(Server):
 
     def handle_client(self, client: socket.socket, addr) -> None:
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A kernel send timeout, not settimeout(): reads stay blocking without a limit.
+        seconds, fraction = divmod(self.send_timeout, 1)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                          struct.pack("ll", int(seconds), int(fraction * 1e6)))
         log.info("connection from %s:%s", *addr)
         try:
             while True:

@@ -1,4 +1,5 @@
 """SwarmClient and the server script on real loopback sockets (server in a thread)."""
+import json
 import logging
 from types import SimpleNamespace
 import socket
@@ -262,3 +263,26 @@ def test_timers_run_while_listening_and_their_replies_are_sent(hub):
     wait_for(lambda: len(ticks) >= 5)
     assert min(np.diff(ticks)) >= 0.09  # not a busy loop
     client.close(), listener.close()
+
+
+def test_a_member_that_stops_reading_is_dropped_after_the_send_timeout(hub):
+    """Without a bound, a frozen member with a full socket would block its room's senders forever."""
+    hub.server.send_timeout = 1.0
+    frozen = socket.create_connection(("127.0.0.1", hub.config.port))  # joins, then never reads
+    frozen.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    for command in ({"TYPE": "COMMAND/REGISTER", "NAME": "frozen"}, {"TYPE": "COMMAND/JOINROOM", "ROOM": "room"}):
+        body = json.dumps(command).encode()
+        frozen.sendall(f"{len(body):<{sc.HEADER_LENGTH}}".encode() + body)
+    listener = sc.SwarmClient("listener", hub.config)
+    listener.join_room("room")
+    joined(hub, "frozen", "room"), joined(hub, "listener", "room")
+    sender = sc.SwarmClient("sender", hub.config)
+    began = time.monotonic()
+    payload = "x" * 100_000
+    for n in range(60):  # about 6 MB: far more than the frozen member's buffers hold
+        sender.send(sc.custom_message("room", {"N": n, "DATA": payload}))
+    received = [receive_in(listener, "room", timeout=20)["N"] for _ in range(60)]
+    assert received == list(range(60))
+    assert time.monotonic() - began < 15
+    wait_for(lambda: "frozen" not in hub.server.names.values(), timeout=10)
+    frozen.close(), listener.close(), sender.close()
