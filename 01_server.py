@@ -30,11 +30,6 @@ def log_server_line(*args, **kwargs) -> None:
     log.info(" ".join(str(a) for a in args))
 
 
-def frame(body: bytes) -> bytes:
-    """A swergio frame: the body's length, left-aligned in HEADER_LENGTH bytes, then the body."""
-    return f"{len(body):<{sc.HEADER_LENGTH}}".encode(sc.FORMAT) + body
-
-
 class SwarmServer(Server):
     """swergio's Server with a connection loop that survives bad input and sends in one write.
 
@@ -104,11 +99,8 @@ class SwarmServer(Server):
                 log.warning("%s (%s:%s): closed after %d of %d header bytes", self._name(client), *addr, got,
                             sc.HEADER_LENGTH)
             return None
-        try:
-            length = int(header.decode(sc.FORMAT).strip())
-        except (UnicodeDecodeError, ValueError):
-            length = -1
-        if not 0 <= length <= sc.MAX_MESSAGE_BYTES:
+        length = sc.body_length(header)
+        if length is None:
             log.warning("%s (%s:%s): malformed header %r; closing this connection", self._name(client), *addr,
                         header)
             return None
@@ -139,7 +131,7 @@ class SwarmServer(Server):
         if "SENT_BY" not in message:  # swergio's convention: recipients learn who sent it
             message["SENT_BY"] = self._name(sender)
             body = json.dumps(message).encode(sc.FORMAT)
-        data = frame(body)
+        data = sc.frame(body)
         if log.isEnabledFor(logging.DEBUG):  # SWARM_LOG_LEVEL=DEBUG: every message, as swergio printed
             log.debug("%s -> %s: %.200s", self._name(sender), message.get("TO_ROOM", message.get("TO")),
                       body.decode(sc.FORMAT, "replace"))

@@ -363,6 +363,20 @@ class ConnectionClosed(ConnectionError):
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+def frame(body: bytes) -> bytes:
+    """swergio's wire format: the body's length, left-aligned in HEADER_LENGTH bytes, then the body."""
+    return f"{len(body):<{HEADER_LENGTH}}".encode(FORMAT) + body
+
+
+def body_length(header: bytes) -> int | None:
+    """The body length a frame header announces; None for a header that is not a sane length."""
+    try:
+        length = int(header.decode(FORMAT).strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return length if 0 <= length <= MAX_MESSAGE_BYTES else None
+
+
 @dataclass
 class _Timer:
     function: Callable
@@ -419,24 +433,23 @@ class SwarmClient(Client):
         return sock
 
     def send(self, message: dict[str, Any]) -> None:
-        body = json.dumps(message).encode(FORMAT)
-        frame = f"{len(body):<{HEADER_LENGTH}}".encode(FORMAT) + body
+        data = frame(json.dumps(message).encode(FORMAT))
         with self._send_lock:
-            self.client.sendall(frame)
+            self.client.sendall(data)
 
     def receive(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next message, or None when `timeout` seconds pass first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            frame = self._take_frame()
-            if frame is not None:
+            body = self._take_frame()
+            if body is not None:
                 try:
-                    message = json.loads(frame.decode(FORMAT))
+                    message = json.loads(body.decode(FORMAT))
                     if not isinstance(message, dict):
                         raise ValueError("not a JSON object")
                     return message
                 except (UnicodeDecodeError, ValueError, RecursionError) as error:
-                    log.warning("%s: skipped an undecodable message (%s): %.80r", self.name, error, bytes(frame))
+                    log.warning("%s: skipped an undecodable message (%s): %.80r", self.name, error, body)
                     continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -457,18 +470,15 @@ class SwarmClient(Client):
         if len(self._buffer) < HEADER_LENGTH:
             return None
         header = bytes(self._buffer[:HEADER_LENGTH])
-        try:
-            length = int(header.decode(FORMAT).strip())
-        except (UnicodeDecodeError, ValueError):
-            length = -1
-        if not 0 <= length <= MAX_MESSAGE_BYTES:
+        length = body_length(header)
+        if length is None:
             # The stream cannot be re-synchronised after a broken header: give up loudly.
             raise ConnectionClosed(f"{self.name}: malformed message header {header!r}")
         if len(self._buffer) < HEADER_LENGTH + length:
             return None
-        frame = bytes(self._buffer[HEADER_LENGTH:HEADER_LENGTH + length])
+        body = bytes(self._buffer[HEADER_LENGTH:HEADER_LENGTH + length])
         del self._buffer[:HEADER_LENGTH + length]
-        return frame
+        return body
 
     def add_eventHandler(self, handleFunction: Callable, responseType, responseRooms=None,
                          responseComponent=None, trigger=None, listen_to_response_rooms: bool = True) -> None:

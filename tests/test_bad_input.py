@@ -54,7 +54,7 @@ def test_every_component_skips_bad_input_and_keeps_serving(swarm_env):
         # Raw bytes that are not JSON, on a connection of their own.
         raw = sc.SwarmClient("raw", swarm_env)
         body = b"\xff not json {"
-        raw.client.sendall(f"{len(body):<{sc.HEADER_LENGTH}}".encode() + body)
+        raw.client.sendall(sc.frame(body))
         drain(probe, 1.0)
 
         after = get_weights(probe, 2)  # the bad SETs changed nothing

@@ -153,15 +153,12 @@ def raw_peer():
     accepted["sock"].close(), listener.close()
 
 
-def frame(body: bytes) -> bytes:
-    return f"{len(body):<{sc.HEADER_LENGTH}}".encode() + body
-
 
 def test_undecodable_bodies_are_skipped_and_split_frames_reassembled(raw_peer, caplog):
     client, peer = raw_peer
-    good = frame(b'{"TYPE": "DATA/CUSTOM", "X": 1}')
+    good = sc.frame(b'{"TYPE": "DATA/CUSTOM", "X": 1}')
     with caplog.at_level(logging.WARNING, logger="swarm"):
-        peer.sendall(frame(b"not json") + frame(b"[1, 2]") + frame(b"\xff\xfe") + good[:7])
+        peer.sendall(sc.frame(b"not json") + sc.frame(b"[1, 2]") + sc.frame(b"\xff\xfe") + good[:7])
         time.sleep(0.1)
         peer.sendall(good[7:])
         assert client.receive(timeout=5) == {"TYPE": "DATA/CUSTOM", "X": 1}
@@ -192,7 +189,7 @@ def test_messages_without_type_or_room_are_skipped_and_serving_goes_on(raw_peer,
         serve(client)
         for body in [b'{"TO_ROOM": "room", "X": 1}', b'{"TYPE": "DATA/CUSTOM", "TO": "client", "X": 2}',
                      b'{"TYPE": 7, "TO_ROOM": "room", "X": 3}', b'{"TYPE": "DATA/CUSTOM", "TO_ROOM": "room", "X": 4}']:
-            peer.sendall(frame(body))
+            peer.sendall(sc.frame(body))
         wait_for(lambda: handled == [4])
     assert caplog.text.count("without a valid TYPE/TO_ROOM") == 3
 
@@ -272,7 +269,7 @@ def test_a_member_that_stops_reading_is_dropped_after_the_send_timeout(hub):
     frozen.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     for command in ({"TYPE": "COMMAND/REGISTER", "NAME": "frozen"}, {"TYPE": "COMMAND/JOINROOM", "ROOM": "room"}):
         body = json.dumps(command).encode()
-        frozen.sendall(f"{len(body):<{sc.HEADER_LENGTH}}".encode() + body)
+        frozen.sendall(sc.frame(body))
     listener = sc.SwarmClient("listener", hub.config)
     listener.join_room("room")
     joined(hub, "frozen", "room"), joined(hub, "listener", "room")

@@ -49,12 +49,9 @@ def server(swarm_env):
 
 
 # --------------------------------------------------------------------------- raw peers
-def frame(body: bytes) -> bytes:
-    return f"{len(body):<{sc.HEADER_LENGTH}}".encode("ascii") + body
-
 
 def encode(message) -> bytes:
-    return frame(json.dumps(message).encode("utf-8"))
+    return sc.frame(json.dumps(message).encode("utf-8"))
 
 
 class RawPeer:
@@ -234,7 +231,7 @@ def test_a_server_with_broken_connections_behind_it_is_idle(server):
 def test_a_body_that_is_not_json_is_skipped_and_the_connection_stays(server, body, reason):
     listener = joined_listener(server)
     peer = RawPeer(server, unique("garbler"))
-    peer.sock.sendall(frame(body))
+    peer.sock.sendall(sc.frame(body))
     peer.custom(ROOM, MARK="after")  # the same connection goes on with a valid message
     assert_delivered(listener, peer.name, "after")
     assert f"{peer.name} (127.0.0.1:" in wait_for_log(server, f"skipped a body that is {reason}")
