@@ -153,7 +153,6 @@ def raw_peer():
     accepted["sock"].close(), listener.close()
 
 
-
 def test_undecodable_bodies_are_skipped_and_split_frames_reassembled(raw_peer, caplog):
     client, peer = raw_peer
     good = sc.frame(b'{"TYPE": "DATA/CUSTOM", "X": 1}')

@@ -49,7 +49,6 @@ def server(swarm_env):
 
 
 # --------------------------------------------------------------------------- raw peers
-
 def encode(message) -> bytes:
     return sc.frame(json.dumps(message).encode("utf-8"))
 
