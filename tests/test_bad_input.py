@@ -1,6 +1,5 @@
 """Bad input sent into every room of a live swarm: each message is logged with its reason and
 skipped, the components keep serving, and their state is unchanged."""
-import json
 import math
 
 import numpy as np
