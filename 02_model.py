@@ -78,11 +78,13 @@ def train(policy: ActorCriticPolicy, rollout_buffer: RolloutBuffer) -> None:
 
 
 def forward(msg, policy, rollout_buffer, memory, training_enabled):
-    """Observation(s) in, logits out. On the way: train if the buffer is full, store the last step.
+    """Observation(s) in, logits out. On the way: store the step that just happened, and train
+    when the buffer is full.
 
     `memory` carries the previous observation's tensors, because the reward and the action taken
     for it only arrive with the next observation. With SWARM_ENVS copies of the environment every
-    array has one row per copy, and they all go through the network in one pass.
+    array has one row per copy, and they all go through the network in one pass. Deterministic
+    (evaluation) steps are only answered: nothing is stored and nothing is learned from them.
     """
     envs = rollout_buffer.n_envs
     observation = sc.as_batch(sc.require(msg, sc.OBSERVATION), sc.OBSERVATION, envs, OBS_SPACE.shape[0])
@@ -92,27 +94,47 @@ def forward(msg, policy, rollout_buffer, memory, training_enabled):
         reward = sc.get_per_env(msg, sc.REWARD, envs, float)
         done = sc.get_per_env(msg, sc.DONE, envs, bool)
         action = sc.get_actions(msg, envs, ACT_SPACE.n)
+        truncated = sc.get_per_env(msg, sc.TRUNCATED, envs, bool) if sc.TRUNCATED in msg else None
+        final_observation = (sc.as_batch(sc.require(msg, sc.FINAL_OBSERVATION), sc.FINAL_OBSERVATION, envs,
+                                         OBS_SPACE.shape[0]) if truncated is not None else None)
+    obs_tensor = torch.as_tensor(observation, dtype=torch.float32)
+    if deterministic:
+        memory.clear()  # an evaluation step is no one's next step
+        return reply(policy_heads(policy, obs_tensor)[0], deterministic)
 
-    if rollout_buffer.full:  # the tutorial's order: train first, then store the new step
-        if training_enabled.value:
-            rollout_buffer.compute_returns_and_advantage(last_values=memory["values"],
-                                                         dones=done if is_step else np.zeros(envs))
-            train(policy, rollout_buffer)
-        else:
-            rollout_buffer.reset()
+    logits, values = policy_heads(policy, obs_tensor)
     if is_step and "obs" in memory:
+        if truncated is not None and truncated.any():
+            # The time limit ended the episode, not a failure: credit the value of where the
+            # pole was (as stable-baselines3 does), instead of treating step 500 as a fall.
+            _, final_values = policy_heads(policy, torch.as_tensor(final_observation, dtype=torch.float32))
+            reward = reward + rollout_buffer.gamma * final_values.flatten().numpy() * truncated
         log_prob = memory["log_probs"][np.arange(envs), action]
         rollout_buffer.add(memory["obs"], action, reward, memory["episode_start"], memory["values"], log_prob)
-
-    with torch.no_grad():  # one pass through the network gives both heads
-        obs_tensor = torch.as_tensor(observation, dtype=torch.float32)
-        latent_pi, latent_vf = policy.mlp_extractor(policy.extract_features(obs_tensor))
-        logits = policy.action_net(latent_pi)
-        values = policy.value_net(latent_vf)
+    if rollout_buffer.full:
+        if training_enabled.value:
+            # Bootstrap from this observation, the one that follows the buffer's last step, and
+            # with this message's DONE, the one that belongs to that step.
+            rollout_buffer.compute_returns_and_advantage(last_values=values, dones=done)
+            train(policy, rollout_buffer)
+            logits, values = policy_heads(policy, obs_tensor)  # act with the updated policy
+        else:
+            rollout_buffer.reset()
     # log-probabilities of both actions (what Categorical(logits).log_prob gives, without building
     # a distribution object per step)
-    memory.update(obs=obs_tensor.numpy(), values=values, log_probs=torch.log_softmax(logits, dim=-1),
+    memory.update(obs=observation, values=values, log_probs=torch.log_softmax(logits, dim=-1),
                   episode_start=done if is_step else np.ones(envs))
+    return reply(logits, deterministic)
+
+
+def policy_heads(policy: ActorCriticPolicy, obs_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Action logits and state values of a batch of observations, in one pass through the network."""
+    with torch.no_grad():
+        latent_pi, latent_vf = policy.mlp_extractor(policy.extract_features(obs_tensor))
+        return policy.action_net(latent_pi), policy.value_net(latent_vf)
+
+
+def reply(logits: torch.Tensor, deterministic: bool) -> dict:
     return {sc.LOGITS: sc.unbatch(logits.numpy()), sc.COMPONENT_ID: COMPONENT_ID, sc.DETERMINISTIC: deterministic}
 
 
@@ -124,9 +146,13 @@ def send_weights(msg, policy, training_enabled):
     return {sc.WEIGHTS: policy.parameters_to_vector().tolist(), sc.COMPONENT_ID: COMPONENT_ID}
 
 
-def set_weights(msg, policy, training_enabled):
+def set_weights(msg, policy, rollout_buffer, memory, training_enabled):
     """SET: load this model's new vector and resume training. It is checked first: a bad SET
-    changes nothing (the weights stay, and so does the pause of a GET)."""
+    changes nothing (the weights stay, and so does the pause of a GET).
+
+    What the old weights left behind goes with them: Adam's moment estimates (they would push the
+    new weights along the old ones' gradients) and the steps stored with the old policy's values.
+    """
     if msg.get(sc.CMD) != sc.SET:
         return None
     all_weights = sc.require(msg, sc.WEIGHTS)
@@ -138,6 +164,9 @@ def set_weights(msg, policy, training_enabled):
     except sc.BadMessage as error:
         raise sc.BadMessage(f"{error}; weights unchanged") from None
     policy.load_from_vector(vector)
+    policy.optimizer.state.clear()  # Adam starts afresh: lazily, at the next step
+    rollout_buffer.reset()
+    memory.clear()
     training_enabled.set(True)
     return None
 
@@ -147,6 +176,8 @@ def main() -> None:
     sc.yield_to_the_critical_path()  # twenty models share two cores with the rest of the swarm
     config = sc.setup_component(COMPONENT_NAME)
     torch.set_num_threads(1)  # one thread each
+    if (seed := config.component_seed(COMPONENT_NAME)) is not None:
+        torch.manual_seed(seed)  # the initial weights; each model has its own seed
     policy = make_policy()
     client = sc.SwarmClient(COMPONENT_NAME, config, component_id=COMPONENT_ID, policy=policy,
                             rollout_buffer=make_rollout_buffer(config.envs), memory={},

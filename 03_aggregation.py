@@ -76,8 +76,9 @@ def aggregate(msg, memory, contribution_memory, models, envs):
     if len(memory.logits) < models.expected:
         return None
     actions, contribution = get_action(memory.logits, deterministic)
-    for k, share in contribution.items():
-        contribution_memory[k] = contribution_memory.get(k, 0.0) + share
+    if not deterministic:  # an evaluation shows what the swarm can do; it earns no one fitness
+        for k, share in contribution.items():
+            contribution_memory[k] = contribution_memory.get(k, 0.0) + share
     memory.logits = {}
     return {sc.ACTION: actions.tolist()}
 
@@ -114,6 +115,7 @@ def send_contribution(msg, contribution_memory):
 
 if __name__ == "__main__":
     config = sc.setup_component(COMPONENT_NAME)
+    rng = np.random.default_rng(config.component_seed(COMPONENT_NAME))  # the sampled actions
     client = sc.SwarmClient(COMPONENT_NAME, config, memory=StepLogits(), contribution_memory={},
                             models=sc.ModelRegistry(config.models), envs=config.envs,
                             model_timeout=config.model_timeout)

@@ -19,13 +19,23 @@ COMPONENT_NAME = "environment"
 
 @dataclass
 class Run:
-    """The episodes the control asked for; ROOT_ID tells this run's messages from older ones."""
+    """The episodes the control asked for; ROOT_ID tells this run's messages from older ones.
+
+    With several copies the episodes are shared out before the run starts (7 over 3 copies:
+    3, 2, 2) and each copy's first episodes are the ones that count. Counting whichever episodes
+    end first would favour short ones: an evaluation would report the failures first.
+    """
     root_id: str
     episodes: int
     deterministic: bool
     episode_returns: list[float]  # of the episode in progress, one per environment copy
-    scores: list[float] = field(default_factory=list)  # every finished episode, of every copy
+    scores: list[float] = field(default_factory=list)  # the counted episodes, in the order they ended
     steps: int = 0  # environment steps: a step of N copies counts N
+    quota: list[int] = field(default_factory=list)  # episodes still to count, per copy
+
+    def __post_init__(self) -> None:
+        copies = len(self.episode_returns)
+        self.quota = self.quota or [self.episodes // copies + (i < self.episodes % copies) for i in range(copies)]
 
     @property
     def finished(self) -> bool:
@@ -39,9 +49,12 @@ class CartPole:
     envs: list[gymnasium.Env]
     run: Run | None = None
     report: dict | None = None  # what the control should hear after the step just taken
+    seed: int | None = None  # of the first reset (copy i: seed + i); later resets follow from it
 
     def reset(self) -> list:
-        return sc.unbatch(np.stack([env.reset()[0] for env in self.envs]))
+        seeds = [None] * len(self.envs) if self.seed is None else [self.seed + i for i in range(len(self.envs))]
+        self.seed = None
+        return sc.unbatch(np.stack([env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)]))
 
     def per_copy(self, values: list):
         """One value per copy; with one copy the value itself (the tutorial's format)."""
@@ -65,18 +78,22 @@ def step(msg, cartpole):
     if run is None or run.finished or msg.get(sc.ROOT_ID, run.root_id) != run.root_id:
         return None  # no run, or an action that belongs to an abandoned run
     action = sc.get_actions(msg, len(cartpole.envs), cartpole.envs[0].action_space.n).tolist()
-    observations, rewards, dones, finished = [], [], [], []
+    observations, rewards, dones, truncations, final_observations, finished = [], [], [], [], [], []
     for i, env in enumerate(cartpole.envs):
         observation, reward, terminated, truncated, _info = env.step(action[i])
         done = bool(terminated or truncated)
+        final_observations.append(observation)
         run.episode_returns[i] += float(reward)
         if done:
-            finished.append(run.episode_returns[i])
+            if run.quota[i] > 0:
+                run.quota[i] -= 1
+                finished.append(run.episode_returns[i])
             run.episode_returns[i] = 0.0
             observation, _info = env.reset()  # after DONE: the next episode's first observation
         observations.append(observation)
         rewards.append(float(reward))
         dones.append(done)
+        truncations.append(bool(truncated and not terminated))
     run.steps += len(cartpole.envs)
     if finished:
         run.scores.extend(finished)
@@ -85,9 +102,13 @@ def step(msg, cartpole):
                            sc.AVG_SCORE: float(np.mean(run.scores)), sc.ROOT_ID: run.root_id}
         if run.finished:
             cartpole.report[sc.SCORES] = run.scores
-    return {sc.OBSERVATION: sc.unbatch(np.stack(observations)), sc.REWARD: cartpole.per_copy(rewards),
-            sc.DONE: cartpole.per_copy(dones), sc.DETERMINISTIC: run.deterministic, sc.ACTION: action,
-            sc.ROOT_ID: run.root_id}
+    message = {sc.OBSERVATION: sc.unbatch(np.stack(observations)), sc.REWARD: cartpole.per_copy(rewards),
+               sc.DONE: cartpole.per_copy(dones), sc.DETERMINISTIC: run.deterministic, sc.ACTION: action,
+               sc.ROOT_ID: run.root_id}
+    if any(truncations):  # the time limit, not a fall: the models bootstrap from where the pole was
+        message.update({sc.TRUNCATED: cartpole.per_copy(truncations),
+                        sc.FINAL_OBSERVATION: sc.unbatch(np.stack(final_observations))})
+    return message
 
 
 def report(msg, cartpole):
@@ -98,7 +119,8 @@ def report(msg, cartpole):
 
 if __name__ == "__main__":
     config = sc.setup_component(COMPONENT_NAME)
-    cartpole = CartPole([gymnasium.make(sc.ENV_ID) for _ in range(config.envs)])
+    cartpole = CartPole([gymnasium.make(sc.ENV_ID) for _ in range(config.envs)],
+                        seed=config.component_seed(COMPONENT_NAME))
     client = sc.SwarmClient(COMPONENT_NAME, config, cartpole=cartpole)
     client.add_eventHandler(start_run, sc.CUSTOM, responseRooms=sc.ROOM_OBSERVATION,
                             trigger=Trigger(sc.CUSTOM, sc.ROOM_CONTROL))

@@ -7,9 +7,11 @@ fresh data and gives exactly one evolution and one EVO_DONE, or, when answers ar
 SWARM_MODEL_TIMEOUT seconds, an ERROR naming who did not answer.
 """
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 from deap import algorithms, base, creator, tools
@@ -45,6 +47,12 @@ def evolve(weights: dict[str, np.ndarray], contribution: dict[str, float]) -> di
     offspring = toolbox.select(population, len(population))
     offspring = algorithms.varAnd(offspring, toolbox, cxpb=CROSSOVER_PROB, mutpb=MUTATION_PROB)
     return {model_id: list(child) for model_id, child in zip(model_ids, offspring)}
+
+
+def fitness_spread(contribution: dict[str, float], models: Iterable[str]) -> float:
+    """(best - worst) / mean fitness of the models: how much there was to select on."""
+    fitness = np.array([contribution.get(model_id, 0.0) for model_id in models])
+    return float((fitness.max() - fitness.min()) / fitness.mean()) if fitness.mean() > 0 else 0.0
 
 
 @dataclass
@@ -90,7 +98,8 @@ def collect(msg, evolution):
     if len(evolution.weights) < evolution.nr_of_models or evolution.contribution is None:
         return None
     new_weights = evolve(evolution.weights, evolution.contribution)
-    evolution.report = {sc.STATUS: sc.EVO_DONE, sc.ROOT_ID: evolution.request_id or evolution.root_id}
+    evolution.report = {sc.STATUS: sc.EVO_DONE, sc.ROOT_ID: evolution.request_id or evolution.root_id,
+                        sc.FITNESS_SPREAD: fitness_spread(evolution.contribution, evolution.weights)}
     evolution.root_id = None  # done: late or repeated answers start nothing
     return {sc.CMD: sc.SET, sc.WEIGHTS: new_weights}
 
@@ -124,6 +133,7 @@ def report(msg, evolution):
 
 if __name__ == "__main__":
     config = sc.setup_component(COMPONENT_NAME)
+    random.seed(config.component_seed(COMPONENT_NAME))  # deap draws from Python's random
     client = sc.SwarmClient(COMPONENT_NAME, config, evolution=Evolution(config.models),
                             model_timeout=config.model_timeout)
     client.add_eventHandler(start_evolution, sc.CUSTOM, responseRooms=sc.ROOM_EVOLUTION,

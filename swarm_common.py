@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -48,9 +49,14 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8080
     models: int = 20
-    rounds: int = 5
-    episodes: int = 20
+    rounds: int = 0  # most rounds of training (0: until solved or out of budget)
+    episodes: int = 20  # training episodes per round
     envs: int = 1  # CartPole copies stepped together (SWARM_ENVS); 1 is the tutorial
+    eval_episodes: int = 10  # deterministic episodes per evaluation (rounded up to whole batches)
+    max_steps: int = 100_000  # training budget in environment steps (0: none)
+    max_seconds: float = 600.0  # training budget in wall-clock seconds, evaluations included (0: none)
+    evolution: bool = True  # evolve after every round (SWARM_EVOLUTION=0: train only)
+    seed: int | None = None  # SWARM_SEED: seeds every component (unset: different every run)
     log_dir: Path = Path("logs")
     start_timeout: float = 180.0  # launch until every component answers
     reply_timeout: float = 120.0  # longest silence while waiting for ENV_DONE / EVO_DONE
@@ -59,13 +65,19 @@ class Config:
     @classmethod
     def from_env(cls) -> "Config":
         env = os.environ
+        seed = env.get("SWARM_SEED", "")
         return cls(
             host=env.get("SWERGIO_HOST", cls.host),
             port=env_int("SWERGIO_PORT", cls.port),
             models=env_int("SWARM_MODELS", cls.models),
-            rounds=env_int("SWARM_ROUNDS", cls.rounds),
-            episodes=env_int("SWARM_EPISODES", cls.episodes),
+            rounds=env_int("SWARM_ROUNDS", cls.rounds, minimum=0),
+            episodes=env_int("SWARM_EPISODES", cls.episodes, minimum=1),
             envs=env_int("SWARM_ENVS", cls.envs, minimum=1),
+            eval_episodes=env_int("SWARM_EVAL_EPISODES", cls.eval_episodes, minimum=1),
+            max_steps=env_int("SWARM_MAX_STEPS", cls.max_steps, minimum=0),
+            max_seconds=float(env.get("SWARM_MAX_SECONDS", cls.max_seconds)),
+            evolution=env_int("SWARM_EVOLUTION", int(cls.evolution), minimum=0) > 0,
+            seed=env_int("SWARM_SEED", 0, minimum=0) if seed != "" else None,
             log_dir=Path(env.get("SWARM_LOG_DIR", str(cls.log_dir))),
             start_timeout=float(env.get("SWARM_START_TIMEOUT", cls.start_timeout)),
             reply_timeout=float(env.get("SWARM_REPLY_TIMEOUT", cls.reply_timeout)),
@@ -76,9 +88,21 @@ class Config:
         """The environment variables that reproduce these settings in a child process."""
         return {"SWERGIO_HOST": self.host, "SWERGIO_PORT": str(self.port), "SWARM_MODELS": str(self.models),
                 "SWARM_ROUNDS": str(self.rounds), "SWARM_EPISODES": str(self.episodes),
-                "SWARM_ENVS": str(self.envs), "SWARM_LOG_DIR": str(self.log_dir),
+                "SWARM_ENVS": str(self.envs), "SWARM_EVAL_EPISODES": str(self.eval_episodes),
+                "SWARM_MAX_STEPS": str(self.max_steps), "SWARM_MAX_SECONDS": str(self.max_seconds),
+                "SWARM_EVOLUTION": str(int(self.evolution)),
+                "SWARM_SEED": "" if self.seed is None else str(self.seed), "SWARM_LOG_DIR": str(self.log_dir),
                 "SWARM_START_TIMEOUT": str(self.start_timeout),
                 "SWARM_REPLY_TIMEOUT": str(self.reply_timeout), "SWARM_MODEL_TIMEOUT": str(self.model_timeout)}
+
+    def component_seed(self, name: str) -> int | None:
+        """A seed of its own for each component (model3, environment, ...), all from SWARM_SEED;
+        None (fresh randomness) when SWARM_SEED is unset. `name` is the launcher's name for the
+        process when it has one."""
+        if self.seed is None:
+            return None
+        name = os.environ.get("SWARM_COMPONENT_NAME", name)
+        return (self.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**32
 
 
 def env_int(name: str, default: int, minimum: int | None = None) -> int:
@@ -123,6 +147,9 @@ STEPS = "STEPS"  # in ENV_DONE/ENV_PROGRESS: environment steps of the run so far
 EPISODE = "EPISODE"  # in ENV_PROGRESS: episodes finished so far
 SCORE = "SCORE"  # in ENV_PROGRESS: the score of the episode that just finished
 SCORES = "SCORES"  # in ENV_DONE: the scores of all the run's episodes
+TRUNCATED = "TRUNCATED"  # ours, with OBSERVATION, when a copy hit the time limit (500 steps)
+FITNESS_SPREAD = "FITNESS_SPREAD"  # in EVO_DONE: (best - worst) / mean fitness; near 0: a lottery
+FINAL_OBSERVATION = "FINAL_OBSERVATION"  # with TRUNCATED: where each copy was before its reset
 PING = "PING"
 PONG = "PONG"
 COMPONENT = "COMPONENT"

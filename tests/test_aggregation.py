@@ -32,16 +32,33 @@ def test_deterministic_action_is_the_argmax_of_summed_probabilities():
     replies, _, contribution = run_step(messages, 3)
     assert replies[:2] == [None, None], "acted before every model had answered"
     assert replies[2] == {sc.ACTION: [0]}
-    summed0 = 0.99 + 0.4 + 0.4
-    assert contribution["a"] == pytest.approx(0.99 / summed0)
-    assert contribution["b"] == pytest.approx(0.4 / summed0)
+    assert contribution == {}, "an evaluation step earns no one fitness"
+
+
+class FixedDraws:
+    """Stands in for the aggregation's random generator: the inverse-CDF draws we choose."""
+    def __init__(self, *draws):
+        self.draws = np.array(draws).reshape(-1, 1)
+
+    def random(self, shape):
+        return self.draws[:shape[0]]
+
+
+def test_a_training_step_credits_each_models_share_of_the_chosen_action(monkeypatch):
+    monkeypatch.setattr(aggregation, "rng", FixedDraws(0.999))  # the last action: 1
+    messages = [logits_message(k, p, deterministic=False) for k, p in [("a", 0.99), ("b", 0.4), ("c", 0.4)]]
+    replies, _, contribution = run_step(messages, 3)
+    assert replies[2] == {sc.ACTION: [1]}
+    summed1 = 0.01 + 0.6 + 0.6
+    assert contribution["a"] == pytest.approx(0.01 / summed1)
+    assert contribution["b"] == pytest.approx(0.6 / summed1)
     assert sum(contribution.values()) == pytest.approx(1.0)
 
 
 def test_contributions_accumulate_and_each_step_adds_one():
     memory, contribution = aggregation.StepLogits(), {}
     for p in [0.2, 0.7, 0.5, 0.9]:
-        run_step([logits_message("a", p), logits_message("b", 1 - p / 2)], 2, memory, contribution)
+        run_step([logits_message("a", p, False), logits_message("b", 1 - p / 2, False)], 2, memory, contribution)
     assert sum(contribution.values()) == pytest.approx(4.0)
 
 
@@ -94,14 +111,19 @@ def test_get_hands_over_the_contributions_and_clears_them():
 
 
 # --------------------------------------------------------------------------- SWARM_ENVS > 1
-def test_a_batch_gets_one_action_per_environment_from_one_pass():
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_a_batch_gets_one_action_per_environment_from_one_pass(monkeypatch, deterministic):
     # Environment 0: model a is sure of action 0; environment 1: both lean to action 1.
-    messages = [{sc.COMPONENT_ID: "a", sc.LOGITS: [logits_for(0.99), logits_for(0.4)], sc.DETERMINISTIC: True},
-                {sc.COMPONENT_ID: "b", sc.LOGITS: [logits_for(0.4), logits_for(0.2)], sc.DETERMINISTIC: True}]
+    monkeypatch.setattr(aggregation, "rng", FixedDraws(0.0, 0.999))  # sampled: actions 0 and 1 too
+    messages = [{sc.COMPONENT_ID: "a", sc.LOGITS: [logits_for(0.99), logits_for(0.4)], sc.DETERMINISTIC: deterministic},
+                {sc.COMPONENT_ID: "b", sc.LOGITS: [logits_for(0.4), logits_for(0.2)], sc.DETERMINISTIC: deterministic}]
     memory, contribution = aggregation.StepLogits(), {}
     models = sc.ModelRegistry(2)
     replies = [aggregation.aggregate(m, memory, contribution, models, 2) for m in messages]
     assert replies == [None, {sc.ACTION: [0, 1]}]
+    if deterministic:
+        assert contribution == {}
+        return
     # Each environment hands out a total share of 1: a model's contribution adds its shares up.
     assert contribution["a"] == pytest.approx(0.99 / 1.39 + 0.6 / 1.4)
     assert sum(contribution.values()) == pytest.approx(2.0)
@@ -147,8 +169,9 @@ def test_only_models_that_answered_the_ping_may_vote():
     memory, contribution = aggregation.StepLogits(), {}
     with pytest.raises(sc.BadMessage, match="unknown model 'intruder'"):
         aggregation.aggregate(logits_message("intruder", 0.9), memory, contribution, models, 1)
-    replies, _, _ = run_step([logits_message("a", 0.9), logits_message("b", 0.9)], 2, memory, contribution, models)
-    assert replies[-1] == {sc.ACTION: [0]} and set(contribution) == {"a", "b"}
+    replies, _, _ = run_step([logits_message("a", 0.9, False), logits_message("b", 0.9, False)], 2, memory,
+                             contribution, models)
+    assert len(replies[-1][sc.ACTION]) == 1 and set(contribution) == {"a", "b"}
 
 
 def test_without_pings_the_first_models_to_answer_are_learned():

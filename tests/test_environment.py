@@ -128,7 +128,7 @@ def test_copies_step_together_and_every_copys_episodes_count(three_cartpoles):
             reports.append(report)
     done = reports[-1]
     assert done[sc.STATUS] == sc.ENV_DONE and all(r[sc.STATUS] == sc.ENV_PROGRESS for r in reports[:-1])
-    assert done[sc.EPISODE] == ended >= 7 and len(done[sc.SCORES]) == ended
+    assert done[sc.EPISODE] == len(done[sc.SCORES]) == 7 and ended >= 7
     assert done[sc.STEPS] == 3 * steps  # a step of three copies is three environment steps
     assert done[sc.AVG_SCORE] == pytest.approx(np.mean(done[sc.SCORES]))
 
@@ -139,3 +139,52 @@ def test_a_batch_action_needs_one_valid_action_per_copy(three_cartpoles, action)
     with pytest.raises(sc.BadMessage):
         environment.step({sc.ACTION: action, sc.ROOT_ID: "run-1"}, three_cartpoles)
     assert three_cartpoles.run.steps == 0
+
+
+def test_each_copy_counts_its_first_episodes_so_short_ones_are_not_favoured(three_cartpoles):
+    # Copy 0 falls fast (always left); copies 1 and 2 balance longer. 6 episodes are 2 per copy:
+    # counting whichever end first would report mostly copy 0's short episodes.
+    environment.start_run(request(6), three_cartpoles)
+    lengths, current, observation = [[], [], []], [0, 0, 0], None
+    while True:
+        actions = [0] + ([int(o[2] > 0) for o in observation[1:]] if observation else [0, 0])
+        reply = environment.step({sc.ACTION: actions, sc.ROOT_ID: "run-1"}, three_cartpoles)
+        if reply is None:
+            break
+        observation = reply[sc.OBSERVATION]
+        for i, done in enumerate(reply[sc.DONE]):
+            current[i] += 1
+            if done:
+                lengths[i].append(current[i])
+                current[i] = 0
+        report = environment.report({}, three_cartpoles)
+    assert report[sc.STATUS] == sc.ENV_DONE
+    counted = sorted(lengths[0][:2] + lengths[1][:2] + lengths[2][:2])
+    assert sorted(report[sc.SCORES]) == counted
+    assert len(lengths[0]) > 2, "copy 0 played on (its further episodes train, but are not scored)"
+
+
+def test_a_truncated_episode_sends_where_the_pole_was(cartpole):
+    cartpole.envs[0] = gymnasium.make(sc.ENV_ID, max_episode_steps=3)  # a short time limit
+    environment.start_run(request(1), cartpole)
+    replies = [environment.step({sc.ACTION: [step % 2], sc.ROOT_ID: "run-1"}, cartpole) for step in range(3)]
+    assert all(sc.TRUNCATED not in reply for reply in replies[:2]), "only a time limit adds the keys"
+    last = replies[-1]
+    assert last[sc.DONE] is True and last[sc.TRUNCATED] is True
+    final, first = np.array(last[sc.FINAL_OBSERVATION]), np.array(last[sc.OBSERVATION])
+    assert final.shape == (4,) and not np.allclose(final, first)  # the last state, and the new episode's first
+    assert max(abs(first)) <= 0.05
+
+
+def test_a_fall_is_not_a_truncation(cartpole):
+    environment.start_run(request(1), cartpole)
+    to_models, _ = play(cartpole, policy=lambda obs: 0)  # falls long before 500 steps
+    assert to_models[-1][sc.DONE] is True and sc.TRUNCATED not in to_models[-1]
+
+
+def test_a_seeded_environment_repeats_its_episodes():
+    runs = []
+    for _ in range(2):
+        cartpole = environment.CartPole([gymnasium.make(sc.ENV_ID) for _ in range(2)], seed=7)
+        runs.append(environment.start_run(request(1), cartpole)[sc.OBSERVATION])
+    assert runs[0] == runs[1] and runs[0][0] != runs[0][1]

@@ -39,7 +39,7 @@ def test_one_request_gives_one_evolution_and_one_evo_done():
     messages = answers(get[sc.ROOT_ID], vectors, {k: 1.0 for k in vectors})
     sets, dones = feed(evolution, messages + messages)  # duplicates arrive late: no second round
     assert len(sets) == 1 and len(dones) == 1
-    assert dones[0] == {sc.STATUS: sc.EVO_DONE, sc.ROOT_ID: "request-1"}
+    assert dones[0] == {sc.STATUS: sc.EVO_DONE, sc.ROOT_ID: "request-1", sc.FITNESS_SPREAD: 0.0}
     new_weights = sets[0][sc.WEIGHTS]
     assert sets[0][sc.CMD] == sc.SET and set(new_weights) == set(vectors)
     assert all(len(v) == 11 for v in new_weights.values()), "genome length comes from the vectors"
@@ -65,7 +65,7 @@ def test_a_second_request_uses_fresh_data_only():
     assert feed(evolution, stale) == ([], []), "answers to the first GET must not start the second"
     fresh = population(2, 5, seed=4)
     sets, dones = feed(evolution, answers(second[sc.ROOT_ID], fresh, {}))
-    assert len(sets) == 1 and dones == [{sc.STATUS: sc.EVO_DONE, sc.ROOT_ID: "r2"}]
+    assert len(sets) == 1 and [d[sc.ROOT_ID] for d in dones] == ["r2"]
     # Every gene of the new population comes from the fresh vectors (crossover/selection only,
     # bar the rare mutation).
     fresh_genes = np.stack(list(fresh.values()))
@@ -135,3 +135,12 @@ def test_an_evolution_short_of_answers_is_given_up_naming_who_is_missing():
     late = answers(get[sc.ROOT_ID], {"model1-b": np.zeros(5)}, {"model0-a": 1.0, "model1-b": 1.0})
     assert feed(evolution, late) == ([], [])  # given up: late answers start nothing
     assert evolution_script.check_missing_answers(evolution, model_timeout=5.0) is None
+
+
+def test_evo_done_says_how_much_there_was_to_select_on():
+    evolution = evolution_script.Evolution(nr_of_models=3)
+    get = evolution_script.start_evolution({sc.EVOLUTION: True}, evolution)
+    contribution = {"model0": 90.0, "model1": 100.0, "model2": 110.0}  # mean 100: spread 20%
+    _, dones = feed(evolution, answers(get[sc.ROOT_ID], population(3, 5, seed=5), contribution))
+    assert dones[0][sc.FITNESS_SPREAD] == pytest.approx(0.2)
+    assert evolution_script.fitness_spread({}, ["model0"]) == 0.0  # no contribution yet: nothing to select on

@@ -43,13 +43,88 @@ def test_forward_logits_are_the_policys_action_logits(parts):
 def test_training_happens_every_five_steps_and_changes_the_weights(parts):
     initial = parts["policy"].parameters_to_vector().copy()
     model.forward(observation_message(), **parts)
-    for step in range(1, 6):
+    for step in range(1, 5):
         model.forward(observation_message(step), **parts)
-    assert parts["rollout_buffer"].full
-    assert np.array_equal(parts["policy"].parameters_to_vector(), initial), "trained before the buffer was used"
-    model.forward(observation_message(6), **parts)  # the buffer is full: train on it, then store
+    assert parts["rollout_buffer"].pos == 4
+    assert np.array_equal(parts["policy"].parameters_to_vector(), initial), "trained before the buffer was full"
+    model.forward(observation_message(5), **parts)  # the fifth step fills the buffer: train on it
     assert not np.array_equal(parts["policy"].parameters_to_vector(), initial)
-    assert parts["rollout_buffer"].pos == 1  # emptied by training, then the new step stored
+    assert parts["rollout_buffer"].pos == 0  # emptied by training
+
+
+def values_of(policy, observations):
+    import torch
+    return policy.predict_values(torch.as_tensor(np.array(observations), dtype=torch.float32)).detach().numpy().flatten()
+
+
+@pytest.fixture
+def trained_on(monkeypatch):
+    """What each A2C update was given: the buffer's rewards, returns and values, copied."""
+    updates = []
+    real_train = model.train
+
+    def recording_train(policy, rollout_buffer):
+        updates.append({name: getattr(rollout_buffer, name).copy() for name in ("rewards", "returns", "values")})
+        real_train(policy, rollout_buffer)
+    monkeypatch.setattr(model, "train", recording_train)
+    return updates
+
+
+@pytest.mark.parametrize("last_done", [False, True])
+def test_a_full_buffer_bootstraps_from_the_next_observation_with_its_own_done(parts, trained_on, last_done):
+    model.forward(observation_message(), **parts)
+    for step in range(1, 5):  # the fourth step ends an episode: the fifth is a new one's first
+        model.forward({**observation_message(step), sc.DONE: step == 4}, **parts)
+    last = {**observation_message(5), sc.DONE: last_done}
+    expected_bootstrap = values_of(parts["policy"], [last[sc.OBSERVATION]])[0]  # before the update
+    model.forward(last, **parts)
+    (update,) = trained_on
+    gamma, lam = parts["rollout_buffer"].gamma, parts["rollout_buffer"].gae_lambda
+    # The last step's advantage: its reward, plus the next observation's value unless DONE ended it.
+    delta = 1.0 + (0.0 if last_done else gamma * expected_bootstrap) - update["values"][-1, 0]
+    assert update["returns"][-1, 0] == pytest.approx(delta + update["values"][-1, 0], abs=1e-5)
+    # ... and the DONE of the fourth message ends the fourth step, not the fifth: nothing after it
+    # flows back into it, and the steps before it see its return.
+    assert lam == 1.0 and update["returns"][-2, 0] == pytest.approx(1.0)
+    assert update["returns"][-3, 0] == pytest.approx(1.0 + gamma * 1.0, abs=1e-5)
+
+
+def test_a_truncated_episode_is_bootstrapped_not_treated_as_a_fall(parts, trained_on):
+    model.forward(observation_message(), **parts)
+    for step in range(1, 5):
+        model.forward(observation_message(step), **parts)
+    final_observation = [0.1, 0.2, 0.01, -0.1]  # where the pole was at step 500, before the reset
+    truncated = {**observation_message(5), sc.DONE: True, sc.TRUNCATED: True, sc.FINAL_OBSERVATION: final_observation}
+    final_value = values_of(parts["policy"], [final_observation])[0]
+    model.forward(truncated, **parts)
+    (update,) = trained_on
+    gamma = parts["rollout_buffer"].gamma
+    assert update["rewards"][-1, 0] == pytest.approx(1.0 + gamma * final_value, abs=1e-5)
+    assert update["returns"][-1, 0] == pytest.approx(1.0 + gamma * final_value, abs=1e-5)
+    assert update["rewards"][:-1, 0].tolist() == [1.0] * 4
+
+
+def test_deterministic_steps_are_neither_stored_nor_learned_from(parts, trained_on):
+    initial = parts["policy"].parameters_to_vector().copy()
+    model.forward(observation_message(deterministic=True), **parts)
+    for step in range(1, 12):
+        msg = observation_message(step, deterministic=True)
+        assert len(model.forward(msg, **parts)[sc.LOGITS]) == 2
+    assert parts["rollout_buffer"].pos == 0 and trained_on == []
+    assert np.array_equal(parts["policy"].parameters_to_vector(), initial)
+    # A training run after it starts from its own first observation.
+    model.forward(observation_message(), **parts)
+    model.forward(observation_message(1), **parts)
+    assert parts["rollout_buffer"].pos == 1
+
+
+def test_an_evaluation_in_the_middle_of_a_rollout_leaves_it_intact(parts):
+    model.forward(observation_message(), **parts)
+    model.forward(observation_message(1), **parts)
+    stored = parts["rollout_buffer"].observations[0].copy()
+    for step in [None, 1, 2, 3, 4, 5, 6]:
+        model.forward(observation_message(step, deterministic=True), **parts)
+    assert parts["rollout_buffer"].pos == 1 and np.array_equal(parts["rollout_buffer"].observations[0], stored)
 
 
 def test_get_returns_the_weight_vector_and_pauses_training(parts):
@@ -74,9 +149,26 @@ def test_set_loads_exactly_that_vector_and_resumes_training(parts):
     parts["training_enabled"].set(False)
     vector = np.random.default_rng(1).normal(size=755).astype(np.float32)
     msg = {sc.CMD: sc.SET, sc.WEIGHTS: {model.COMPONENT_ID: vector.tolist(), "another-model": [0.0] * 755}}
-    model.set_weights(msg, parts["policy"], parts["training_enabled"])
+    model.set_weights(msg, **parts)
     assert np.array_equal(parts["policy"].parameters_to_vector(), vector)
     assert parts["training_enabled"].value is True
+
+
+def test_set_starts_the_optimizer_and_the_rollout_afresh(parts):
+    model.forward(observation_message(), **parts)
+    for step in range(1, 8):  # one update, and two steps stored after it
+        model.forward(observation_message(step), **parts)
+    assert parts["policy"].optimizer.state and parts["rollout_buffer"].pos == 2
+    vector = parts["policy"].parameters_to_vector()
+    model.set_weights({sc.CMD: sc.SET, sc.WEIGHTS: {model.COMPONENT_ID: vector.tolist()}}, **parts)
+    assert not parts["policy"].optimizer.state, "Adam's moments of the old weights survived the SET"
+    assert parts["rollout_buffer"].pos == 0 and parts["memory"] == {}
+    # and it learns on: the next full buffer is an ordinary update from fresh moments
+    model.forward(observation_message(), **parts)
+    for step in range(1, 6):
+        model.forward(observation_message(step), **parts)
+    assert not np.array_equal(parts["policy"].parameters_to_vector(), vector)
+    assert all(state["step"].item() == 1 for state in parts["policy"].optimizer.state.values())
 
 
 @pytest.mark.parametrize("weights", [
@@ -92,7 +184,7 @@ def test_a_bad_set_leaves_the_weights_as_they_were(parts, weights):
     before = parts["policy"].parameters_to_vector().copy()
     parts["training_enabled"].set(False)  # paused by a GET
     with pytest.raises(sc.BadMessage):
-        model.set_weights({sc.CMD: sc.SET, sc.WEIGHTS: weights}, parts["policy"], parts["training_enabled"])
+        model.set_weights({sc.CMD: sc.SET, sc.WEIGHTS: weights}, **parts)
     assert np.array_equal(parts["policy"].parameters_to_vector(), before)
     assert parts["training_enabled"].value is False, "a bad SET must not resume training either"
 
@@ -143,14 +235,14 @@ def test_a_batch_fills_the_buffer_per_environment_and_trains_every_five_steps():
                  training_enabled=MutableBool(True))
     initial = parts["policy"].parameters_to_vector().copy()
     model.forward(batch_message(3), **parts)
-    for step in range(1, 6):
+    for step in range(1, 5):
         model.forward(batch_message(3, step, seed=step), **parts)
     buffer = parts["rollout_buffer"]
-    assert buffer.full and buffer.rewards.shape == (5, 3)
-    assert buffer.actions[:, :, 0].tolist() == [[(s + i) % 2 for i in range(3)] for s in range(1, 6)]
+    assert buffer.pos == 4 and buffer.rewards.shape == (5, 3)
+    assert buffer.actions[:4, :, 0].tolist() == [[(s + i) % 2 for i in range(3)] for s in range(1, 5)]
     assert np.array_equal(parts["policy"].parameters_to_vector(), initial)
-    model.forward(batch_message(3, 6, seed=6), **parts)
-    assert not np.array_equal(parts["policy"].parameters_to_vector(), initial)
+    model.forward(batch_message(3, 5, seed=5), **parts)
+    assert not np.array_equal(parts["policy"].parameters_to_vector(), initial) and buffer.pos == 0
 
 
 @pytest.mark.parametrize("broken", [
@@ -200,7 +292,8 @@ def test_a_model_process_never_imports_the_torch_compiler():
             "m = sc.load_script('02_model.py'); p = dict(policy=m.make_policy(), rollout_buffer=m.make_rollout_buffer(), "
             "memory={}, training_enabled=MutableBool(True)); "
             "[m.forward({'OBSERVATION': [0.01] * 4, 'DETERMINISTIC': False, **({'REWARD': 1.0, 'DONE': False, 'ACTION': [0]} if i else {})}, **p) for i in range(8)]; "
-            "m.set_weights({'CMD': 'SET', 'WEIGHTS': {m.COMPONENT_ID: m.send_weights({'CMD': 'GET'}, p['policy'], p['training_enabled'])['WEIGHTS']}}, p['policy'], p['training_enabled']); "
-            "print('trained', p['rollout_buffer'].pos, 'dynamo', 'torch._dynamo' in sys.modules)")
+            "pos = p['rollout_buffer'].pos; "
+            "m.set_weights({'CMD': 'SET', 'WEIGHTS': {m.COMPONENT_ID: m.send_weights({'CMD': 'GET'}, p['policy'], p['training_enabled'])['WEIGHTS']}}, **p); "
+            "print('trained', pos, 'dynamo', 'torch._dynamo' in sys.modules)")
     output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert output.stdout.strip() == "trained 2 dynamo False", output.stderr
