@@ -43,12 +43,15 @@ _env.close()
 
 N_STEPS = 5  # rollout length: the policy trains every 5 environment steps
 ENT_COEF, VF_COEF, MAX_GRAD_NORM = 0.0, 0.5, 0.5
+# Options (README, "Learning"): the defaults are the tutorial's (stable-baselines3's A2C defaults).
+LEARNING_RATE = float(os.environ.get("SWARM_LEARNING_RATE", 7e-4))
+NORMALIZE_ADVANTAGE = sc.env_int("SWARM_NORMALIZE_ADVANTAGE", 0, minimum=0) > 0
 
 
 def make_policy() -> ActorCriticPolicy:
     """The tutorial's actor-critic: two 16-unit layers for the policy and the value, Adam 7e-4
     (torch's fused Adam kernel: the same update, a quarter of the optimizer's time)."""
-    return ActorCriticPolicy(OBS_SPACE, ACT_SPACE, lr_schedule=lambda _: 7e-4,
+    return ActorCriticPolicy(OBS_SPACE, ACT_SPACE, lr_schedule=lambda _: LEARNING_RATE,
                              net_arch=dict(pi=[16, 16], vf=[16, 16]),
                              optimizer_class=sc_torch.Adam, optimizer_kwargs=dict(fused=True))
 
@@ -66,7 +69,10 @@ def train(policy: ActorCriticPolicy, rollout_buffer: RolloutBuffer) -> None:
     for rollout_data in rollout_buffer.get(batch_size=None):
         actions = rollout_data.actions.long().flatten()
         values, log_prob, entropy = policy.evaluate_actions(rollout_data.observations, actions)
-        policy_loss = -(rollout_data.advantages * log_prob).mean()
+        advantages = rollout_data.advantages
+        if NORMALIZE_ADVANTAGE:  # as A2C(normalize_advantage=True)
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        policy_loss = -(advantages * log_prob).mean()
         value_loss = torch.nn.functional.mse_loss(rollout_data.returns, values.flatten())
         entropy_loss = -torch.mean(entropy)
         loss = policy_loss + ENT_COEF * entropy_loss + VF_COEF * value_loss

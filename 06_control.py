@@ -6,14 +6,20 @@
 # notebook) or from a shell with `python 06_control.py`.
 #
 # The control starts every component with swergio-toolbox's `Swarm`, waits until all of them
-# answer, runs training and deterministic episodes and evolution steps through the `control`
-# room, and stops everything at the end. Settings come from the environment: `SWARM_MODELS`,
-# `SWARM_ROUNDS`, `SWARM_EPISODES`, `SWERGIO_HOST`, `SWERGIO_PORT`, `SWARM_LOG_DIR`.
+# answer, then trains the swarm round by round until it solves CartPole-v1: a round is training
+# episodes, an evaluation (deterministic episodes, nothing learned) and an evolution step. It
+# stops everything at the end. Settings come from the environment (README, "Configuration"):
+# `SWARM_MODELS`, `SWARM_ENVS`, `SWARM_EPISODES`, `SWARM_MAX_STEPS`, `SWARM_MAX_SECONDS`,
+# `SWARM_EVOLUTION`, `SWARM_SEED`, `SWERGIO_HOST`, `SWERGIO_PORT`, `SWARM_LOG_DIR`, ...
 
 # %%
+import itertools
+import json
+import math
 import time
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 import swarm_common as sc
 
@@ -42,8 +48,10 @@ ready_s = swarm.wait_ready(control, ["aggregation", "environment", "evolution"],
 print(f"swarm ready: {config.models} models and 4 components in {ready_s:.1f} s")
 
 # %% [markdown]
-# `start` runs episodes and returns their average score; `start_evo` runs one evolution step.
-# Both wait, bounded, for the reply to their own request.
+# `start` runs episodes and returns their scores; `evaluate` runs deterministic episodes (the
+# models neither learn from them nor earn contribution) and returns their mean and standard
+# deviation; `start_evo` runs one evolution step. Each waits, bounded, for the reply to its own
+# request.
 
 # %%
 training = {"steps": 0, "seconds": 0.0}
@@ -53,55 +61,76 @@ def start(nr_of_episodes=1, deterministic=False):
     began = time.monotonic()
     reply = control.request({sc.NR_OF_EPISODE: nr_of_episodes, sc.DETERMINISTIC: deterministic},
                             until=sc.ENV_DONE)
-    seconds, steps = time.monotonic() - began, reply[sc.STEPS]
     if not deterministic:
-        training["steps"] += steps
-        training["seconds"] += seconds
-    kind = "deterministic" if deterministic else "training"
-    print(f"  {nr_of_episodes} {kind} episode(s): average score {reply[sc.AVG_SCORE]:6.1f}"
-          f"  ({steps} steps, {steps / seconds:.0f} steps/s)")
-    return reply[sc.AVG_SCORE]
+        training["steps"] += reply[sc.STEPS]
+        training["seconds"] += time.monotonic() - began
+    return reply[sc.SCORES]
+
+
+def evaluate(nr_of_episodes=config.eval_episodes):
+    # whole batches: every environment copy plays the same number of episodes
+    scores = start(math.ceil(nr_of_episodes / config.envs) * config.envs, deterministic=True)
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 def start_evo():
-    began = time.monotonic()
-    control.request({sc.EVOLUTION: True}, until=sc.EVO_DONE)
-    print(f"  evolution step done in {time.monotonic() - began:.2f} s")
-    return True
+    reply = control.request({sc.EVOLUTION: True}, until=sc.EVO_DONE)
+    return reply[sc.FITNESS_SPREAD]
 
 
 # %% [markdown]
-# The tutorial's loop: train for `SWARM_EPISODES` episodes, check with one deterministic
-# episode, evolve the population, and check again.
+# Train until solved. Each round trains for `SWARM_EPISODES` episodes, evaluates, and evolves
+# the population (unless `SWARM_EVOLUTION=0`). CartPole-v1 counts as solved when the evaluation
+# mean reaches its reward threshold, 475. The budget (`SWARM_MAX_STEPS` training steps,
+# `SWARM_MAX_SECONDS` of wall time from the first round) is checked after every round.
 
 # %%
-scores = []
-for round_nr in range(1, config.rounds + 1):
-    print(f"ROUND {round_nr}/{config.rounds}")
-    train_score = start(config.episodes, deterministic=False)
-    before_evo = start(1, deterministic=True)
-    start_evo()
-    after_evo = start(1, deterministic=True)
-    scores.append((round_nr, train_score, before_evo, after_evo))
+SOLVED_AT = 475.0  # gymnasium's reward_threshold for CartPole-v1
+history = []  # one row per round
+began = time.monotonic()
+solved = False
+for round_nr in itertools.count(1):
+    print(f"ROUND {round_nr}" + (f"/{config.rounds}" if config.rounds else ""), flush=True)
+    train_scores = start(config.episodes)
+    eval_mean, eval_std = evaluate()
+    solved = eval_mean >= SOLVED_AT
+    out_of_budget = ((config.max_steps and training["steps"] >= config.max_steps)
+                     or (config.max_seconds and time.monotonic() - began >= config.max_seconds)
+                     or round_nr == config.rounds)
+    spread = start_evo() if config.evolution and not solved and not out_of_budget else None
+    history.append(dict(round=round_nr, steps=training["steps"], seconds=time.monotonic() - began,
+                        train_mean=float(np.mean(train_scores)), eval_mean=eval_mean, eval_std=eval_std,
+                        fitness_spread=spread))
+    print(f"  steps {training['steps']:>7,}  training {np.mean(train_scores):6.1f}"
+          f"  evaluation {eval_mean:6.1f} ± {eval_std:5.1f}  wall {time.monotonic() - began:5.0f} s"
+          + (f"  evolved (fitness spread {spread:.2%})" if spread is not None else ""))
+    if solved or out_of_budget:
+        break
 
 # %% [markdown]
-# Scores per round, and a plot (saved next to the logs).
+# What it took, and the scores against environment steps (the plot is saved next to the logs,
+# with the numbers in `result.json`).
 
 # %%
-print(f"\n{'round':>5} {'training avg':>13} {'deterministic':>14} {'after evolution':>16}")
-for round_nr, train_score, before_evo, after_evo in scores:
-    print(f"{round_nr:>5} {train_score:>13.1f} {before_evo:>14.1f} {after_evo:>16.1f}")
-steps_per_s = training["steps"] / max(training["seconds"], 1e-9)
-print(f"training: {training['steps']} environment steps at {steps_per_s:.1f} steps/s")
+wall_s = time.monotonic() - began
+print(f"{'solved' if solved else 'NOT solved'} after {round_nr} rounds: {training['steps']:,} training steps, "
+      f"{wall_s:.0f} s wall ({training['steps'] / max(training['seconds'], 1e-9):.0f} training steps/s)")
+result = dict(solved=solved, steps=training["steps"], seconds=wall_s, ready_s=ready_s, models=config.models,
+              envs=config.envs, evolution=config.evolution, seed=config.seed, history=history)
+(config.log_dir / "result.json").write_text(json.dumps(result, indent=1))
 
-rounds = [row[0] for row in scores]
+steps = [row["steps"] for row in history]
 fig, ax = plt.subplots(figsize=(7, 4))
-ax.plot(rounds, [row[1] for row in scores], "o-", label=f"training ({config.episodes} episodes, mean)")
-ax.plot(rounds, [row[2] for row in scores], "s--", label="deterministic, before evolution")
-ax.plot(rounds, [row[3] for row in scores], "^:", label="deterministic, after evolution")
-ax.set(xlabel="round", ylabel="score (steps balanced)", title=f"CartPole-v1, {config.models} models",
-       xticks=rounds)
-ax.legend()
+ax.plot(steps, [row["train_mean"] for row in history], "o-", ms=3, label=f"training ({config.episodes} episodes, mean)")
+eval_mean = np.array([row["eval_mean"] for row in history])
+eval_std = np.array([row["eval_std"] for row in history])
+ax.plot(steps, eval_mean, "s-", ms=3, label="evaluation (deterministic, mean ± sd)")
+ax.fill_between(steps, eval_mean - eval_std, eval_mean + eval_std, alpha=0.2, color="C1")
+ax.axhline(SOLVED_AT, ls=":", color="grey", label=f"solved ({SOLVED_AT:g})")
+ax.set(xlabel="training environment steps", ylabel="score (steps balanced)", ylim=(0, 510),
+       title=f"CartPole-v1, {config.models} models, {config.envs} env(s)"
+             + (", evolution" if config.evolution else ", no evolution"))
+ax.legend(loc="upper left")
 plot_path = config.log_dir / "scores.png"
 fig.savefig(plot_path, dpi=100, bbox_inches="tight")
 print(f"plot saved to {plot_path}")

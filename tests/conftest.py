@@ -147,8 +147,8 @@ def drain(client, seconds, room=None):
 
 
 def run_control(env_overrides, **popen):
-    """`python 06_control.py` with a small swarm (2 models, 1 round of 2 episodes by default)."""
-    env = {**os.environ, "SWARM_MODELS": "2", "SWARM_ROUNDS": "1", "SWARM_EPISODES": "2", **env_overrides}
+    """`python 06_control.py` with a small swarm (2 models, 2 rounds of 2 episodes by default)."""
+    env = {**os.environ, "SWARM_MODELS": "2", "SWARM_ROUNDS": "2", "SWARM_EPISODES": "2", **env_overrides}
     return subprocess.Popen([sys.executable, "06_control.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **popen)
 

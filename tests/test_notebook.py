@@ -8,9 +8,9 @@ def test_notebook_cells_match_the_script():
 
 def test_notebook_executes_top_to_bottom(swarm_env, monkeypatch):
     monkeypatch.setenv("SWARM_MODELS", "2")
-    monkeypatch.setenv("SWARM_ROUNDS", "1")
+    monkeypatch.setenv("SWARM_ROUNDS", "2")
     monkeypatch.setenv("SWARM_EPISODES", "2")
     text, images = execute_notebook(ROOT / "06_control.ipynb", ROOT, timeout=300)
-    assert "ROUND 1/1" in text and "swarm stopped" in text
+    assert "ROUND 2/2" in text and "evolved (fitness spread" in text and "swarm stopped" in text
     assert images, "the score plot is not shown inline"
     assert (swarm_env.log_dir / "scores.png").exists()

@@ -1,5 +1,6 @@
 """The swarm as real processes on a free loopback port, launched the tutorial's way by Swarm."""
 import dataclasses
+import json
 import os
 import signal
 import socket
@@ -136,9 +137,14 @@ def test_the_control_script_runs_the_tutorial_loop(swarm_env):
     process = run_control({})
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
-    assert "ROUND 1/1" in output and "after evolution" in output and "swarm stopped" in output
-    assert "evolution step done" in output and "steps/s" in output
+    assert "ROUND 1/2" in output and "ROUND 2/2" in output and "swarm stopped" in output
+    assert output.count("evolved (fitness spread") == 1, "evolution between the rounds, not after the last"
+    assert "NOT solved after 2 rounds" in output and "training steps/s" in output
     assert (swarm_env.log_dir / "scores.png").stat().st_size > 1000
+    result = json.loads((swarm_env.log_dir / "result.json").read_text())
+    assert result["solved"] is False and [row["round"] for row in result["history"]] == [1, 2]
+    assert result["steps"] == result["history"][-1]["steps"] > result["history"][0]["steps"] > 0
+    assert all(8 <= row["eval_mean"] <= 500 and row["eval_std"] >= 0 for row in result["history"])
     assert "[BROADCAST]" not in output, "server chatter reached the console"
 
 
