@@ -130,7 +130,10 @@ def forward(msg, policy, rollout_buffer, memory, training_enabled):
     # a distribution object per step)
     memory.update(obs=observation, values=values, log_probs=torch.log_softmax(logits, dim=-1),
                   episode_start=done if is_step else np.ones(envs))
-    return reply(logits, deterministic)
+    answer = reply(logits, deterministic)
+    if is_step:  # what came of the swarm's last action, for a fitness that credits returns
+        answer.update({sc.REWARD: msg[sc.REWARD], sc.DONE: msg[sc.DONE]})
+    return answer
 
 
 def policy_heads(policy: ActorCriticPolicy, obs_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,9 +35,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def get_action(logits_by_model: dict[str, np.ndarray], deterministic: bool = False) -> tuple[np.ndarray, dict[str, float]]:
-    """One action per environment from the summed probabilities, and each model's share of the
-    chosen actions (shares of one environment sum to 1; a model's contribution adds them up).
+def get_action(logits_by_model: dict[str, np.ndarray], deterministic: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One action per environment from the summed probabilities, and each model's share of each
+    chosen action: (models, envs), the shares of one environment sum to 1.
 
     `logits_by_model` maps a model to its logits, one row per environment: (envs, actions).
     """
@@ -50,15 +50,54 @@ def get_action(logits_by_model: dict[str, np.ndarray], deterministic: bool = Fal
         draws = rng.random((len(summed), 1))
         actions = np.minimum((cumulative < draws).sum(axis=-1), summed.shape[-1] - 1)
     rows = np.arange(len(summed))
-    shares = all_probs[:, rows, actions] / summed[rows, actions]  # (models, envs)
-    return actions, {model_id: float(s) for model_id, s in zip(logits_by_model, shares.sum(axis=-1))}
+    return actions, all_probs[:, rows, actions] / summed[rows, actions]
 
 
-def aggregate(msg, memory, contribution_memory, models, envs):
-    """Collect one LOGITS per model; when all have answered, send the ACTION (one per environment)."""
+@dataclass
+class ReturnCredit:
+    """The option SWARM_FITNESS=return: a fitness that credits returns instead of agreement.
+
+    The tutorial's contribution pays a model for agreeing with the action taken, whatever came of
+    it; models trained on the same steps agree alike, so every contribution is about 1/N. Here a
+    model earns, for each finished episode, how much more than an equal share (1/N) it pushed
+    for the episode's actions, times how much better than usual the episode went (its return
+    minus the mean return of the episodes so far): pushing for the actions of long episodes
+    pays, pushing for those of short ones costs.
+    """
+    excess: np.ndarray | None = None  # (models, envs): this episode's sum of (share - 1/N), per copy
+    returns: np.ndarray | None = None  # (envs,): this episode's return so far, per copy
+    finished: deque = field(default_factory=lambda: deque(maxlen=100))  # returns of the latest episodes
+
+    def add_step(self, shares: np.ndarray) -> None:
+        if self.excess is None or self.excess.shape != shares.shape:
+            self.excess, self.returns = np.zeros_like(shares), np.zeros(shares.shape[1])
+        self.excess += shares - 1.0 / len(shares)
+
+    def add_outcome(self, rewards: np.ndarray, dones: np.ndarray, model_ids: list[str],
+                    fitness: dict[str, float]) -> None:
+        """The step's rewards and DONE flags (echoed by the models with their next logits)."""
+        if self.excess is None:
+            return  # a run's first observation: no step of ours yet
+        self.returns += rewards
+        for copy in np.flatnonzero(dones):
+            baseline = np.mean(self.finished) if self.finished else self.returns[copy]
+            self.finished.append(float(self.returns[copy]))
+            for model_id, excess in zip(model_ids, self.excess[:, copy]):
+                fitness[model_id] = fitness.get(model_id, 0.0) + float(excess * (self.returns[copy] - baseline))
+            self.excess[:, copy], self.returns[copy] = 0.0, 0.0
+
+
+def aggregate(msg, memory, contribution_memory, models, envs, return_credit=None):
+    """Collect one LOGITS per model; when all have answered, send the ACTION (one per environment).
+
+    The fitness: each model's contribution (the tutorial's), or with `return_credit` (the option
+    SWARM_FITNESS=return) its credit for the returns of the episodes it pushed for.
+    """
     model_id = sc.get_str(msg, sc.COMPONENT_ID)
     logits = sc.as_batch(sc.require(msg, sc.LOGITS), sc.LOGITS, envs)
     deterministic = sc.get_bool(msg, sc.DETERMINISTIC)
+    if return_credit is not None and sc.DONE in msg:  # checked now: a bad echo must not stall the step
+        outcome = sc.get_per_env(msg, sc.REWARD, envs, float), sc.get_per_env(msg, sc.DONE, envs, bool)
     models.admit(model_id)
     root_id = msg.get(sc.ROOT_ID)
     if root_id != memory.root_id:
@@ -67,6 +106,8 @@ def aggregate(msg, memory, contribution_memory, models, envs):
         if memory.root_id is not None:
             memory.retired_roots.append(memory.root_id)
         memory.root_id, memory.logits = root_id, {}
+        if return_credit is not None:
+            return_credit.excess = None  # episodes cut off by the end of a run earn nothing
     if memory.logits and logits.shape != next(iter(memory.logits.values())).shape:
         raise sc.BadMessage(f"LOGITS of {model_id} has shape {logits.shape}, the others have "
                             f"{next(iter(memory.logits.values())).shape}")
@@ -75,10 +116,15 @@ def aggregate(msg, memory, contribution_memory, models, envs):
     memory.logits[model_id] = logits
     if len(memory.logits) < models.expected:
         return None
-    actions, contribution = get_action(memory.logits, deterministic)
+    actions, shares = get_action(memory.logits, deterministic)
     if not deterministic:  # an evaluation shows what the swarm can do; it earns no one fitness
-        for k, share in contribution.items():
-            contribution_memory[k] = contribution_memory.get(k, 0.0) + share
+        if return_credit is None:
+            for model_id, share in zip(memory.logits, shares.sum(axis=-1)):
+                contribution_memory[model_id] = contribution_memory.get(model_id, 0.0) + float(share)
+        else:
+            if sc.DONE in msg:  # the outcome of the step before this one
+                return_credit.add_outcome(*outcome, list(memory.logits), contribution_memory)
+            return_credit.add_step(shares)
     memory.logits = {}
     return {sc.ACTION: actions.tolist()}
 
@@ -118,7 +164,8 @@ if __name__ == "__main__":
     rng = np.random.default_rng(config.component_seed(COMPONENT_NAME))  # the sampled actions
     client = sc.SwarmClient(COMPONENT_NAME, config, memory=StepLogits(), contribution_memory={},
                             models=sc.ModelRegistry(config.models), envs=config.envs,
-                            model_timeout=config.model_timeout)
+                            model_timeout=config.model_timeout,
+                            return_credit=ReturnCredit() if config.fitness == "return" else None)
     client.add_eventHandler(aggregate, sc.CUSTOM, responseRooms=sc.ROOM_ACTION,
                             trigger=Trigger(sc.CUSTOM, sc.ROOM_LOGITS))
     client.add_eventHandler(register_model, sc.CUSTOM, trigger=Trigger(sc.CUSTOM, sc.ROOM_PING))

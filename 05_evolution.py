@@ -50,9 +50,10 @@ def evolve(weights: dict[str, np.ndarray], contribution: dict[str, float]) -> di
 
 
 def fitness_spread(contribution: dict[str, float], models: Iterable[str]) -> float:
-    """(best - worst) / mean fitness of the models: how much there was to select on."""
+    """(best - worst) / mean size of the models' fitness: how much there was to select on."""
     fitness = np.array([contribution.get(model_id, 0.0) for model_id in models])
-    return float((fitness.max() - fitness.min()) / fitness.mean()) if fitness.mean() > 0 else 0.0
+    size = np.abs(fitness).mean()  # a fitness that credits returns can be negative
+    return float((fitness.max() - fitness.min()) / size) if size > 0 else 0.0
 
 
 @dataclass

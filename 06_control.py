@@ -45,7 +45,7 @@ for i in range(config.models):
 # %%
 control = sc.ControlClient(swarm)
 ready_s = swarm.wait_ready(control, ["aggregation", "environment", "evolution"], config.models)
-print(f"swarm ready: {config.models} models and 4 components in {ready_s:.1f} s")
+print(f"swarm ready: {config.models} models and 4 components in {ready_s:.1f} s", flush=True)
 
 # %% [markdown]
 # `start` runs episodes and returns their scores; `evaluate` runs deterministic episodes (the
@@ -103,7 +103,7 @@ for round_nr in itertools.count(1):
                         fitness_spread=spread))
     print(f"  steps {training['steps']:>7,}  training {np.mean(train_scores):6.1f}"
           f"  evaluation {eval_mean:6.1f} ± {eval_std:5.1f}  wall {time.monotonic() - began:5.0f} s"
-          + (f"  evolved (fitness spread {spread:.2%})" if spread is not None else ""))
+          + (f"  evolved (fitness spread {spread:.2%})" if spread is not None else ""), flush=True)
     if solved or out_of_budget:
         break
 

@@ -56,6 +56,7 @@ class Config:
     max_steps: int = 100_000  # training budget in environment steps (0: none)
     max_seconds: float = 600.0  # training budget in wall-clock seconds, evaluations included (0: none)
     evolution: bool = True  # evolve after every round (SWARM_EVOLUTION=0: train only)
+    fitness: str = "contribution"  # SWARM_FITNESS: the tutorial's contribution, or "return" (an option)
     seed: int | None = None  # SWARM_SEED: seeds every component (unset: different every run)
     log_dir: Path = Path("logs")
     start_timeout: float = 180.0  # launch until every component answers
@@ -77,6 +78,7 @@ class Config:
             max_steps=env_int("SWARM_MAX_STEPS", cls.max_steps, minimum=0),
             max_seconds=float(env.get("SWARM_MAX_SECONDS", cls.max_seconds)),
             evolution=env_int("SWARM_EVOLUTION", int(cls.evolution), minimum=0) > 0,
+            fitness=env_choice("SWARM_FITNESS", cls.fitness, ("contribution", "return")),
             seed=env_int("SWARM_SEED", 0, minimum=0) if seed != "" else None,
             log_dir=Path(env.get("SWARM_LOG_DIR", str(cls.log_dir))),
             start_timeout=float(env.get("SWARM_START_TIMEOUT", cls.start_timeout)),
@@ -90,7 +92,7 @@ class Config:
                 "SWARM_ROUNDS": str(self.rounds), "SWARM_EPISODES": str(self.episodes),
                 "SWARM_ENVS": str(self.envs), "SWARM_EVAL_EPISODES": str(self.eval_episodes),
                 "SWARM_MAX_STEPS": str(self.max_steps), "SWARM_MAX_SECONDS": str(self.max_seconds),
-                "SWARM_EVOLUTION": str(int(self.evolution)),
+                "SWARM_EVOLUTION": str(int(self.evolution)), "SWARM_FITNESS": self.fitness,
                 "SWARM_SEED": "" if self.seed is None else str(self.seed), "SWARM_LOG_DIR": str(self.log_dir),
                 "SWARM_START_TIMEOUT": str(self.start_timeout),
                 "SWARM_REPLY_TIMEOUT": str(self.reply_timeout), "SWARM_MODEL_TIMEOUT": str(self.model_timeout)}
@@ -103,6 +105,14 @@ class Config:
             return None
         name = os.environ.get("SWARM_COMPONENT_NAME", name)
         return (self.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**32
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """A setting from the environment that must be one of `choices`."""
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise ValueError(f"environment variable {name}={value!r} must be one of {', '.join(choices)}")
+    return value
 
 
 def env_int(name: str, default: int, minimum: int | None = None) -> int:

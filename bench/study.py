@@ -41,7 +41,7 @@ def run_swarm(seed: int, evolution: bool, args: argparse.Namespace, log_dir: Pat
     env = {**os.environ, "SWERGIO_HOST": "127.0.0.1", "SWERGIO_PORT": str(sc.free_port()),
            "SWARM_LOG_DIR": str(log_dir), "SWARM_SEED": str(seed), "SWARM_EVOLUTION": str(int(evolution)),
            "SWARM_MODELS": str(args.models), "SWARM_ENVS": str(args.envs), "SWARM_EPISODES": str(args.episodes),
-           "SWARM_ROUNDS": "0", "SWARM_MAX_STEPS": str(args.max_steps), "SWARM_MAX_SECONDS": str(args.max_seconds)}
+           "PYTHONUNBUFFERED": "1", "SWARM_ROUNDS": "0", "SWARM_MAX_STEPS": str(args.max_steps), "SWARM_MAX_SECONDS": str(args.max_seconds)}
     log_dir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     with open(log_dir / "control.out", "w") as output:
@@ -147,8 +147,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", type=int, default=20)
-    parser.add_argument("--envs", type=int, default=8, help="SWARM_ENVS for the swarm")
-    parser.add_argument("--episodes", type=int, default=20, help="SWARM_EPISODES: training episodes per round")
+    parser.add_argument("--envs", type=int, default=10, help="SWARM_ENVS for the swarm")
+    parser.add_argument("--episodes", type=int, default=10, help="SWARM_EPISODES: training episodes per round")
     parser.add_argument("--eval-episodes", type=int, default=10, help="SB3's evaluation (the swarm: SWARM_EVAL_EPISODES)")
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--max-seconds", type=float, default=600.0)

@@ -197,3 +197,41 @@ def test_a_step_missing_a_model_is_given_up_after_the_timeout_naming_it():
     replies, _, _ = run_step([logits_message("model1-y", 0.6)], 3, memory, contribution, models)
     assert replies == [None] and contribution == {} and memory.logits == {}
     assert aggregation.check_missing_models(memory, models, model_timeout=5.0) is None
+
+
+# --------------------------------------------------------------------------- SWARM_FITNESS=return
+def play_episode(length, pusher, memory, fitness, credit, models, first=False):
+    """`length` training steps in which `pusher` is surer than the other model of the action
+    taken (action 0, drawn by FixedDraws(0.0)); the last step's outcome says DONE."""
+    for step in range(length):
+        echo = {} if first and step == 0 else {sc.REWARD: 1.0, sc.DONE: step == 0}
+        for model_id in ("a", "b"):
+            msg = {**logits_message(model_id, 0.9 if model_id == pusher else 0.6, deterministic=False), **echo}
+            aggregation.aggregate(msg, memory, fitness, models, 1, credit)
+
+
+def test_a_return_crediting_fitness_pays_for_pushing_towards_long_episodes(monkeypatch):
+    monkeypatch.setattr(aggregation, "rng", FixedDraws(0.0))  # action 0 every step
+    memory, fitness, credit, models = aggregation.StepLogits(), {}, aggregation.ReturnCredit(), sc.ModelRegistry(2)
+    play_episode(3, "a", memory, fitness, credit, models, first=True)
+    play_episode(10, "b", memory, fitness, credit, models)  # closes episode 1: its own baseline, no credit
+    assert fitness == {"a": 0.0, "b": 0.0}
+    play_episode(2, "a", memory, fitness, credit, models)  # closes episode 2: 10 steps, 7 above the mean (3)
+    excess_per_step = 0.9 / 1.5 - 0.5
+    assert fitness["b"] == pytest.approx(10 * excess_per_step * 7) and fitness["a"] == pytest.approx(-fitness["b"])
+    play_episode(1, "b", memory, fitness, credit, models)  # closes episode 3: 2 steps, 4.5 below the mean
+    assert fitness["a"] == pytest.approx(-10 * excess_per_step * 7 - 2 * excess_per_step * 4.5)
+    assert sum(fitness.values()) == pytest.approx(0.0), "an episode's credit only moves fitness between models"
+
+
+def test_return_credit_ignores_evaluations_and_a_bad_echo_changes_nothing(monkeypatch):
+    monkeypatch.setattr(aggregation, "rng", FixedDraws(0.0))
+    memory, fitness, credit, models = aggregation.StepLogits(), {}, aggregation.ReturnCredit(), sc.ModelRegistry(2)
+    for model_id in ("a", "b"):
+        aggregation.aggregate({**logits_message(model_id, 0.9), sc.REWARD: 1.0, sc.DONE: True}, memory, fitness,
+                              models, 1, credit)
+    assert fitness == {} and credit.excess is None and not credit.finished
+    with pytest.raises(sc.BadMessage):
+        aggregation.aggregate({**logits_message("a", 0.9, False), sc.REWARD: "1", sc.DONE: True}, memory, fitness,
+                              models, 1, credit)
+    assert memory.logits == {} and fitness == {}

@@ -297,3 +297,12 @@ def test_a_model_process_never_imports_the_torch_compiler():
             "print('trained', pos, 'dynamo', 'torch._dynamo' in sys.modules)")
     output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert output.stdout.strip() == "trained 2 dynamo False", output.stderr
+
+
+def test_logits_carry_what_came_of_the_last_action(parts):
+    """The echo that SWARM_FITNESS=return credits; a run's first answer and evaluations have none."""
+    first = model.forward(observation_message(), **parts)
+    step = model.forward({**observation_message(1), sc.DONE: True}, **parts)
+    evaluation = model.forward(observation_message(2, deterministic=True), **parts)
+    assert sc.DONE not in first and sc.DONE not in evaluation
+    assert step[sc.REWARD] == 1.0 and step[sc.DONE] is True
