@@ -12,6 +12,7 @@ All within the same budget (`--max-steps`, `--max-seconds`). It prints a table, 
 `study.json` and a plot of the evaluation scores against environment steps (`study.png`).
 
     .venv/bin/python bench/study.py                # 3 seeds, the settings in the README
+    .venv/bin/python bench/study.py --learning-rate 0.0007 --variants 1 2   # the tutorial's rate
     .venv/bin/python bench/study.py --quick        # a smoke test: 1 seed, 2 models, tiny budget
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ def run_swarm(seed: int, evolution: bool, args: argparse.Namespace, log_dir: Pat
     env = {**os.environ, "SWERGIO_HOST": "127.0.0.1", "SWERGIO_PORT": str(sc.free_port()),
            "SWARM_LOG_DIR": str(log_dir), "SWARM_SEED": str(seed), "SWARM_EVOLUTION": str(int(evolution)),
            "SWARM_MODELS": str(args.models), "SWARM_ENVS": str(args.envs), "SWARM_EPISODES": str(args.episodes),
+           "SWARM_LEARNING_RATE": str(args.learning_rate),
            "PYTHONUNBUFFERED": "1", "SWARM_ROUNDS": "0", "SWARM_MAX_STEPS": str(args.max_steps), "SWARM_MAX_SECONDS": str(args.max_seconds)}
     log_dir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
@@ -116,7 +118,7 @@ def summary_rows(results: list[dict]) -> list[str]:
                      f" {r['seconds']:>7.0f} {r['total_seconds']:>10.0f}")
     lines.append("")
     lines.append(f"{'variant':<22} {'solved':>6} {'median steps':>12} {'median wall s':>13}  (of the solved runs)")
-    for variant in VARIANTS:
+    for variant in dict.fromkeys(r["variant"] for r in results):
         runs = [r for r in results if r["variant"] == variant]
         solved = [r for r in runs if r["solved"]]
         median_steps = f"{np.median([r['steps'] for r in solved]):,.0f}" if solved else "-"
@@ -130,8 +132,11 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(VARIANTS), figsize=(13, 3.8), sharey=True)
-    for ax, variant in zip(axes, VARIANTS):
+    variants = list(dict.fromkeys(r["variant"] for r in results))
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.4 * len(variants), 3.8), sharex=True, sharey=True,
+                             squeeze=False)
+    axes = axes[0]
+    for ax, variant in zip(axes, variants):
         for r in (r for r in results if r["variant"] == variant):
             steps, means = zip(*r["curve"]) if r["curve"] else ((), ())
             ax.plot(steps, means, ".-", ms=3, label=f"seed {r['seed']}" + ("" if r["solved"] else " (not solved)"))
@@ -149,27 +154,37 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--envs", type=int, default=10, help="SWARM_ENVS for the swarm")
     parser.add_argument("--episodes", type=int, default=10, help="SWARM_EPISODES: training episodes per round")
+    parser.add_argument("--learning-rate", type=float, default=0.002,
+                        help="SWARM_LEARNING_RATE for the swarm's models (the tutorial's: 0.0007)")
     parser.add_argument("--eval-episodes", type=int, default=10, help="SB3's evaluation (the swarm: SWARM_EVAL_EPISODES)")
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--max-seconds", type=float, default=600.0)
     parser.add_argument("--sb3-eval-every", type=int, default=2_000, help="environment steps between SB3's evaluations")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "study")
+    parser.add_argument("--variants", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
+                        help="which to run: 1 swarm + evolution, 2 swarm without, 3 SB3's A2C")
+    parser.add_argument("--replot", action="store_true", help="table and plot again from OUT/study.json; run nothing")
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 models, 1 env, a budget of 300 steps")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.models, args.envs, args.episodes = args.seeds[:1], 2, 1, 2
         args.max_steps, args.sb3_eval_every = 300, 100
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        study = json.loads((args.out / "study.json").read_text())
+        report(study["results"], args.out, study["title"])
+        return
     os.environ["SWARM_EVAL_EPISODES"] = str(args.eval_episodes)
-    options = {k: v for k, v in os.environ.items() if k in ("SWARM_LEARNING_RATE", "SWARM_NORMALIZE_ADVANTAGE")}
-    title = (f"CartPole-v1: swarm of {args.models} models, SWARM_ENVS={args.envs}, {args.episodes} episodes per round"
+    options = {k: v for k, v in os.environ.items() if k in ("SWARM_FITNESS", "SWARM_NORMALIZE_ADVANTAGE")}
+    title = (f"CartPole-v1: swarm of {args.models} models, SWARM_ENVS={args.envs}, {args.episodes} episodes per round, "
+             f"learning rate {args.learning_rate:g}"
              f"{', ' + ', '.join(f'{k}={v}' for k, v in options.items()) if options else ''}; "
              f"budget {args.max_steps:,} steps / {args.max_seconds:.0f} s")
     print(title, flush=True)
 
     results = []
     for seed in args.seeds:
-        for variant in VARIANTS:
+        for variant in (VARIANTS[i - 1] for i in args.variants):
             print(f"seed {seed}: {variant} ...", end=" ", flush=True)
             if variant == VARIANTS[2]:
                 result = run_sb3(seed, args)
@@ -182,10 +197,14 @@ def main() -> None:
                   f"{result['seconds']:.0f} s", flush=True)
             (args.out / "study.json").write_text(json.dumps(dict(title=title, results=results), indent=1))
 
+    report(results, args.out, title)
+
+
+def report(results: list[dict], out: Path, title: str) -> None:
     print()
     print("\n".join(summary_rows(results)))
-    plot(results, args.out / "study.png", title)
-    print(f"\nplot: {args.out / 'study.png'}; numbers: {args.out / 'study.json'}")
+    plot(results, out / "study.png", title)
+    print(f"\nplot: {out / 'study.png'}; numbers: {out / 'study.json'}")
 
 
 if __name__ == "__main__":
