@@ -707,6 +707,9 @@ class ManagedSwarm(Swarm):
         self.stopped: set[str] = set()  # stopped on purpose: not a failure
         atexit.register(self.stop)
         _stop_on_sigterm()
+        # `kill -USR1 <pid>` makes the control write every thread's stack to stderr, as the
+        # components do to their logs: the first look at a control that hangs.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def _managed(self, name: str, component: Component) -> ManagedComponent:
         managed = ManagedComponent(name, component, self.config_path.parent, self.settings)

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import queue
 import signal
+import subprocess
 import threading
 import time
 
@@ -281,7 +282,15 @@ def test_ctrl_c_on_the_control_script_ends_every_process_within_10_s(swarm_env):
         time.sleep(0.5)  # into the training episodes
         process.send_signal(signal.SIGINT)
         took = seconds_until_gone(launched + [process.pid], timeout=10)
-        output, _ = process.communicate(timeout=30)
+        try:
+            output, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # say where it hangs: the control dumps its stacks
+            process.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            process.kill()
+            output, _ = process.communicate(timeout=30)
+            pytest.fail(f"the control still ran 40 s after Ctrl-C (swarm gone: {took is not None}); "
+                        f"its output, then every thread's stack:\n{output}")
     finally:
         if process.poll() is None:
             process.kill()
