@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import queue
 import subprocess
 import sys
@@ -149,8 +150,12 @@ def drain(client, seconds, room=None):
 def run_control(env_overrides, **popen):
     """`python 06_control.py` with a small swarm (2 models, 2 rounds of 2 episodes by default)."""
     env = {**os.environ, "SWARM_MODELS": "2", "SWARM_ROUNDS": "2", "SWARM_EPISODES": "2", **env_overrides}
+    # Ctrl-C must reach the control as in a terminal, even when the tests themselves run as a
+    # background job (a non-interactive shell starts those with SIGINT ignored, and the
+    # children would inherit that).
     return subprocess.Popen([sys.executable, "06_control.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **popen)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
 def wait_for_line(process, prefix, timeout=120.0):
