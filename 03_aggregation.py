@@ -61,7 +61,7 @@ class ReturnCredit:
     it; models trained on the same steps agree alike, so every contribution is about 1/N. Here a
     model earns, for each finished episode, how much more than an equal share (1/N) it pushed
     for the episode's actions, times how much better than usual the episode went (its return
-    minus the mean return of the episodes so far): pushing for the actions of long episodes
+    minus the mean return of the last 100 episodes): pushing for the actions of long episodes
     pays, pushing for those of short ones costs.
     """
     excess: np.ndarray | None = None  # (models, envs): this episode's sum of (share - 1/N), per copy
