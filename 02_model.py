@@ -43,9 +43,10 @@ _env.close()
 
 N_STEPS = 5  # rollout length: the policy trains every 5 environment steps
 ENT_COEF, VF_COEF, MAX_GRAD_NORM = 0.0, 0.5, 0.5
-# Options (README, "Learning"): the defaults are the tutorial's (stable-baselines3's A2C defaults).
-LEARNING_RATE = float(os.environ.get("SWARM_LEARNING_RATE", 7e-4))
-NORMALIZE_ADVANTAGE = sc.env_int("SWARM_NORMALIZE_ADVANTAGE", 0, minimum=0) > 0
+# Options (README, "Learning"), read with the other settings: the defaults are the tutorial's
+# (stable-baselines3's A2C defaults).
+_settings = sc.Config.from_env()
+LEARNING_RATE, NORMALIZE_ADVANTAGE = _settings.learning_rate, _settings.normalize_advantage
 
 
 def make_policy() -> ActorCriticPolicy:

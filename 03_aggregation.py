@@ -96,6 +96,7 @@ def aggregate(msg, memory, contribution_memory, models, envs, return_credit=None
     model_id = sc.get_str(msg, sc.COMPONENT_ID)
     logits = sc.as_batch(sc.require(msg, sc.LOGITS), sc.LOGITS, envs)
     deterministic = sc.get_bool(msg, sc.DETERMINISTIC)
+    outcome = None  # what came of the previous step, echoed by the model (SWARM_FITNESS=return)
     if return_credit is not None and sc.DONE in msg:  # checked now: a bad echo must not stall the step
         outcome = sc.get_per_env(msg, sc.REWARD, envs, float), sc.get_per_env(msg, sc.DONE, envs, bool)
     models.admit(model_id)
@@ -122,7 +123,7 @@ def aggregate(msg, memory, contribution_memory, models, envs, return_credit=None
             for model_id, share in zip(memory.logits, shares.sum(axis=-1)):
                 contribution_memory[model_id] = contribution_memory.get(model_id, 0.0) + float(share)
         else:
-            if sc.DONE in msg:  # the outcome of the step before this one
+            if outcome is not None:
                 return_credit.add_outcome(*outcome, list(memory.logits), contribution_memory)
             return_credit.add_step(shares)
     memory.logits = {}

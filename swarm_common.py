@@ -57,6 +57,8 @@ class Config:
     max_seconds: float = 600.0  # training budget in wall-clock seconds, evaluations included (0: none)
     evolution: bool = True  # evolve after every round (SWARM_EVOLUTION=0: train only)
     fitness: str = "contribution"  # SWARM_FITNESS: the tutorial's contribution, or "return" (an option)
+    learning_rate: float = 7e-4  # SWARM_LEARNING_RATE: the models' Adam rate (the tutorial's; an option)
+    normalize_advantage: bool = False  # SWARM_NORMALIZE_ADVANTAGE=1: per A2C update (an option)
     seed: int | None = None  # SWARM_SEED: seeds every component (unset: different every run)
     log_dir: Path = Path("logs")
     start_timeout: float = 180.0  # launch until every component answers
@@ -79,6 +81,8 @@ class Config:
             max_seconds=float(env.get("SWARM_MAX_SECONDS", cls.max_seconds)),
             evolution=env_int("SWARM_EVOLUTION", int(cls.evolution), minimum=0) > 0,
             fitness=env_choice("SWARM_FITNESS", cls.fitness, ("contribution", "return")),
+            learning_rate=float(env.get("SWARM_LEARNING_RATE", cls.learning_rate)),
+            normalize_advantage=env_int("SWARM_NORMALIZE_ADVANTAGE", int(cls.normalize_advantage), minimum=0) > 0,
             seed=env_int("SWARM_SEED", 0, minimum=0) if seed != "" else None,
             log_dir=Path(env.get("SWARM_LOG_DIR", str(cls.log_dir))),
             start_timeout=float(env.get("SWARM_START_TIMEOUT", cls.start_timeout)),
@@ -93,6 +97,8 @@ class Config:
                 "SWARM_ENVS": str(self.envs), "SWARM_EVAL_EPISODES": str(self.eval_episodes),
                 "SWARM_MAX_STEPS": str(self.max_steps), "SWARM_MAX_SECONDS": str(self.max_seconds),
                 "SWARM_EVOLUTION": str(int(self.evolution)), "SWARM_FITNESS": self.fitness,
+                "SWARM_LEARNING_RATE": str(self.learning_rate),
+                "SWARM_NORMALIZE_ADVANTAGE": str(int(self.normalize_advantage)),
                 "SWARM_SEED": "" if self.seed is None else str(self.seed), "SWARM_LOG_DIR": str(self.log_dir),
                 "SWARM_START_TIMEOUT": str(self.start_timeout),
                 "SWARM_REPLY_TIMEOUT": str(self.reply_timeout), "SWARM_MODEL_TIMEOUT": str(self.model_timeout)}
@@ -158,7 +164,7 @@ EPISODE = "EPISODE"  # in ENV_PROGRESS: episodes finished so far
 SCORE = "SCORE"  # in ENV_PROGRESS: the score of the episode that just finished
 SCORES = "SCORES"  # in ENV_DONE: the scores of all the run's episodes
 TRUNCATED = "TRUNCATED"  # ours, with OBSERVATION, when a copy hit the time limit (500 steps)
-FITNESS_SPREAD = "FITNESS_SPREAD"  # in EVO_DONE: (best - worst) / mean fitness; near 0: a lottery
+FITNESS_SPREAD = "FITNESS_SPREAD"  # in EVO_DONE: (best - worst) / mean |fitness|; near 0: a lottery
 FINAL_OBSERVATION = "FINAL_OBSERVATION"  # with TRUNCATED: where each copy was before its reset
 PING = "PING"
 PONG = "PONG"

@@ -42,7 +42,7 @@ def run_swarm(seed: int, evolution: bool, args: argparse.Namespace, log_dir: Pat
     env = {**os.environ, "SWERGIO_HOST": "127.0.0.1", "SWERGIO_PORT": str(sc.free_port()),
            "SWARM_LOG_DIR": str(log_dir), "SWARM_SEED": str(seed), "SWARM_EVOLUTION": str(int(evolution)),
            "SWARM_MODELS": str(args.models), "SWARM_ENVS": str(args.envs), "SWARM_EPISODES": str(args.episodes),
-           "SWARM_LEARNING_RATE": str(args.learning_rate),
+           "SWARM_LEARNING_RATE": str(args.learning_rate), "SWARM_EVAL_EPISODES": str(args.eval_episodes),
            "PYTHONUNBUFFERED": "1", "SWARM_ROUNDS": "0", "SWARM_MAX_STEPS": str(args.max_steps), "SWARM_MAX_SECONDS": str(args.max_seconds)}
     log_dir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
@@ -174,7 +174,6 @@ def main() -> None:
         study = json.loads((args.out / "study.json").read_text())
         report(study["results"], args.out, study["title"])
         return
-    os.environ["SWARM_EVAL_EPISODES"] = str(args.eval_episodes)
     options = {k: v for k, v in os.environ.items() if k in ("SWARM_FITNESS", "SWARM_NORMALIZE_ADVANTAGE")}
     title = (f"CartPole-v1: swarm of {args.models} models, SWARM_ENVS={args.envs}, {args.episodes} episodes per round, "
              f"learning rate {args.learning_rate:g}"
