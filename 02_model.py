@@ -6,62 +6,66 @@ buffer is full the policy takes one A2C step on it. The evolution can read (GET)
 the policy's weights as one flat vector.
 """
 import gc
-
-gc.disable()  # twenty of these start at once: no garbage collection while torch loads (10% faster)
-import os  # noqa: E402
-import uuid
+import secrets
 
 import gymnasium
 import numpy as np
 import torch
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy
-from swergio import Trigger
 from swergio_toolbox.objects import MutableBool
 
-import swarm_common as sc
-import swarm_torch as sc_torch
-
-gc.freeze()  # the libraries' objects live forever: later collections need not scan them
-gc.enable()
+from swarm.adam import Adam
+from swarm.checks import BadMessage, as_batch, as_vector, get_actions, get_bool, get_per_env, require, unbatch
+from swarm.client import Handlers, SwarmClient
+from swarm.component import component_name, new_component_id, setup_component, yield_to_the_critical_path
+from swarm.protocol import (
+    ACTION,
+    CMD,
+    COMPONENT_ID,
+    DETERMINISTIC,
+    DONE,
+    FINAL_OBSERVATION,
+    GET,
+    LOGITS,
+    OBSERVATION,
+    REWARD,
+    ROOM_EVOLUTION,
+    ROOM_LOGITS,
+    ROOM_OBSERVATION,
+    SET,
+    TRUNCATED,
+    WEIGHTS,
+)
+from swarm.settings import ENV_ID
 
 COMPONENT_NAME = "model"
-
-
-def new_component_id() -> str:
-    """Unique per process (the aggregation and evolution key on it), and readable in their
-    messages: the launcher's name for this process (model0, model1, ...) and a random part."""
-    return f"{os.environ.get('SWARM_COMPONENT_NAME', COMPONENT_NAME)}-{uuid.uuid4().hex[:12]}"
-
-
-COMPONENT_ID = new_component_id()
-
-# The spaces come from the environment itself instead of being written out by hand.
-_env = gymnasium.make(sc.ENV_ID)
-OBS_SPACE, ACT_SPACE = _env.observation_space, _env.action_space
-_env.close()
-
 N_STEPS = 5  # rollout length: the policy trains every 5 environment steps
-ENT_COEF, VF_COEF, MAX_GRAD_NORM = 0.0, 0.5, 0.5
-# Options (README, "Learning"), read with the other settings: the defaults are the tutorial's
-# (stable-baselines3's A2C defaults).
-_settings = sc.Config.from_env()
-LEARNING_RATE, NORMALIZE_ADVANTAGE = _settings.learning_rate, _settings.normalize_advantage
+ENT_COEF, VF_COEF, MAX_GRAD_NORM = 0.0, 0.5, 0.5  # stable-baselines3's A2C defaults, as the tutorial
+
+handlers = Handlers()
 
 
-def make_policy() -> ActorCriticPolicy:
-    """The tutorial's actor-critic: two 16-unit layers for the policy and the value, Adam 7e-4
+def spaces(env_id: str = ENV_ID) -> tuple[gymnasium.spaces.Box, gymnasium.spaces.Discrete]:
+    """The observation and action spaces, from the environment itself instead of written out by hand."""
+    env = gymnasium.make(env_id)
+    env.close()
+    return env.observation_space, env.action_space
+
+
+def make_policy(observation_space, action_space, learning_rate: float) -> ActorCriticPolicy:
+    """The tutorial's actor-critic: two 16-unit layers for the policy and the value, and Adam
     (torch's fused Adam kernel: the same update, a quarter of the optimizer's time)."""
-    return ActorCriticPolicy(OBS_SPACE, ACT_SPACE, lr_schedule=lambda _: LEARNING_RATE,
+    return ActorCriticPolicy(observation_space, action_space, lr_schedule=lambda _: learning_rate,
                              net_arch=dict(pi=[16, 16], vf=[16, 16]),
-                             optimizer_class=sc_torch.Adam, optimizer_kwargs=dict(fused=True))
+                             optimizer_class=Adam, optimizer_kwargs=dict(fused=True))
 
 
-def make_rollout_buffer(envs: int = 1) -> RolloutBuffer:
-    return RolloutBuffer(N_STEPS, OBS_SPACE, ACT_SPACE, device="cpu", n_envs=envs)
+def make_rollout_buffer(policy: ActorCriticPolicy, envs: int = 1) -> RolloutBuffer:
+    return RolloutBuffer(N_STEPS, policy.observation_space, policy.action_space, device="cpu", n_envs=envs)
 
 
-def train(policy: ActorCriticPolicy, rollout_buffer: RolloutBuffer) -> None:
+def train(policy: ActorCriticPolicy, rollout_buffer: RolloutBuffer, normalize_advantage: bool) -> None:
     """One A2C update on the whole buffer (as stable-baselines3's A2C.train), then empty it.
 
     A2C.train also switches the policy into training mode and back; this network has no
@@ -71,7 +75,7 @@ def train(policy: ActorCriticPolicy, rollout_buffer: RolloutBuffer) -> None:
         actions = rollout_data.actions.long().flatten()
         values, log_prob, entropy = policy.evaluate_actions(rollout_data.observations, actions)
         advantages = rollout_data.advantages
-        if NORMALIZE_ADVANTAGE:  # as A2C(normalize_advantage=True)
+        if normalize_advantage:  # as A2C(normalize_advantage=True)
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         policy_loss = -(advantages * log_prob).mean()
         value_loss = torch.nn.functional.mse_loss(rollout_data.returns, values.flatten())
@@ -84,7 +88,8 @@ def train(policy: ActorCriticPolicy, rollout_buffer: RolloutBuffer) -> None:
     rollout_buffer.reset()
 
 
-def forward(msg, policy, rollout_buffer, memory, training_enabled):
+@handlers.on(ROOM_OBSERVATION, reply_to=ROOM_LOGITS, join_reply_room=False)
+def forward(msg, policy, rollout_buffer, memory, training_enabled, component_id, normalize_advantage):
     """Observation(s) in, logits out. On the way: store the step that just happened, and train
     when the buffer is full.
 
@@ -93,21 +98,21 @@ def forward(msg, policy, rollout_buffer, memory, training_enabled):
     array has one row per copy, and they all go through the network in one pass. Deterministic
     (evaluation) steps are only answered: nothing is stored and nothing is learned from them.
     """
-    envs = rollout_buffer.n_envs
-    observation = sc.as_batch(sc.require(msg, sc.OBSERVATION), sc.OBSERVATION, envs, OBS_SPACE.shape[0])
-    deterministic = sc.get_bool(msg, sc.DETERMINISTIC)
-    is_step = sc.REWARD in msg  # a run's first observation comes without reward/action/done
+    envs, width, n_actions = rollout_buffer.n_envs, policy.observation_space.shape[0], policy.action_space.n
+    observation = as_batch(require(msg, OBSERVATION), OBSERVATION, envs, width)
+    deterministic = get_bool(msg, DETERMINISTIC)
+    is_step = REWARD in msg  # a run's first observation comes without reward/action/done
     if is_step:
-        reward = sc.get_per_env(msg, sc.REWARD, envs, float)
-        done = sc.get_per_env(msg, sc.DONE, envs, bool)
-        action = sc.get_actions(msg, envs, ACT_SPACE.n)
-        truncated = sc.get_per_env(msg, sc.TRUNCATED, envs, bool) if sc.TRUNCATED in msg else None
-        final_observation = (sc.as_batch(sc.require(msg, sc.FINAL_OBSERVATION), sc.FINAL_OBSERVATION, envs,
-                                         OBS_SPACE.shape[0]) if truncated is not None else None)
+        reward = get_per_env(msg, REWARD, envs, float)
+        done = get_per_env(msg, DONE, envs, bool)
+        action = get_actions(msg, ACTION, envs, n_actions)
+        truncated = get_per_env(msg, TRUNCATED, envs, bool) if TRUNCATED in msg else None
+        final_observation = (as_batch(require(msg, FINAL_OBSERVATION), FINAL_OBSERVATION, envs,
+                                         width) if truncated is not None else None)
     obs_tensor = torch.as_tensor(observation, dtype=torch.float32)
     if deterministic:
         memory.clear()  # an evaluation step is no one's next step
-        return reply(policy_heads(policy, obs_tensor)[0], deterministic)
+        return reply(policy_heads(policy, obs_tensor)[0], deterministic, component_id)
 
     logits, values = policy_heads(policy, obs_tensor)
     if is_step and "obs" in memory:
@@ -123,7 +128,7 @@ def forward(msg, policy, rollout_buffer, memory, training_enabled):
             # Bootstrap from this observation, the one that follows the buffer's last step, and
             # with this message's DONE, the one that belongs to that step.
             rollout_buffer.compute_returns_and_advantage(last_values=values, dones=done)
-            train(policy, rollout_buffer)
+            train(policy, rollout_buffer, normalize_advantage)
             logits, values = policy_heads(policy, obs_tensor)  # act with the updated policy
         else:
             rollout_buffer.reset()
@@ -131,9 +136,9 @@ def forward(msg, policy, rollout_buffer, memory, training_enabled):
     # a distribution object per step)
     memory.update(obs=observation, values=values, log_probs=torch.log_softmax(logits, dim=-1),
                   episode_start=done if is_step else np.ones(envs))
-    answer = reply(logits, deterministic)
+    answer = reply(logits, deterministic, component_id)
     if is_step:  # what came of the swarm's last action, for a fitness that credits returns
-        answer.update({sc.REWARD: msg[sc.REWARD], sc.DONE: msg[sc.DONE]})
+        answer.update({REWARD: msg[REWARD], DONE: msg[DONE]})
     return answer
 
 
@@ -144,35 +149,37 @@ def policy_heads(policy: ActorCriticPolicy, obs_tensor: torch.Tensor) -> tuple[t
         return policy.action_net(latent_pi), policy.value_net(latent_vf)
 
 
-def reply(logits: torch.Tensor, deterministic: bool) -> dict:
-    return {sc.LOGITS: sc.unbatch(logits.numpy()), sc.COMPONENT_ID: COMPONENT_ID, sc.DETERMINISTIC: deterministic}
+def reply(logits: torch.Tensor, deterministic: bool, component_id: str) -> dict:
+    return {LOGITS: unbatch(logits.numpy()), COMPONENT_ID: component_id, DETERMINISTIC: deterministic}
 
 
-def send_weights(msg, policy, training_enabled):
+@handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
+def send_weights(msg, policy, training_enabled, component_id):
     """GET: answer with the weight vector and pause training until the new weights arrive."""
-    if msg.get(sc.CMD) != sc.GET:
+    if msg.get(CMD) != GET:
         return None
     training_enabled.set(False)
-    return {sc.WEIGHTS: policy.parameters_to_vector().tolist(), sc.COMPONENT_ID: COMPONENT_ID}
+    return {WEIGHTS: policy.parameters_to_vector().tolist(), COMPONENT_ID: component_id}
 
 
-def set_weights(msg, policy, rollout_buffer, memory, training_enabled):
+@handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
+def set_weights(msg, policy, rollout_buffer, memory, training_enabled, component_id):
     """SET: load this model's new vector and resume training. It is checked first: a bad SET
     changes nothing (the weights stay, and so does the pause of a GET).
 
     What the old weights left behind goes with them: Adam's moment estimates (they would push the
     new weights along the old ones' gradients) and the steps stored with the old policy's values.
     """
-    if msg.get(sc.CMD) != sc.SET:
+    if msg.get(CMD) != SET:
         return None
-    all_weights = sc.require(msg, sc.WEIGHTS)
-    if not isinstance(all_weights, dict) or COMPONENT_ID not in all_weights:
-        raise sc.BadMessage("SET carries no weights for this model; weights unchanged")
+    all_weights = require(msg, WEIGHTS)
+    if not isinstance(all_weights, dict) or component_id not in all_weights:
+        raise BadMessage("SET carries no weights for this model; weights unchanged")
     size = sum(p.numel() for p in policy.parameters())
     try:
-        vector = sc.as_vector(all_weights[COMPONENT_ID], f"{sc.WEIGHTS}[{COMPONENT_ID}]", size)
-    except sc.BadMessage as error:
-        raise sc.BadMessage(f"{error}; weights unchanged") from None
+        vector = as_vector(all_weights[component_id], f"{WEIGHTS}[{component_id}]", size)
+    except BadMessage as error:
+        raise BadMessage(f"{error}; weights unchanged") from None
     policy.load_from_vector(vector)
     policy.optimizer.state.clear()  # Adam starts afresh: lazily, at the next step
     rollout_buffer.reset()
@@ -181,25 +188,20 @@ def set_weights(msg, policy, rollout_buffer, memory, training_enabled):
     return None
 
 
-def main() -> None:
-    """Connect and serve (what running this script does)."""
-    sc.yield_to_the_critical_path()  # twenty models share two cores with the rest of the swarm
-    config = sc.setup_component(COMPONENT_NAME)
+def main(name: str | None = None) -> None:
+    """Connect and serve as model `name` (default: the launcher's name for this process)."""
+    gc.freeze()  # the libraries' objects live forever: later collections need not scan them
+    yield_to_the_critical_path()  # twenty models share two cores with the rest of the swarm
+    name = name or component_name(COMPONENT_NAME)
+    settings = setup_component(name)
     torch.set_num_threads(1)  # one thread each
-    if (seed := config.component_seed(COMPONENT_NAME)) is not None:
-        torch.manual_seed(seed)  # the initial weights; each model has its own seed
-    policy = make_policy()
-    client = sc.SwarmClient(COMPONENT_NAME, config, component_id=COMPONENT_ID, policy=policy,
-                            rollout_buffer=make_rollout_buffer(config.envs), memory={},
-                            training_enabled=MutableBool(True))
-    # Logits go to the aggregation only: a model does not listen to the other models' logits.
-    client.add_eventHandler(forward, sc.CUSTOM, responseRooms=sc.ROOM_LOGITS,
-                            trigger=Trigger(sc.CUSTOM, sc.ROOM_OBSERVATION), listen_to_response_rooms=False)
-    client.add_eventHandler(send_weights, sc.CUSTOM, responseRooms=sc.ROOM_EVOLUTION,
-                            trigger=Trigger(sc.CUSTOM, sc.ROOM_EVOLUTION))
-    client.add_eventHandler(set_weights, sc.CUSTOM, responseRooms=sc.ROOM_EVOLUTION,
-                            trigger=Trigger(sc.CUSTOM, sc.ROOM_EVOLUTION))
-    client.listen()
+    seed = settings.component_seed(name)
+    torch.manual_seed(secrets.randbits(63) if seed is None else seed)  # each model its own initial weights
+    policy = make_policy(*spaces(), settings.learning_rate)
+    client = SwarmClient(COMPONENT_NAME, settings, component_id=new_component_id(name), policy=policy,
+                         rollout_buffer=make_rollout_buffer(policy, settings.envs), memory={},
+                         training_enabled=MutableBool(True), normalize_advantage=settings.normalize_advantage)
+    handlers.wire(client).listen()
 
 
 if __name__ == "__main__":

@@ -10,11 +10,36 @@ from dataclasses import dataclass, field
 
 import gymnasium
 import numpy as np
-from swergio import Trigger
 
-import swarm_common as sc
+from swarm.checks import get_actions, get_bool, get_int, unbatch
+from swarm.client import Handlers, SwarmClient
+from swarm.component import setup_component
+from swarm.protocol import (
+    ACTION,
+    AVG_SCORE,
+    DETERMINISTIC,
+    DONE,
+    ENV_DONE,
+    ENV_PROGRESS,
+    EPISODE,
+    FINAL_OBSERVATION,
+    NR_OF_EPISODE,
+    OBSERVATION,
+    REWARD,
+    ROOM_ACTION,
+    ROOM_CONTROL,
+    ROOM_OBSERVATION,
+    ROOT_ID,
+    SCORE,
+    SCORES,
+    STATUS,
+    STEPS,
+    TRUNCATED,
+)
+from swarm.settings import ENV_ID
 
 COMPONENT_NAME = "environment"
+handlers = Handlers()
 
 
 @dataclass
@@ -54,30 +79,32 @@ class CartPole:
     def reset(self) -> list:
         seeds = [None] * len(self.envs) if self.seed is None else [self.seed + i for i in range(len(self.envs))]
         self.seed = None
-        return sc.unbatch(np.stack([env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)]))
+        return unbatch(np.stack([env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)]))
 
     def per_copy(self, values: list):
         """One value per copy; with one copy the value itself (the tutorial's format)."""
         return values[0] if len(self.envs) == 1 else values
 
 
+@handlers.on(ROOM_CONTROL, reply_to=ROOM_OBSERVATION)
 def start_run(msg, cartpole):
     """NR_OF_EPISODE from the control: (re)start a run, abandoning any run in progress."""
-    if sc.NR_OF_EPISODE not in msg:
+    if NR_OF_EPISODE not in msg:
         return None  # other control traffic (EVOLUTION, replies) is not ours
-    episodes = sc.get_int(msg, sc.NR_OF_EPISODE, minimum=1)
-    deterministic = sc.get_bool(msg, sc.DETERMINISTIC)
-    root_id = msg.get(sc.ROOT_ID) or uuid.uuid4().hex
+    episodes = get_int(msg, NR_OF_EPISODE, minimum=1)
+    deterministic = get_bool(msg, DETERMINISTIC)
+    root_id = msg.get(ROOT_ID) or uuid.uuid4().hex
     cartpole.run, cartpole.report = Run(root_id, episodes, deterministic, [0.0] * len(cartpole.envs)), None
-    return {sc.OBSERVATION: cartpole.reset(), sc.DETERMINISTIC: deterministic, sc.ROOT_ID: root_id}
+    return {OBSERVATION: cartpole.reset(), DETERMINISTIC: deterministic, ROOT_ID: root_id}
 
 
+@handlers.on(ROOM_ACTION, reply_to=ROOM_OBSERVATION)
 def step(msg, cartpole):
     """ACTION from the aggregation: step every copy, and send what happened to the models."""
     run = cartpole.run
-    if run is None or run.finished or msg.get(sc.ROOT_ID, run.root_id) != run.root_id:
+    if run is None or run.finished or msg.get(ROOT_ID, run.root_id) != run.root_id:
         return None  # no run, or an action that belongs to an abandoned run
-    action = sc.get_actions(msg, len(cartpole.envs), cartpole.envs[0].action_space.n).tolist()
+    action = get_actions(msg, ACTION, len(cartpole.envs), cartpole.envs[0].action_space.n).tolist()
     observations, rewards, dones, truncations, final_observations, finished = [], [], [], [], [], []
     for i, env in enumerate(cartpole.envs):
         observation, reward, terminated, truncated, _info = env.step(action[i])
@@ -97,36 +124,34 @@ def step(msg, cartpole):
     run.steps += len(cartpole.envs)
     if finished:
         run.scores.extend(finished)
-        cartpole.report = {sc.STATUS: sc.ENV_DONE if run.finished else sc.ENV_PROGRESS,
-                           sc.EPISODE: len(run.scores), sc.SCORE: finished[-1], sc.STEPS: run.steps,
-                           sc.AVG_SCORE: float(np.mean(run.scores)), sc.ROOT_ID: run.root_id}
+        cartpole.report = {STATUS: ENV_DONE if run.finished else ENV_PROGRESS,
+                           EPISODE: len(run.scores), SCORE: finished[-1], STEPS: run.steps,
+                           AVG_SCORE: float(np.mean(run.scores)), ROOT_ID: run.root_id}
         if run.finished:
-            cartpole.report[sc.SCORES] = run.scores
-    message = {sc.OBSERVATION: sc.unbatch(np.stack(observations)), sc.REWARD: cartpole.per_copy(rewards),
-               sc.DONE: cartpole.per_copy(dones), sc.DETERMINISTIC: run.deterministic, sc.ACTION: action,
-               sc.ROOT_ID: run.root_id}
+            cartpole.report[SCORES] = run.scores
+    message = {OBSERVATION: unbatch(np.stack(observations)), REWARD: cartpole.per_copy(rewards),
+               DONE: cartpole.per_copy(dones), DETERMINISTIC: run.deterministic, ACTION: action,
+               ROOT_ID: run.root_id}
     if any(truncations):  # the time limit, not a fall: the models bootstrap from where the pole was
-        message.update({sc.TRUNCATED: cartpole.per_copy(truncations),
-                        sc.FINAL_OBSERVATION: sc.unbatch(np.stack(final_observations))})
+        message.update({TRUNCATED: cartpole.per_copy(truncations),
+                        FINAL_OBSERVATION: unbatch(np.stack(final_observations))})
     return message
 
 
+# Registered after `step`, so it sees the report of the step just taken.
+@handlers.on(ROOM_ACTION, reply_to=ROOM_CONTROL)
 def report(msg, cartpole):
     """After a step that ended an episode: progress, or ENV_DONE with the average score."""
     message, cartpole.report = cartpole.report, None
     return message
 
 
+def main() -> None:
+    settings = setup_component(COMPONENT_NAME)
+    cartpole = CartPole([gymnasium.make(ENV_ID) for _ in range(settings.envs)],
+                        seed=settings.component_seed(COMPONENT_NAME))
+    handlers.wire(SwarmClient(COMPONENT_NAME, settings, cartpole=cartpole)).listen()
+
+
 if __name__ == "__main__":
-    config = sc.setup_component(COMPONENT_NAME)
-    cartpole = CartPole([gymnasium.make(sc.ENV_ID) for _ in range(config.envs)],
-                        seed=config.component_seed(COMPONENT_NAME))
-    client = sc.SwarmClient(COMPONENT_NAME, config, cartpole=cartpole)
-    client.add_eventHandler(start_run, sc.CUSTOM, responseRooms=sc.ROOM_OBSERVATION,
-                            trigger=Trigger(sc.CUSTOM, sc.ROOM_CONTROL))
-    # step, then report: SwarmClient runs handlers in the order they are added.
-    client.add_eventHandler(step, sc.CUSTOM, responseRooms=sc.ROOM_OBSERVATION,
-                            trigger=Trigger(sc.CUSTOM, sc.ROOM_ACTION))
-    client.add_eventHandler(report, sc.CUSTOM, responseRooms=sc.ROOM_CONTROL,
-                            trigger=Trigger(sc.CUSTOM, sc.ROOM_ACTION))
-    client.listen()
+    main()

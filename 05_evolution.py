@@ -11,21 +11,43 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 from deap import algorithms, base, creator, tools
-from swergio import Trigger
 
-import swarm_common as sc
+from swarm.checks import BadMessage, as_vector, get_bool, get_float, get_str, require
+from swarm.client import Handlers, SwarmClient
+from swarm.component import setup_component
+from swarm.fitness import fitness_spread
+from swarm.protocol import (
+    CMD,
+    COMPONENT_ID,
+    CONTRIBUTION,
+    EVO_DONE,
+    EVOLUTION,
+    FITNESS_SPREAD,
+    GET,
+    ROOM_CONTROL,
+    ROOM_EVOLUTION,
+    ROOM_PING,
+    ROOT_ID,
+    SET,
+    STATUS,
+    WEIGHTS,
+    ModelRegistry,
+    error_report,
+    register_model,
+)
 
 COMPONENT_NAME = "evolution"
 log = logging.getLogger(COMPONENT_NAME)
+handlers = Handlers()
 
 # The tutorial's genetic algorithm: tournaments of 3, two-point crossover, Gaussian mutation.
 CROSSOVER_PROB, MUTATION_PROB = 0.5, 0.01
-creator.create("FitnessMax", base.Fitness, weights=(1.0,))
-creator.create("Individual", list, fitness=creator.FitnessMax)
+if not hasattr(creator, "Individual"):  # deap warns when a second import creates them again
+    creator.create("FitnessMax", base.Fitness, weights=(1.0,))
+    creator.create("Individual", list, fitness=creator.FitnessMax)
 toolbox = base.Toolbox()
 toolbox.register("select", tools.selTournament, tournsize=3)
 toolbox.register("mate", tools.cxTwoPoint)
@@ -49,18 +71,11 @@ def evolve(weights: dict[str, np.ndarray], contribution: dict[str, float]) -> di
     return {model_id: list(child) for model_id, child in zip(model_ids, offspring)}
 
 
-def fitness_spread(contribution: dict[str, float], models: Iterable[str]) -> float:
-    """(best - worst) / mean size of the models' fitness: how much there was to select on."""
-    fitness = np.array([contribution.get(model_id, 0.0) for model_id in models])
-    size = np.abs(fitness).mean()  # a fitness that credits returns can be negative
-    return float((fitness.max() - fitness.min()) / size) if size > 0 else 0.0
-
-
 @dataclass
 class Evolution:
     """One evolution at a time, over the answers to its own GET (matched by ROOT_ID)."""
     nr_of_models: int
-    models: sc.ModelRegistry | None = None  # whose weights count (default: the first nr_of_models)
+    models: ModelRegistry | None = None  # whose weights count (default: the first nr_of_models)
     root_id: str | None = None  # of our GET: the answers carry it back
     request_id: str | None = None  # of the control's EVOLUTION: EVO_DONE carries it back
     weights: dict[str, np.ndarray] = field(default_factory=dict)
@@ -69,44 +84,47 @@ class Evolution:
     started_at: float = 0.0  # when our GET went out (time.monotonic)
 
     def __post_init__(self) -> None:
-        self.models = self.models or sc.ModelRegistry(self.nr_of_models)
+        self.models = self.models or ModelRegistry(self.nr_of_models)
 
 
+@handlers.on(ROOM_CONTROL, reply_to=ROOM_EVOLUTION)
 def start_evolution(msg, evolution):
     """EVOLUTION from the control: forget everything and ask for fresh weights and contributions."""
-    if sc.EVOLUTION not in msg or not sc.get_bool(msg, sc.EVOLUTION):
+    if EVOLUTION not in msg or not get_bool(msg, EVOLUTION):
         return None
-    evolution.root_id, evolution.request_id = uuid.uuid4().hex, msg.get(sc.ROOT_ID)
+    evolution.root_id, evolution.request_id = uuid.uuid4().hex, msg.get(ROOT_ID)
     evolution.weights, evolution.contribution, evolution.report = {}, None, None
     evolution.started_at = time.monotonic()
-    return {sc.CMD: sc.GET, sc.ROOT_ID: evolution.root_id}
+    return {CMD: GET, ROOT_ID: evolution.root_id}
 
 
+@handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
 def collect(msg, evolution):
     """Gather the answers to our GET; when all are in, evolve and send the new weights (SET)."""
-    if evolution.root_id is None or msg.get(sc.ROOT_ID) != evolution.root_id or sc.CMD in msg:
+    if evolution.root_id is None or msg.get(ROOT_ID) != evolution.root_id or CMD in msg:
         return None  # not an answer to the evolution in progress
-    if sc.WEIGHTS in msg:
-        model_id = sc.get_str(msg, sc.COMPONENT_ID)
+    if WEIGHTS in msg:
+        model_id = get_str(msg, COMPONENT_ID)
         evolution.models.admit(model_id)
         known_length = len(next(iter(evolution.weights.values()))) if evolution.weights else None
-        evolution.weights[model_id] = sc.as_vector(msg[sc.WEIGHTS], f"{sc.WEIGHTS} of {model_id}", known_length)
-    elif sc.CONTRIBUTION in msg:
-        contribution = sc.require(msg, sc.CONTRIBUTION)
+        evolution.weights[model_id] = as_vector(msg[WEIGHTS], f"{WEIGHTS} of {model_id}", known_length)
+    elif CONTRIBUTION in msg:
+        contribution = require(msg, CONTRIBUTION)
         if not isinstance(contribution, dict):
-            raise sc.BadMessage("CONTRIBUTION must map model ids to numbers")
-        evolution.contribution = {k: sc.get_float(contribution, k) for k in contribution}
+            raise BadMessage("CONTRIBUTION must map model ids to numbers")
+        evolution.contribution = {k: get_float(contribution, k) for k in contribution}
     if len(evolution.weights) < evolution.nr_of_models or evolution.contribution is None:
         return None
     new_weights = evolve(evolution.weights, evolution.contribution)
-    evolution.report = {sc.STATUS: sc.EVO_DONE, sc.ROOT_ID: evolution.request_id or evolution.root_id,
-                        sc.FITNESS_SPREAD: fitness_spread(evolution.contribution, evolution.weights)}
+    evolution.report = {STATUS: EVO_DONE, ROOT_ID: evolution.request_id or evolution.root_id,
+                        FITNESS_SPREAD: fitness_spread(evolution.contribution, evolution.weights)}
     evolution.root_id = None  # done: late or repeated answers start nothing
-    return {sc.CMD: sc.SET, sc.WEIGHTS: new_weights}
+    return {CMD: SET, WEIGHTS: new_weights}
 
 
+@handlers.every(0.5, reply_to=ROOM_CONTROL)
 def check_missing_answers(evolution, model_timeout):
-    """Every half second: an evolution still short of answers after `model_timeout` seconds is
+    """An evolution still short of answers after `model_timeout` seconds is
     given up, and the control hears who did not answer (an ERROR for its EVOLUTION request)."""
     if evolution.root_id is None or time.monotonic() - evolution.started_at < model_timeout:
         return None
@@ -115,35 +133,31 @@ def check_missing_answers(evolution, model_timeout):
     error = (f"no answer to GET within {model_timeout:g} s from: {', '.join(silent) or 'models not yet known'}; "
              f"{len(evolution.weights)} of {evolution.nr_of_models} models answered")
     log.error(error)
-    report = {sc.STATUS: sc.ERROR, sc.ERROR: error, sc.MISSING: missing,
-              sc.ROOT_ID: evolution.request_id or evolution.root_id}
+    report = error_report(error, missing, evolution.request_id or evolution.root_id)
     evolution.root_id = None  # late answers start nothing
     return report
 
 
-def register_model(msg, evolution):
-    """A model's answer to a readiness ping: now we know its id."""
-    evolution.models.register_pong(msg)
-
-
+# Registered after `collect`, so EVO_DONE goes out right after the SET.
+@handlers.on(ROOM_EVOLUTION, reply_to=ROOM_CONTROL)
 def report(msg, evolution):
     """Right after the SET has gone out: EVO_DONE to the control."""
     message, evolution.report = evolution.report, None
     return message
 
 
+# A model's answer to the control's readiness ping tells us its id.
+handlers.on(ROOM_PING)(register_model)
+
+
+def main() -> None:
+    settings = setup_component(COMPONENT_NAME)
+    random.seed(settings.component_seed(COMPONENT_NAME))  # deap draws from Python's random
+    evolution = Evolution(settings.models)
+    client = SwarmClient(COMPONENT_NAME, settings, evolution=evolution, models=evolution.models,
+                         model_timeout=settings.model_timeout)
+    handlers.wire(client).listen()
+
+
 if __name__ == "__main__":
-    config = sc.setup_component(COMPONENT_NAME)
-    random.seed(config.component_seed(COMPONENT_NAME))  # deap draws from Python's random
-    client = sc.SwarmClient(COMPONENT_NAME, config, evolution=Evolution(config.models),
-                            model_timeout=config.model_timeout)
-    client.add_eventHandler(start_evolution, sc.CUSTOM, responseRooms=sc.ROOM_EVOLUTION,
-                            trigger=Trigger(sc.CUSTOM, sc.ROOM_CONTROL))
-    # collect, then report: SwarmClient runs handlers in the order they are added.
-    client.add_eventHandler(collect, sc.CUSTOM, responseRooms=sc.ROOM_EVOLUTION,
-                            trigger=Trigger(sc.CUSTOM, sc.ROOM_EVOLUTION))
-    client.add_eventHandler(report, sc.CUSTOM, responseRooms=sc.ROOM_CONTROL,
-                            trigger=Trigger(sc.CUSTOM, sc.ROOM_EVOLUTION))
-    client.add_eventHandler(register_model, sc.CUSTOM, trigger=Trigger(sc.CUSTOM, sc.ROOM_PING))
-    client.add_timer(check_missing_answers, 0.5, responseRooms=sc.ROOM_CONTROL)
-    client.listen()
+    main()

@@ -1,16 +1,30 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 06_control: run the RL swarm
 #
-# This file is the source of `06_control.ipynb` (regenerate it with
-# `python tools/py_to_ipynb.py 06_control.py`). Run it cell by cell (VS Code `# %%` cells or the
-# notebook) or from a shell with `python 06_control.py`.
+# This file and `06_control.ipynb` are paired by jupytext (`jupytext --sync 06_control.py` after
+# editing either). Run it cell by cell (VS Code `# %%` cells or the notebook) or from a shell with
+# `python 06_control.py`.
 #
 # The control starts every component with swergio-toolbox's `Swarm`, waits until all of them
 # answer, then trains the swarm round by round until it solves CartPole-v1: a round is training
 # episodes, an evaluation (deterministic episodes, nothing learned) and an evolution step. It
-# stops everything at the end. Settings come from the environment (README, "Configuration"):
-# `SWARM_MODELS`, `SWARM_ENVS`, `SWARM_EPISODES`, `SWARM_MAX_STEPS`, `SWARM_MAX_SECONDS`,
-# `SWARM_EVOLUTION`, `SWARM_SEED`, `SWERGIO_HOST`, `SWERGIO_PORT`, `SWARM_LOG_DIR`, ...
+# stops everything at the end. Settings come from the environment (README, "Configuration"), and
+# every one is checked before anything starts: a bad value is named, with what is allowed.
 
 # %%
 import itertools
@@ -21,9 +35,12 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-import swarm_common as sc
+from swarm.control import ControlClient
+from swarm.launcher import ManagedSwarm
+from swarm.protocol import DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, FITNESS_SPREAD, NR_OF_EPISODE, SCORES, STEPS
+from swarm.settings import SOLVED_AT, load_settings
 
-config = sc.Config.from_env()
+settings = load_settings()
 
 # %% [markdown]
 # Start the server, aggregation, environment and evolution from `swarm.yaml`, then the models:
@@ -31,9 +48,9 @@ config = sc.Config.from_env()
 # `SWARM_LOG_DIR`; if anything fails from here on, the whole swarm is stopped.
 
 # %%
-swarm = sc.ManagedSwarm("swarm.yaml", config)
+swarm = ManagedSwarm(settings=settings)  # swarm.yaml, next to this file
 swarm.start()
-for i in range(config.models):
+for i in range(settings.models):
     swarm.add(f"model{i}", "02_model.py")
     swarm.start(f"model{i}")
 
@@ -43,9 +60,9 @@ for i in range(config.models):
 # did not).
 
 # %%
-control = sc.ControlClient(swarm)
-ready_s = swarm.wait_ready(control, ["aggregation", "environment", "evolution"], config.models)
-print(f"swarm ready: {config.models} models and 4 components in {ready_s:.1f} s", flush=True)
+control = ControlClient(swarm)
+ready_s = swarm.wait_ready(control, ["aggregation", "environment", "evolution"], settings.models)
+print(f"swarm ready: {settings.models} models and 4 components in {ready_s:.1f} s", flush=True)
 
 # %% [markdown]
 # `start` runs episodes and returns their scores; `evaluate` runs deterministic episodes (the
@@ -59,23 +76,23 @@ training = {"steps": 0, "seconds": 0.0}
 
 def start(nr_of_episodes=1, deterministic=False):
     began = time.monotonic()
-    reply = control.request({sc.NR_OF_EPISODE: nr_of_episodes, sc.DETERMINISTIC: deterministic},
-                            until=sc.ENV_DONE)
+    reply = control.request({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: deterministic},
+                            until=ENV_DONE)
     if not deterministic:
-        training["steps"] += reply[sc.STEPS]
+        training["steps"] += reply[STEPS]
         training["seconds"] += time.monotonic() - began
-    return reply[sc.SCORES]
+    return reply[SCORES]
 
 
-def evaluate(nr_of_episodes=config.eval_episodes):
+def evaluate(nr_of_episodes=settings.eval_episodes):
     # whole batches: every environment copy plays the same number of episodes
-    scores = start(math.ceil(nr_of_episodes / config.envs) * config.envs, deterministic=True)
+    scores = start(math.ceil(nr_of_episodes / settings.envs) * settings.envs, deterministic=True)
     return float(np.mean(scores)), float(np.std(scores))
 
 
 def start_evo():
-    reply = control.request({sc.EVOLUTION: True}, until=sc.EVO_DONE)
-    return reply[sc.FITNESS_SPREAD]
+    reply = control.request({EVOLUTION: True}, until=EVO_DONE)
+    return reply[FITNESS_SPREAD]
 
 
 # %% [markdown]
@@ -85,19 +102,18 @@ def start_evo():
 # `SWARM_MAX_SECONDS` of wall time from the first round) is checked after every round.
 
 # %%
-SOLVED_AT = 475.0  # gymnasium's reward_threshold for CartPole-v1
 history = []  # one row per round
 began = time.monotonic()
 solved = False
 for round_nr in itertools.count(1):
-    print(f"ROUND {round_nr}" + (f"/{config.rounds}" if config.rounds else ""), flush=True)
-    train_scores = start(config.episodes)
+    print(f"ROUND {round_nr}" + (f"/{settings.rounds}" if settings.rounds else ""), flush=True)
+    train_scores = start(settings.episodes)
     eval_mean, eval_std = evaluate()
     solved = eval_mean >= SOLVED_AT
-    out_of_budget = ((config.max_steps and training["steps"] >= config.max_steps)
-                     or (config.max_seconds and time.monotonic() - began >= config.max_seconds)
-                     or round_nr == config.rounds)
-    spread = start_evo() if config.evolution and not solved and not out_of_budget else None
+    out_of_budget = ((settings.max_steps and training["steps"] >= settings.max_steps)
+                     or (settings.max_seconds and time.monotonic() - began >= settings.max_seconds)
+                     or round_nr == settings.rounds)
+    spread = start_evo() if settings.evolution and not solved and not out_of_budget else None
     history.append(dict(round=round_nr, steps=training["steps"], seconds=time.monotonic() - began,
                         train_mean=float(np.mean(train_scores)), eval_mean=eval_mean, eval_std=eval_std,
                         fitness_spread=spread))
@@ -115,23 +131,23 @@ for round_nr in itertools.count(1):
 wall_s = time.monotonic() - began
 print(f"{'solved' if solved else 'NOT solved'} after {round_nr} rounds: {training['steps']:,} training steps, "
       f"{wall_s:.0f} s wall ({training['steps'] / max(training['seconds'], 1e-9):.0f} training steps/s)")
-result = dict(solved=solved, steps=training["steps"], seconds=wall_s, ready_s=ready_s, models=config.models,
-              envs=config.envs, evolution=config.evolution, seed=config.seed, history=history)
-(config.log_dir / "result.json").write_text(json.dumps(result, indent=1))
+result = dict(solved=solved, steps=training["steps"], seconds=wall_s, ready_s=ready_s, models=settings.models,
+              envs=settings.envs, evolution=settings.evolution, seed=settings.seed, history=history)
+(settings.log_dir / "result.json").write_text(json.dumps(result, indent=1))
 
 steps = [row["steps"] for row in history]
 fig, ax = plt.subplots(figsize=(7, 4))
-ax.plot(steps, [row["train_mean"] for row in history], "o-", ms=3, label=f"training ({config.episodes} episodes, mean)")
+ax.plot(steps, [row["train_mean"] for row in history], "o-", ms=3, label=f"training ({settings.episodes} episodes, mean)")
 eval_mean = np.array([row["eval_mean"] for row in history])
 eval_std = np.array([row["eval_std"] for row in history])
 ax.plot(steps, eval_mean, "s-", ms=3, label="evaluation (deterministic, mean ± sd)")
 ax.fill_between(steps, eval_mean - eval_std, eval_mean + eval_std, alpha=0.2, color="C1")
 ax.axhline(SOLVED_AT, ls=":", color="grey", label=f"solved ({SOLVED_AT:g})")
 ax.set(xlabel="training environment steps", ylabel="score (steps balanced)", ylim=(0, 510),
-       title=f"CartPole-v1, {config.models} models, {config.envs} env(s)"
-             + (", evolution" if config.evolution else ", no evolution"))
+       title=f"CartPole-v1, {settings.models} models, {settings.envs} env(s)"
+             + (", evolution" if settings.evolution else ", no evolution"))
 ax.legend(loc="upper left")
-plot_path = config.log_dir / "scores.png"
+plot_path = settings.log_dir / "scores.png"
 fig.savefig(plot_path, dpi=100, bbox_inches="tight")
 print(f"plot saved to {plot_path}")
 

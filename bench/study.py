@@ -28,22 +28,22 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import swarm_common as sc  # noqa: E402
+from swarm.launcher import free_port
+from swarm.scripts import PROJECT_DIR as ROOT
+from swarm.settings import ENV_ID, SOLVED_AT, SwarmSettings
 
-SOLVED_AT = 475.0
 VARIANTS = ("swarm + evolution", "swarm, no evolution", "SB3 A2C, one process")
 
 
 def run_swarm(seed: int, evolution: bool, args: argparse.Namespace, log_dir: Path) -> dict:
     """`python 06_control.py` with this seed; its result.json. The control stops its own swarm on
     every exit; on our timeout or Ctrl-C we stop the control (SIGTERM, then SIGKILL) and wait."""
-    env = {**os.environ, "SWERGIO_HOST": "127.0.0.1", "SWERGIO_PORT": str(sc.free_port()),
-           "SWARM_LOG_DIR": str(log_dir), "SWARM_SEED": str(seed), "SWARM_EVOLUTION": str(int(evolution)),
-           "SWARM_MODELS": str(args.models), "SWARM_ENVS": str(args.envs), "SWARM_EPISODES": str(args.episodes),
-           "SWARM_LEARNING_RATE": str(args.learning_rate), "SWARM_EVAL_EPISODES": str(args.eval_episodes),
-           "PYTHONUNBUFFERED": "1", "SWARM_ROUNDS": "0", "SWARM_MAX_STEPS": str(args.max_steps), "SWARM_MAX_SECONDS": str(args.max_seconds)}
+    # The options a user sets in the environment (SWARM_FITNESS, ...) hold; the study's own win.
+    settings = SwarmSettings.from_env().replace(
+        host="127.0.0.1", port=free_port(), log_dir=log_dir, seed=seed, evolution=evolution, models=args.models,
+        envs=args.envs, episodes=args.episodes, learning_rate=args.learning_rate, eval_episodes=args.eval_episodes,
+        rounds=0, max_steps=args.max_steps, max_seconds=args.max_seconds)
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     log_dir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     with open(log_dir / "control.out", "w") as output:
@@ -76,7 +76,7 @@ def run_sb3(seed: int, args: argparse.Namespace) -> dict:
     from stable_baselines3.common.callbacks import BaseCallback
 
     torch.set_num_threads(1)  # one process, one core: as each swarm model
-    eval_env = gymnasium.make(sc.ENV_ID)
+    eval_env = gymnasium.make(ENV_ID)
     episodes = args.eval_episodes
 
     class EvaluateUntilSolved(BaseCallback):
@@ -103,7 +103,7 @@ def run_sb3(seed: int, args: argparse.Namespace) -> dict:
             return self.solved_at is None and time.monotonic() - began < args.max_seconds
 
     began = time.monotonic()
-    model = A2C("MlpPolicy", sc.ENV_ID, seed=seed, device="cpu")
+    model = A2C("MlpPolicy", ENV_ID, seed=seed, device="cpu")
     callback = EvaluateUntilSolved()
     model.learn(total_timesteps=args.max_steps, callback=callback)
     seconds = time.monotonic() - began

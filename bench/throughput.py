@@ -18,7 +18,7 @@ It also prints where the CPU went while the swarm was measured: cores busy and C
     python bench/throughput.py                       # 20 models, 1 environment
     python bench/throughput.py --envs 32             # 32 CartPole copies per step
     python bench/throughput.py --quick               # 4 models, short: under a minute
-    python bench/throughput.py --launcher fork       # models forked from one process (fork_models.py)
+    python bench/throughput.py --launcher fork       # models forked from one process (swarm/fork.py)
 """
 from __future__ import annotations
 
@@ -28,16 +28,28 @@ import contextlib
 import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import swarm_common as sc  # noqa: E402
+from swarm.control import ControlClient
+from swarm.launcher import ManagedSwarm, free_port
+from swarm.protocol import (
+    DETERMINISTIC,
+    ENV_DONE,
+    EVO_DONE,
+    EVOLUTION,
+    NR_OF_EPISODE,
+    ROOT_ID,
+    STEPS,
+    ModelRegistry,
+)
+from swarm.scripts import PROJECT_DIR, load_script
+from swarm.settings import ENV_ID, SwarmSettings
 
 
 def compute_only_sps(models: int, envs: int, steps: int, warmup: int) -> float:
@@ -46,28 +58,31 @@ def compute_only_sps(models: int, envs: int, steps: int, warmup: int) -> float:
     from swergio_toolbox.objects import MutableBool
 
     torch.set_num_threads(1)  # as each model process
-    model = sc.load_script("02_model.py")
-    aggregation = sc.load_script("03_aggregation.py")
-    environment = sc.load_script("04_environment.py")
+    model = load_script("02_model.py")
+    aggregation = load_script("03_aggregation.py")
+    environment = load_script("04_environment.py")
     import gymnasium
 
-    policies = [dict(policy=model.make_policy(), rollout_buffer=model.make_rollout_buffer(envs), memory={},
-                     training_enabled=MutableBool(True)) for _ in range(models)]
-    cartpole = environment.CartPole([gymnasium.make(sc.ENV_ID) for _ in range(envs)])
-    step_logits, contribution, registry = aggregation.StepLogits(), {}, sc.ModelRegistry(models)
-    message = environment.start_run({sc.NR_OF_EPISODE: 10**9, sc.DETERMINISTIC: False, sc.ROOT_ID: "bench"},
+    spaces = model.spaces()
+    policies = [model.make_policy(*spaces, 7e-4) for _ in range(models)]
+    handler_arguments = [dict(policy=policy, rollout_buffer=model.make_rollout_buffer(policy, envs), memory={},
+                              training_enabled=MutableBool(True), component_id=f"model{index}",
+                              normalize_advantage=False) for index, policy in enumerate(policies)]
+    rng = np.random.default_rng()
+    cartpole = environment.CartPole([gymnasium.make(ENV_ID) for _ in range(envs)])
+    step_logits, contribution, registry = aggregation.StepLogits(), {}, ModelRegistry(models)
+    message = environment.start_run({NR_OF_EPISODE: 10**9, DETERMINISTIC: False, ROOT_ID: "bench"},
                                     cartpole)
     done_steps, started = 0, None
     while done_steps < warmup + steps:
         if done_steps >= warmup and started is None:
             started, counted_from = time.perf_counter(), done_steps
         action = None
-        for index, parts in enumerate(policies):
+        for parts in handler_arguments:
             reply = model.forward(message, **parts)
-            reply[sc.COMPONENT_ID] = f"model{index}"  # one process: tell the models apart by hand
-            reply[sc.ROOT_ID] = "bench"
-            action = aggregation.aggregate(reply, step_logits, contribution, registry, envs) or action
-        message = environment.step({**action, sc.ROOT_ID: "bench"}, cartpole)
+            reply[ROOT_ID] = "bench"
+            action = aggregation.aggregate(reply, step_logits, contribution, registry, envs, rng) or action
+        message = environment.step({**action, ROOT_ID: "bench"}, cartpole)
         environment.report({}, cartpole)
         done_steps += envs
     return (done_steps - counted_from) / (time.perf_counter() - started)
@@ -98,7 +113,7 @@ class PeakPSS:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def __enter__(self) -> "PeakPSS":
+    def __enter__(self) -> PeakPSS:
         self._thread.start()
         return self
 
@@ -107,7 +122,7 @@ class PeakPSS:
         self._thread.join(5)
 
 
-def swarm_processes(swarm: sc.ManagedSwarm) -> dict[int, str]:
+def swarm_processes(swarm: ManagedSwarm) -> dict[int, str]:
     """Every process of the swarm, by pid, with its kind (server, aggregation, environment,
     evolution, model): the components and whatever they started (forked models)."""
     kinds = {}
@@ -130,22 +145,22 @@ def cpu_seconds(kinds: dict[int, str]) -> dict[str, float]:
     return used
 
 
-def measure_swarm(settings: sc.Config, steps: int, warmup: int, launcher: str) -> dict:
+def measure_swarm(settings: SwarmSettings, steps: int, warmup: int, launcher: str) -> dict:
     """Launch the swarm as 06_control.py does, and time readiness, training steps and evolution."""
-    swarm = sc.ManagedSwarm(sc.PROJECT_DIR / "swarm.yaml", settings)
+    swarm = ManagedSwarm(PROJECT_DIR / "swarm.yaml", settings)
     results: dict = {}
     launched = time.monotonic()
     try:
         with PeakPSS(lambda: list(swarm_processes(swarm))) as memory:
             swarm.start()
             if launcher == "fork":
-                swarm.add("models", "fork_models.py")
+                swarm.add("models", "swarm.fork")
                 swarm.start("models")
             else:
                 for i in range(settings.models):
                     swarm.add(f"model{i}", "02_model.py")
                     swarm.start(f"model{i}")
-            control = sc.ControlClient(swarm, name="bench")
+            control = ControlClient(swarm, name="bench")
             swarm.wait_ready(control, ["aggregation", "environment", "evolution"], settings.models)
             results["ready_s"] = time.monotonic() - launched
             memory.sample()
@@ -157,7 +172,7 @@ def measure_swarm(settings: sc.Config, steps: int, warmup: int, launcher: str) -
             kinds, cpu = swarm_processes(swarm), []
 
             def measured(message: dict) -> bool:
-                now, done = time.monotonic(), message[sc.STEPS]
+                now, done = time.monotonic(), message[STEPS]
                 if not marks and done >= warmup:
                     marks.append((now, done))
                     cpu.append(cpu_seconds(kinds))
@@ -167,7 +182,7 @@ def measure_swarm(settings: sc.Config, steps: int, warmup: int, launcher: str) -
                     return True  # measured: stop waiting for this run
                 return False
 
-            control.request({sc.NR_OF_EPISODE: 10**9, sc.DETERMINISTIC: False}, until=sc.ENV_DONE,
+            control.request({NR_OF_EPISODE: 10**9, DETERMINISTIC: False}, until=ENV_DONE,
                             timeout=60, progress=measured)
             memory.sample()
             (t0, s0), (t1, s1) = marks
@@ -178,11 +193,11 @@ def measure_swarm(settings: sc.Config, steps: int, warmup: int, launcher: str) -
             results["profile"] = {kind: ((cpu[1][kind] - cpu[0][kind]) / (t1 - t0),
                                          (cpu[1][kind] - cpu[0][kind]) / batched_steps * 1e3) for kind in cpu[1]}
             # End the endless run with a short one, so the evolution is timed on a quiet swarm.
-            control.request({sc.NR_OF_EPISODE: 1, sc.DETERMINISTIC: True}, until=sc.ENV_DONE)
+            control.request({NR_OF_EPISODE: 1, DETERMINISTIC: True}, until=ENV_DONE)
             evolution_times = []
             for _ in range(3):
                 began = time.monotonic()
-                control.request({sc.EVOLUTION: True}, until=sc.EVO_DONE)
+                control.request({EVOLUTION: True}, until=EVO_DONE)
                 evolution_times.append(time.monotonic() - began)
             results["evolution_s"] = statistics.median(evolution_times)
             results["evolution_runs_s"] = evolution_times
@@ -204,7 +219,7 @@ def main() -> None:
     parser.add_argument("--skip-compute", action="store_true", help="measure the swarm only")
     parser.add_argument("--launcher", choices=["swarm", "fork"], default="swarm",
                         help="swarm: one interpreter per model, the tutorial's way (default); "
-                             "fork: fork_models.py, every model a fork of one process that imported torch once")
+                             "fork: swarm/fork.py, every model a fork of one process that imported torch once")
     parser.add_argument("--log-dir", type=Path, help="the components' logs (default: a new temporary folder)")
     args = parser.parse_args()
     args.models = args.models or (4 if args.quick else 20)
@@ -212,7 +227,7 @@ def main() -> None:
     warmup = args.warmup or (100 if args.quick else 300) * args.envs
 
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="swarm-bench-"))
-    settings = sc.Config(port=sc.free_port(), models=args.models, envs=args.envs, log_dir=log_dir,
+    settings = SwarmSettings(port=free_port(), models=args.models, envs=args.envs, log_dir=log_dir,
                          start_timeout=180.0, reply_timeout=60.0)
     print(f"benchmark: {args.models} models, {args.envs} environment(s), {steps} measured steps after "
           f"{warmup} warm-up steps, launcher {args.launcher}, {os.cpu_count()} CPUs; logs in {log_dir}", flush=True)

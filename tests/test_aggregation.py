@@ -2,10 +2,43 @@
 import numpy as np
 import pytest
 
-import swarm_common as sc
-from conftest import load_script
+from swarm.checks import BadMessage
+from swarm.protocol import (
+    ACTION,
+    CMD,
+    COMPONENT,
+    COMPONENT_ID,
+    CONTRIBUTION,
+    DETERMINISTIC,
+    DONE,
+    ERROR,
+    GET,
+    LOGITS,
+    MISSING,
+    PONG,
+    REWARD,
+    ROOT_ID,
+    SET,
+    STATUS,
+    ModelRegistry,
+)
+from tests.helpers import load_script
 
 aggregation = load_script("03_aggregation.py")
+
+
+class Draws:
+    """The generator the aggregation samples actions with (its client passes one as `rng`)."""
+    rng = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def fresh_draws():
+    Draws.rng = np.random.default_rng(0)
+
+
+def aggregate(msg, memory, contribution, models, envs, credit=None):
+    return aggregation.aggregate(msg, memory, contribution, models, envs, Draws.rng, credit)
 
 
 def logits_for(p0: float) -> list[float]:
@@ -14,15 +47,15 @@ def logits_for(p0: float) -> list[float]:
 
 
 def logits_message(model_id, p0, deterministic=True, root_id="run-1"):
-    return {sc.COMPONENT_ID: model_id, sc.LOGITS: logits_for(p0), sc.DETERMINISTIC: deterministic,
-            sc.ROOT_ID: root_id}
+    return {COMPONENT_ID: model_id, LOGITS: logits_for(p0), DETERMINISTIC: deterministic,
+            ROOT_ID: root_id}
 
 
 def run_step(messages, nr_of_models, memory=None, contribution=None, models=None):
     memory = memory if memory is not None else aggregation.StepLogits()
     contribution = contribution if contribution is not None else {}
-    models = models or sc.ModelRegistry(nr_of_models)
-    replies = [aggregation.aggregate(m, memory, contribution, models, 1) for m in messages]
+    models = models or ModelRegistry(nr_of_models)
+    replies = [aggregate(m, memory, contribution, models, 1) for m in messages]
     return replies, memory, contribution
 
 
@@ -31,7 +64,7 @@ def test_deterministic_action_is_the_argmax_of_summed_probabilities():
     messages = [logits_message("a", 0.99), logits_message("b", 0.4), logits_message("c", 0.4)]
     replies, _, contribution = run_step(messages, 3)
     assert replies[:2] == [None, None], "acted before every model had answered"
-    assert replies[2] == {sc.ACTION: [0]}
+    assert replies[2] == {ACTION: [0]}
     assert contribution == {}, "an evaluation step earns no one fitness"
 
 
@@ -45,10 +78,10 @@ class FixedDraws:
 
 
 def test_a_training_step_credits_each_models_share_of_the_chosen_action(monkeypatch):
-    monkeypatch.setattr(aggregation, "rng", FixedDraws(0.999))  # the last action: 1
+    Draws.rng = FixedDraws(0.999)  # the last action: 1
     messages = [logits_message(k, p, deterministic=False) for k, p in [("a", 0.99), ("b", 0.4), ("c", 0.4)]]
     replies, _, contribution = run_step(messages, 3)
-    assert replies[2] == {sc.ACTION: [1]}
+    assert replies[2] == {ACTION: [1]}
     summed1 = 0.01 + 0.6 + 0.6
     assert contribution["a"] == pytest.approx(0.01 / summed1)
     assert contribution["b"] == pytest.approx(0.6 / summed1)
@@ -63,11 +96,11 @@ def test_contributions_accumulate_and_each_step_adds_one():
 
 
 def test_sampled_action_follows_the_summed_distribution():
-    aggregation.rng = np.random.default_rng(0)
+    Draws.rng = np.random.default_rng(0)
     actions = []
     for _ in range(4000):
         replies, _, _ = run_step([logits_message("a", 0.9, False), logits_message("b", 0.3, False)], 2)
-        actions.append(replies[-1][sc.ACTION][0])
+        actions.append(replies[-1][ACTION][0])
     assert np.mean(np.array(actions) == 0) == pytest.approx((0.9 + 0.3) / 2, abs=0.03)
 
 
@@ -84,43 +117,43 @@ def test_answers_from_an_abandoned_run_are_ignored():
     replies, _, _ = run_step([logits_message("a", 0.6, root_id="old")], 2, memory)  # late, stale
     assert replies == [None] and list(memory.logits) == ["b"]
     replies, _, _ = run_step([logits_message("a", 0.6, root_id="new")], 2, memory)
-    assert replies == [{sc.ACTION: [0]}]
+    assert replies == [{ACTION: [0]}]
 
 
 @pytest.mark.parametrize("broken", [
-    {sc.LOGITS: [0.1, 0.2], sc.DETERMINISTIC: True},
-    {sc.COMPONENT_ID: "x", sc.LOGITS: [0.1, float("nan")], sc.DETERMINISTIC: True},
-    {sc.COMPONENT_ID: "x", sc.LOGITS: "0.1,0.2", sc.DETERMINISTIC: True},
-    {sc.COMPONENT_ID: "x", sc.LOGITS: [0.1, 0.2, 0.3], sc.DETERMINISTIC: True},
-    {sc.COMPONENT_ID: "x", sc.LOGITS: [0.1, 0.2], sc.DETERMINISTIC: "yes"},
+    {LOGITS: [0.1, 0.2], DETERMINISTIC: True},
+    {COMPONENT_ID: "x", LOGITS: [0.1, float("nan")], DETERMINISTIC: True},
+    {COMPONENT_ID: "x", LOGITS: "0.1,0.2", DETERMINISTIC: True},
+    {COMPONENT_ID: "x", LOGITS: [0.1, 0.2, 0.3], DETERMINISTIC: True},
+    {COMPONENT_ID: "x", LOGITS: [0.1, 0.2], DETERMINISTIC: "yes"},
 ])
 def test_bad_logits_do_not_count_towards_the_step(broken):
     memory, contribution = aggregation.StepLogits(), {}
     run_step([logits_message("a", 0.6, root_id=None)], 2, memory, contribution)
-    with pytest.raises(sc.BadMessage):
-        aggregation.aggregate(broken, memory, contribution, sc.ModelRegistry(2), 1)
+    with pytest.raises(BadMessage):
+        aggregate(broken, memory, contribution, ModelRegistry(2), 1)
     assert list(memory.logits) == ["a"] and contribution == {}
 
 
 def test_get_hands_over_the_contributions_and_clears_them():
     contribution = {"a": 1.5, "b": 0.5}
-    reply = aggregation.send_contribution({sc.CMD: sc.GET}, contribution)
-    assert reply == {sc.CONTRIBUTION: {"a": 1.5, "b": 0.5}}
+    reply = aggregation.send_contribution({CMD: GET}, contribution)
+    assert reply == {CONTRIBUTION: {"a": 1.5, "b": 0.5}}
     assert contribution == {}
-    assert aggregation.send_contribution({sc.CMD: sc.SET}, {"a": 1.0}) is None
+    assert aggregation.send_contribution({CMD: SET}, {"a": 1.0}) is None
 
 
 # --------------------------------------------------------------------------- SWARM_ENVS > 1
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_a_batch_gets_one_action_per_environment_from_one_pass(monkeypatch, deterministic):
     # Environment 0: model a is sure of action 0; environment 1: both lean to action 1.
-    monkeypatch.setattr(aggregation, "rng", FixedDraws(0.0, 0.999))  # sampled: actions 0 and 1 too
-    messages = [{sc.COMPONENT_ID: "a", sc.LOGITS: [logits_for(0.99), logits_for(0.4)], sc.DETERMINISTIC: deterministic},
-                {sc.COMPONENT_ID: "b", sc.LOGITS: [logits_for(0.4), logits_for(0.2)], sc.DETERMINISTIC: deterministic}]
+    Draws.rng = FixedDraws(0.0, 0.999)  # sampled: actions 0 and 1 too
+    messages = [{COMPONENT_ID: "a", LOGITS: [logits_for(0.99), logits_for(0.4)], DETERMINISTIC: deterministic},
+                {COMPONENT_ID: "b", LOGITS: [logits_for(0.4), logits_for(0.2)], DETERMINISTIC: deterministic}]
     memory, contribution = aggregation.StepLogits(), {}
-    models = sc.ModelRegistry(2)
-    replies = [aggregation.aggregate(m, memory, contribution, models, 2) for m in messages]
-    assert replies == [None, {sc.ACTION: [0, 1]}]
+    models = ModelRegistry(2)
+    replies = [aggregate(m, memory, contribution, models, 2) for m in messages]
+    assert replies == [None, {ACTION: [0, 1]}]
     if deterministic:
         assert contribution == {}
         return
@@ -130,13 +163,13 @@ def test_a_batch_gets_one_action_per_environment_from_one_pass(monkeypatch, dete
 
 
 def test_sampled_batch_actions_follow_each_environments_distribution():
-    aggregation.rng = np.random.default_rng(1)
+    Draws.rng = np.random.default_rng(1)
     p0 = np.array([0.1, 0.5, 0.9])
     chosen = []
     for _ in range(3000):
         memory = aggregation.StepLogits()
-        message = {sc.COMPONENT_ID: "a", sc.LOGITS: [logits_for(p) for p in p0], sc.DETERMINISTIC: False}
-        chosen.append(aggregation.aggregate(message, memory, {}, sc.ModelRegistry(1), 3)[sc.ACTION])
+        message = {COMPONENT_ID: "a", LOGITS: [logits_for(p) for p in p0], DETERMINISTIC: False}
+        chosen.append(aggregate(message, memory, {}, ModelRegistry(1), 3)[ACTION])
     assert np.allclose(np.mean(np.array(chosen) == 0, axis=0), p0, atol=0.03)
 
 
@@ -149,41 +182,41 @@ def test_sampled_batch_actions_follow_each_environments_distribution():
 ])
 def test_a_bad_batch_of_logits_does_not_count(logits):
     memory, contribution = aggregation.StepLogits(), {}
-    with pytest.raises(sc.BadMessage):
-        aggregation.aggregate({sc.COMPONENT_ID: "a", sc.LOGITS: logits, sc.DETERMINISTIC: True}, memory, contribution,
-                              sc.ModelRegistry(1), 2)
+    with pytest.raises(BadMessage):
+        aggregate({COMPONENT_ID: "a", LOGITS: logits, DETERMINISTIC: True}, memory, contribution,
+                              ModelRegistry(1), 2)
     assert memory.logits == {} and contribution == {}
 
 
 # --------------------------------------------------------------------------- who may vote, and who is late
 def pong(model_id):
-    return {sc.PONG: "nonce", sc.COMPONENT: "model", sc.COMPONENT_ID: model_id}
+    return {PONG: "nonce", COMPONENT: "model", COMPONENT_ID: model_id}
 
 
 def test_only_models_that_answered_the_ping_may_vote():
-    models = sc.ModelRegistry(2)
+    models = ModelRegistry(2)
     aggregation.register_model(pong("a"), models)
     aggregation.register_model(pong("b"), models)
-    aggregation.register_model({sc.PONG: "nonce", sc.COMPONENT: "environment", sc.COMPONENT_ID: "env"}, models)
+    aggregation.register_model({PONG: "nonce", COMPONENT: "environment", COMPONENT_ID: "env"}, models)
     assert models.known == {"a", "b"}
     memory, contribution = aggregation.StepLogits(), {}
-    with pytest.raises(sc.BadMessage, match="unknown model 'intruder'"):
-        aggregation.aggregate(logits_message("intruder", 0.9), memory, contribution, models, 1)
+    with pytest.raises(BadMessage, match="unknown model 'intruder'"):
+        aggregate(logits_message("intruder", 0.9), memory, contribution, models, 1)
     replies, _, _ = run_step([logits_message("a", 0.9, False), logits_message("b", 0.9, False)], 2, memory,
                              contribution, models)
-    assert len(replies[-1][sc.ACTION]) == 1 and set(contribution) == {"a", "b"}
+    assert len(replies[-1][ACTION]) == 1 and set(contribution) == {"a", "b"}
 
 
 def test_without_pings_the_first_models_to_answer_are_learned():
-    models = sc.ModelRegistry(2)
+    models = ModelRegistry(2)
     replies, _, _ = run_step([logits_message("a", 0.9), logits_message("b", 0.9)], 2, models=models)
-    assert replies[-1] == {sc.ACTION: [0]} and models.known == {"a", "b"}
-    with pytest.raises(sc.BadMessage):
+    assert replies[-1] == {ACTION: [0]} and models.known == {"a", "b"}
+    with pytest.raises(BadMessage):
         models.admit("c")
 
 
 def test_a_step_missing_a_model_is_given_up_after_the_timeout_naming_it():
-    models = sc.ModelRegistry(3)
+    models = ModelRegistry(3)
     for model_id in ("model0-x", "model1-y", "model2-z"):
         models.register_pong(pong(model_id))
     memory, contribution = aggregation.StepLogits(), {}
@@ -191,8 +224,8 @@ def test_a_step_missing_a_model_is_given_up_after_the_timeout_naming_it():
     assert aggregation.check_missing_models(memory, models, model_timeout=5.0) is None  # not late yet
     memory.first_at -= 5.1  # as if 5.1 s had passed
     report = aggregation.check_missing_models(memory, models, model_timeout=5.0)
-    assert report[sc.STATUS] == sc.ERROR and report[sc.ROOT_ID] == "run-1"
-    assert report[sc.MISSING] == ["model1-y"] and "model1-y" in report[sc.ERROR] and "2 of 3" in report[sc.ERROR]
+    assert report[STATUS] == ERROR and report[ROOT_ID] == "run-1"
+    assert report[MISSING] == ["model1-y"] and "model1-y" in report[ERROR] and "2 of 3" in report[ERROR]
     # The run is over: the late answer does not complete a step, and nothing counted.
     replies, _, _ = run_step([logits_message("model1-y", 0.6)], 3, memory, contribution, models)
     assert replies == [None] and contribution == {} and memory.logits == {}
@@ -204,15 +237,15 @@ def play_episode(length, pusher, memory, fitness, credit, models, first=False):
     """`length` training steps in which `pusher` is surer than the other model of the action
     taken (action 0, drawn by FixedDraws(0.0)); the last step's outcome says DONE."""
     for step in range(length):
-        echo = {} if first and step == 0 else {sc.REWARD: 1.0, sc.DONE: step == 0}
+        echo = {} if first and step == 0 else {REWARD: 1.0, DONE: step == 0}
         for model_id in ("a", "b"):
             msg = {**logits_message(model_id, 0.9 if model_id == pusher else 0.6, deterministic=False), **echo}
-            aggregation.aggregate(msg, memory, fitness, models, 1, credit)
+            aggregate(msg, memory, fitness, models, 1, credit)
 
 
 def test_a_return_crediting_fitness_pays_for_pushing_towards_long_episodes(monkeypatch):
-    monkeypatch.setattr(aggregation, "rng", FixedDraws(0.0))  # action 0 every step
-    memory, fitness, credit, models = aggregation.StepLogits(), {}, aggregation.ReturnCredit(), sc.ModelRegistry(2)
+    Draws.rng = FixedDraws(0.0)  # action 0 every step
+    memory, fitness, credit, models = aggregation.StepLogits(), {}, aggregation.ReturnCredit(), ModelRegistry(2)
     play_episode(3, "a", memory, fitness, credit, models, first=True)
     play_episode(10, "b", memory, fitness, credit, models)  # closes episode 1: its own baseline, no credit
     assert fitness == {"a": 0.0, "b": 0.0}
@@ -225,13 +258,13 @@ def test_a_return_crediting_fitness_pays_for_pushing_towards_long_episodes(monke
 
 
 def test_return_credit_ignores_evaluations_and_a_bad_echo_changes_nothing(monkeypatch):
-    monkeypatch.setattr(aggregation, "rng", FixedDraws(0.0))
-    memory, fitness, credit, models = aggregation.StepLogits(), {}, aggregation.ReturnCredit(), sc.ModelRegistry(2)
+    Draws.rng = FixedDraws(0.0)
+    memory, fitness, credit, models = aggregation.StepLogits(), {}, aggregation.ReturnCredit(), ModelRegistry(2)
     for model_id in ("a", "b"):
-        aggregation.aggregate({**logits_message(model_id, 0.9), sc.REWARD: 1.0, sc.DONE: True}, memory, fitness,
+        aggregate({**logits_message(model_id, 0.9), REWARD: 1.0, DONE: True}, memory, fitness,
                               models, 1, credit)
     assert fitness == {} and credit.excess is None and not credit.finished
-    with pytest.raises(sc.BadMessage):
-        aggregation.aggregate({**logits_message("a", 0.9, False), sc.REWARD: "1", sc.DONE: True}, memory, fitness,
+    with pytest.raises(BadMessage):
+        aggregate({**logits_message("a", 0.9, False), REWARD: "1", DONE: True}, memory, fitness,
                               models, 1, credit)
     assert memory.logits == {} and fitness == {}

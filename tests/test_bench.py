@@ -1,5 +1,5 @@
 """bench/throughput.py runs end to end and reports every figure (the figures themselves are
-checked by running the benchmark, not by tests), and its fork_models.py launcher option works."""
+checked by running the benchmark, not by tests), and its forked-models launcher option (swarm.fork) works."""
 import dataclasses
 import json
 import os
@@ -11,8 +11,11 @@ import numpy as np
 import psutil
 import pytest
 
-import swarm_common as sc
-from conftest import COMPONENTS, ROOT, assert_all_gone, get_weights, processes_with_log_dir
+from swarm.client import SwarmClient
+from swarm.control import ControlClient
+from swarm.launcher import ManagedSwarm, SwarmError
+from swarm.protocol import CMD, DETERMINISTIC, ENV_DONE, EPISODE, NR_OF_EPISODE, ROOM_EVOLUTION, SET, WEIGHTS, custom_message
+from tests.helpers import COMPONENTS, ROOT, assert_all_gone, get_weights, processes_with_log_dir
 
 
 def test_the_quick_benchmark_reports_every_figure(swarm_env):
@@ -31,16 +34,16 @@ def test_the_quick_benchmark_reports_every_figure(swarm_env):
 
 
 def test_forked_models_are_separate_models_and_stop_with_the_swarm(swarm_env):
-    """fork_models.py (the shared-import option): every fork has its own id and weights."""
-    swarm = sc.ManagedSwarm(ROOT / "swarm.yaml", dataclasses.replace(swarm_env, models=3))
+    """swarm.fork (the shared-import option): every fork has its own id and weights."""
+    swarm = ManagedSwarm(ROOT / "swarm.yaml", dataclasses.replace(swarm_env, models=3))
     swarm.start()
-    swarm.add("models", "fork_models.py")
+    swarm.add("models", "swarm.fork")
     swarm.start("models")
     launched = list(swarm.pids().values())
     try:
-        control = sc.ControlClient(swarm)
-        probe = sc.SwarmClient("probe", swarm_env)
-        probe.join_room(sc.ROOM_EVOLUTION)
+        control = ControlClient(swarm)
+        probe = SwarmClient("probe", swarm_env)
+        probe.join_room(ROOM_EVOLUTION)
         swarm.wait_ready(control, COMPONENTS, 3)
         forks = [p.pid for p in psutil.Process(swarm.pids()["models"]).children()]
         assert len(forks) == 3
@@ -48,12 +51,12 @@ def test_forked_models_are_separate_models_and_stop_with_the_swarm(swarm_env):
         assert sorted(k.split("-")[0] for k in weights) == ["model0", "model1", "model2"]
         vectors = list(weights.values())
         assert not np.allclose(vectors[0], vectors[1]), "forks share their initial weights"
-        probe.send(sc.custom_message(sc.ROOM_EVOLUTION, {sc.CMD: sc.SET, sc.WEIGHTS: {k: v.tolist() for k, v in weights.items()}}))
-        reply = control.request({sc.NR_OF_EPISODE: 2, sc.DETERMINISTIC: False}, until=sc.ENV_DONE)
-        assert reply[sc.EPISODE] == 2
+        probe.send(custom_message(ROOM_EVOLUTION, {CMD: SET, WEIGHTS: {k: v.tolist() for k, v in weights.items()}}))
+        reply = control.request({NR_OF_EPISODE: 2, DETERMINISTIC: False}, until=ENV_DONE)
+        assert reply[EPISODE] == 2
         os.kill(forks[1], signal.SIGKILL)  # one model dies: the launcher reports it by exiting
-        with pytest.raises(sc.SwarmError, match=r"models \(exit code 1"):
-            control.request({sc.NR_OF_EPISODE: 1000, sc.DETERMINISTIC: False}, until=sc.ENV_DONE)
+        with pytest.raises(SwarmError, match=r"models \(exit code 1"):
+            control.request({NR_OF_EPISODE: 1000, DETERMINISTIC: False}, until=ENV_DONE)
     finally:
         swarm.stop()
     assert_all_gone(launched + forks)

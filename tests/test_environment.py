@@ -3,19 +3,39 @@ import gymnasium
 import numpy as np
 import pytest
 
-import swarm_common as sc
-from conftest import load_script
+from swarm.checks import BadMessage
+from swarm.protocol import (
+    ACTION,
+    AVG_SCORE,
+    DETERMINISTIC,
+    DONE,
+    ENV_DONE,
+    ENV_PROGRESS,
+    EPISODE,
+    EVOLUTION,
+    FINAL_OBSERVATION,
+    NR_OF_EPISODE,
+    OBSERVATION,
+    REWARD,
+    ROOT_ID,
+    SCORES,
+    STATUS,
+    STEPS,
+    TRUNCATED,
+)
+from swarm.settings import ENV_ID
+from tests.helpers import load_script
 
 environment = load_script("04_environment.py")
 
 
 @pytest.fixture
 def cartpole():
-    return environment.CartPole([gymnasium.make(sc.ENV_ID)])
+    return environment.CartPole([gymnasium.make(ENV_ID)])
 
 
 def request(episodes, deterministic=False, root_id="run-1"):
-    return {sc.NR_OF_EPISODE: episodes, sc.DETERMINISTIC: deterministic, sc.ROOT_ID: root_id}
+    return {NR_OF_EPISODE: episodes, DETERMINISTIC: deterministic, ROOT_ID: root_id}
 
 
 def play(cartpole, root_id="run-1", policy=lambda obs: int(obs[2] > 0), max_steps=10_000):
@@ -24,69 +44,69 @@ def play(cartpole, root_id="run-1", policy=lambda obs: int(obs[2] > 0), max_step
     observation = None
     for _ in range(max_steps):
         action = [policy(observation) if observation is not None else 0]
-        reply = environment.step({sc.ACTION: action, sc.ROOT_ID: root_id}, cartpole)
+        reply = environment.step({ACTION: action, ROOT_ID: root_id}, cartpole)
         report = environment.report({}, cartpole)
         if reply is not None:
             sent_to_models.append(reply)
-            observation = reply[sc.OBSERVATION]
+            observation = reply[OBSERVATION]
         if report is not None:
             sent_to_control.append(report)
-            if report[sc.STATUS] == sc.ENV_DONE:
+            if report[STATUS] == ENV_DONE:
                 return sent_to_models, sent_to_control
     raise AssertionError("no ENV_DONE")
 
 
 def test_a_run_starts_with_a_first_observation(cartpole):
     reply = environment.start_run(request(3, deterministic=True), cartpole)
-    assert len(reply[sc.OBSERVATION]) == 4
-    assert reply[sc.DETERMINISTIC] is True and reply[sc.ROOT_ID] == "run-1"
-    assert sc.REWARD not in reply
+    assert len(reply[OBSERVATION]) == 4
+    assert reply[DETERMINISTIC] is True and reply[ROOT_ID] == "run-1"
+    assert REWARD not in reply
 
 
 def test_episode_accounting_and_avg_score(cartpole):
     environment.start_run(request(3), cartpole)
     to_models, to_control = play(cartpole)
-    dones = [i for i, m in enumerate(to_models) if m[sc.DONE]]
+    dones = [i for i, m in enumerate(to_models) if m[DONE]]
     assert len(dones) == 3, "exactly the requested number of episodes"
-    lengths = np.diff([-1] + dones)  # CartPole pays 1 per step: an episode's score is its length
-    assert [r[sc.STATUS] for r in to_control] == [sc.ENV_PROGRESS, sc.ENV_PROGRESS, sc.ENV_DONE]
-    assert to_control[-1][sc.AVG_SCORE] == pytest.approx(lengths.mean())
-    assert to_control[-1][sc.STEPS] == len(to_models)
-    assert all(m[sc.REWARD] == 1.0 and m[sc.ROOT_ID] == "run-1" for m in to_models)
+    lengths = np.diff([-1, *dones])  # CartPole pays 1 per step: an episode's score is its length
+    assert [r[STATUS] for r in to_control] == [ENV_PROGRESS, ENV_PROGRESS, ENV_DONE]
+    assert to_control[-1][AVG_SCORE] == pytest.approx(lengths.mean())
+    assert to_control[-1][STEPS] == len(to_models)
+    assert all(m[REWARD] == 1.0 and m[ROOT_ID] == "run-1" for m in to_models)
     # After the run, further actions are ignored.
-    assert environment.step({sc.ACTION: [0], sc.ROOT_ID: "run-1"}, cartpole) is None
+    assert environment.step({ACTION: [0], ROOT_ID: "run-1"}, cartpole) is None
 
 
 def test_after_done_the_observation_is_the_next_episodes_first(cartpole):
     environment.start_run(request(2), cartpole)
     to_models, _ = play(cartpole, policy=lambda obs: 0)  # always push left: short episodes
-    first_done = next(m for m in to_models if m[sc.DONE])
-    assert max(abs(x) for x in first_done[sc.OBSERVATION]) <= 0.05  # reset draws from ±0.05
+    first_done = next(m for m in to_models if m[DONE])
+    assert max(abs(x) for x in first_done[OBSERVATION]) <= 0.05  # reset draws from ±0.05
 
 
 def test_a_new_request_abandons_the_run_in_progress(cartpole):
     environment.start_run(request(5, root_id="old"), cartpole)
-    environment.step({sc.ACTION: [0], sc.ROOT_ID: "old"}, cartpole)
+    environment.step({ACTION: [0], ROOT_ID: "old"}, cartpole)
     environment.start_run(request(1, root_id="new"), cartpole)
-    assert environment.step({sc.ACTION: [0], sc.ROOT_ID: "old"}, cartpole) is None
+    assert environment.step({ACTION: [0], ROOT_ID: "old"}, cartpole) is None
     _, to_control = play(cartpole, root_id="new")
-    assert [r[sc.ROOT_ID] for r in to_control] == ["new"]
+    assert [r[ROOT_ID] for r in to_control] == ["new"]
 
 
 def test_other_control_messages_are_not_runs(cartpole):
-    assert environment.start_run({sc.EVOLUTION: True}, cartpole) is None
+    assert environment.start_run({EVOLUTION: True}, cartpole) is None
     assert cartpole.run is None
-    assert environment.step({sc.ACTION: [0]}, cartpole) is None  # no run: nothing to step
+    assert environment.step({ACTION: [0]}, cartpole) is None  # no run: nothing to step
 
 
 @pytest.mark.parametrize("broken", [
-    {sc.NR_OF_EPISODE: 0, sc.DETERMINISTIC: False},
-    {sc.NR_OF_EPISODE: "3", sc.DETERMINISTIC: False},
-    {sc.NR_OF_EPISODE: True, sc.DETERMINISTIC: False},
-    {sc.NR_OF_EPISODE: 2},
+    {NR_OF_EPISODE: 0, DETERMINISTIC: False},
+    {NR_OF_EPISODE: "3", DETERMINISTIC: False},
+    {NR_OF_EPISODE: True, DETERMINISTIC: False},
+    {NR_OF_EPISODE: 2},
 ])
 def test_bad_requests_are_rejected(cartpole, broken):
-    with pytest.raises(sc.BadMessage):
+    with pytest.raises(BadMessage):
         environment.start_run(broken, cartpole)
     assert cartpole.run is None
 
@@ -94,50 +114,50 @@ def test_bad_requests_are_rejected(cartpole, broken):
 @pytest.mark.parametrize("action", [[2], [0, 1], 1, ["0"], [True], [0.0]])
 def test_bad_actions_are_rejected_and_do_not_step(cartpole, action):
     environment.start_run(request(1), cartpole)
-    with pytest.raises(sc.BadMessage):
-        environment.step({sc.ACTION: action, sc.ROOT_ID: "run-1"}, cartpole)
+    with pytest.raises(BadMessage):
+        environment.step({ACTION: action, ROOT_ID: "run-1"}, cartpole)
     assert cartpole.run.steps == 0
 
 
 # --------------------------------------------------------------------------- SWARM_ENVS > 1
 @pytest.fixture
 def three_cartpoles():
-    return environment.CartPole([gymnasium.make(sc.ENV_ID) for _ in range(3)])
+    return environment.CartPole([gymnasium.make(ENV_ID) for _ in range(3)])
 
 
 def test_with_one_environment_the_messages_are_the_tutorials(cartpole):
     first = environment.start_run(request(1), cartpole)
-    reply = environment.step({sc.ACTION: [1], sc.ROOT_ID: "run-1"}, cartpole)
-    assert len(first[sc.OBSERVATION]) == 4 and all(isinstance(x, float) for x in first[sc.OBSERVATION])
-    assert isinstance(reply[sc.REWARD], float) and isinstance(reply[sc.DONE], bool) and reply[sc.ACTION] == [1]
+    reply = environment.step({ACTION: [1], ROOT_ID: "run-1"}, cartpole)
+    assert len(first[OBSERVATION]) == 4 and all(isinstance(x, float) for x in first[OBSERVATION])
+    assert isinstance(reply[REWARD], float) and isinstance(reply[DONE], bool) and reply[ACTION] == [1]
 
 
 def test_copies_step_together_and_every_copys_episodes_count(three_cartpoles):
     first = environment.start_run(request(7), three_cartpoles)
-    assert np.array(first[sc.OBSERVATION]).shape == (3, 4)
+    assert np.array(first[OBSERVATION]).shape == (3, 4)
     ended, reports, steps = 0, [], 0
     while True:
-        reply = environment.step({sc.ACTION: [0, 1, 0], sc.ROOT_ID: "run-1"}, three_cartpoles)
+        reply = environment.step({ACTION: [0, 1, 0], ROOT_ID: "run-1"}, three_cartpoles)
         if reply is None:
             break
         steps += 1
-        assert np.array(reply[sc.OBSERVATION]).shape == (3, 4)
-        assert reply[sc.REWARD] == [1.0] * 3 and len(reply[sc.DONE]) == 3
-        ended += sum(reply[sc.DONE])
+        assert np.array(reply[OBSERVATION]).shape == (3, 4)
+        assert reply[REWARD] == [1.0] * 3 and len(reply[DONE]) == 3
+        ended += sum(reply[DONE])
         if (report := environment.report({}, three_cartpoles)) is not None:
             reports.append(report)
     done = reports[-1]
-    assert done[sc.STATUS] == sc.ENV_DONE and all(r[sc.STATUS] == sc.ENV_PROGRESS for r in reports[:-1])
-    assert done[sc.EPISODE] == len(done[sc.SCORES]) == 7 and ended >= 7
-    assert done[sc.STEPS] == 3 * steps  # a step of three copies is three environment steps
-    assert done[sc.AVG_SCORE] == pytest.approx(np.mean(done[sc.SCORES]))
+    assert done[STATUS] == ENV_DONE and all(r[STATUS] == ENV_PROGRESS for r in reports[:-1])
+    assert done[EPISODE] == len(done[SCORES]) == 7 and ended >= 7
+    assert done[STEPS] == 3 * steps  # a step of three copies is three environment steps
+    assert done[AVG_SCORE] == pytest.approx(np.mean(done[SCORES]))
 
 
 @pytest.mark.parametrize("action", [[0, 1], [0, 1, 2], [0, 1, True], 0])
 def test_a_batch_action_needs_one_valid_action_per_copy(three_cartpoles, action):
     environment.start_run(request(1), three_cartpoles)
-    with pytest.raises(sc.BadMessage):
-        environment.step({sc.ACTION: action, sc.ROOT_ID: "run-1"}, three_cartpoles)
+    with pytest.raises(BadMessage):
+        environment.step({ACTION: action, ROOT_ID: "run-1"}, three_cartpoles)
     assert three_cartpoles.run.steps == 0
 
 
@@ -148,30 +168,30 @@ def test_each_copy_counts_its_first_episodes_so_short_ones_are_not_favoured(thre
     lengths, current, observation = [[], [], []], [0, 0, 0], None
     while True:
         actions = [0] + ([int(o[2] > 0) for o in observation[1:]] if observation else [0, 0])
-        reply = environment.step({sc.ACTION: actions, sc.ROOT_ID: "run-1"}, three_cartpoles)
+        reply = environment.step({ACTION: actions, ROOT_ID: "run-1"}, three_cartpoles)
         if reply is None:
             break
-        observation = reply[sc.OBSERVATION]
-        for i, done in enumerate(reply[sc.DONE]):
+        observation = reply[OBSERVATION]
+        for i, done in enumerate(reply[DONE]):
             current[i] += 1
             if done:
                 lengths[i].append(current[i])
                 current[i] = 0
         report = environment.report({}, three_cartpoles)
-    assert report[sc.STATUS] == sc.ENV_DONE
+    assert report[STATUS] == ENV_DONE
     counted = sorted(lengths[0][:2] + lengths[1][:2] + lengths[2][:2])
-    assert sorted(report[sc.SCORES]) == counted
+    assert sorted(report[SCORES]) == counted
     assert len(lengths[0]) > 2, "copy 0 played on (its further episodes train, but are not scored)"
 
 
 def test_a_truncated_episode_sends_where_the_pole_was(cartpole):
-    cartpole.envs[0] = gymnasium.make(sc.ENV_ID, max_episode_steps=3)  # a short time limit
+    cartpole.envs[0] = gymnasium.make(ENV_ID, max_episode_steps=3)  # a short time limit
     environment.start_run(request(1), cartpole)
-    replies = [environment.step({sc.ACTION: [step % 2], sc.ROOT_ID: "run-1"}, cartpole) for step in range(3)]
-    assert all(sc.TRUNCATED not in reply for reply in replies[:2]), "only a time limit adds the keys"
+    replies = [environment.step({ACTION: [step % 2], ROOT_ID: "run-1"}, cartpole) for step in range(3)]
+    assert all(TRUNCATED not in reply for reply in replies[:2]), "only a time limit adds the keys"
     last = replies[-1]
-    assert last[sc.DONE] is True and last[sc.TRUNCATED] is True
-    final, first = np.array(last[sc.FINAL_OBSERVATION]), np.array(last[sc.OBSERVATION])
+    assert last[DONE] is True and last[TRUNCATED] is True
+    final, first = np.array(last[FINAL_OBSERVATION]), np.array(last[OBSERVATION])
     assert final.shape == (4,) and not np.allclose(final, first)  # the last state, and the new episode's first
     assert max(abs(first)) <= 0.05
 
@@ -179,12 +199,12 @@ def test_a_truncated_episode_sends_where_the_pole_was(cartpole):
 def test_a_fall_is_not_a_truncation(cartpole):
     environment.start_run(request(1), cartpole)
     to_models, _ = play(cartpole, policy=lambda obs: 0)  # falls long before 500 steps
-    assert to_models[-1][sc.DONE] is True and sc.TRUNCATED not in to_models[-1]
+    assert to_models[-1][DONE] is True and TRUNCATED not in to_models[-1]
 
 
 def test_a_seeded_environment_repeats_its_episodes():
     runs = []
     for _ in range(2):
-        cartpole = environment.CartPole([gymnasium.make(sc.ENV_ID) for _ in range(2)], seed=7)
-        runs.append(environment.start_run(request(1), cartpole)[sc.OBSERVATION])
+        cartpole = environment.CartPole([gymnasium.make(ENV_ID) for _ in range(2)], seed=7)
+        runs.append(environment.start_run(request(1), cartpole)[OBSERVATION])
     assert runs[0] == runs[1] and runs[0][0] != runs[0][1]

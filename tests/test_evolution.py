@@ -4,15 +4,33 @@ import random
 import numpy as np
 import pytest
 
-import swarm_common as sc
-from conftest import load_script
+from swarm.checks import BadMessage
+from swarm.protocol import (
+    CMD,
+    COMPONENT,
+    COMPONENT_ID,
+    CONTRIBUTION,
+    ERROR,
+    EVO_DONE,
+    EVOLUTION,
+    FITNESS_SPREAD,
+    GET,
+    MISSING,
+    NR_OF_EPISODE,
+    PONG,
+    ROOT_ID,
+    SET,
+    STATUS,
+    WEIGHTS,
+)
+from tests.helpers import load_script
 
 evolution_script = load_script("05_evolution.py")
 
 
 def answers(root_id, vectors, contribution):
-    msgs = [{sc.WEIGHTS: v.tolist(), sc.COMPONENT_ID: k, sc.ROOT_ID: root_id} for k, v in vectors.items()]
-    return msgs + [{sc.CONTRIBUTION: contribution, sc.ROOT_ID: root_id}]
+    msgs = [{WEIGHTS: v.tolist(), COMPONENT_ID: k, ROOT_ID: root_id} for k, v in vectors.items()]
+    return [*msgs, {CONTRIBUTION: contribution, ROOT_ID: root_id}]
 
 
 def feed(evolution, messages):
@@ -33,22 +51,22 @@ def population(n, length, seed):
 
 def test_one_request_gives_one_evolution_and_one_evo_done():
     evolution = evolution_script.Evolution(nr_of_models=4)
-    get = evolution_script.start_evolution({sc.EVOLUTION: True, sc.ROOT_ID: "request-1"}, evolution)
-    assert get[sc.CMD] == sc.GET
+    get = evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "request-1"}, evolution)
+    assert get[CMD] == GET
     vectors = population(4, 11, seed=0)
-    messages = answers(get[sc.ROOT_ID], vectors, {k: 1.0 for k in vectors})
+    messages = answers(get[ROOT_ID], vectors, {k: 1.0 for k in vectors})
     sets, dones = feed(evolution, messages + messages)  # duplicates arrive late: no second round
     assert len(sets) == 1 and len(dones) == 1
-    assert dones[0] == {sc.STATUS: sc.EVO_DONE, sc.ROOT_ID: "request-1", sc.FITNESS_SPREAD: 0.0}
-    new_weights = sets[0][sc.WEIGHTS]
-    assert sets[0][sc.CMD] == sc.SET and set(new_weights) == set(vectors)
+    assert dones[0] == {STATUS: EVO_DONE, ROOT_ID: "request-1", FITNESS_SPREAD: 0.0}
+    new_weights = sets[0][WEIGHTS]
+    assert sets[0][CMD] == SET and set(new_weights) == set(vectors)
     assert all(len(v) == 11 for v in new_weights.values()), "genome length comes from the vectors"
 
 
 def test_the_set_waits_for_every_model_and_the_contribution():
     evolution = evolution_script.Evolution(nr_of_models=3)
-    get = evolution_script.start_evolution({sc.EVOLUTION: True}, evolution)
-    messages = answers(get[sc.ROOT_ID], population(3, 5, seed=1), {"model0": 1.0})
+    get = evolution_script.start_evolution({EVOLUTION: True}, evolution)
+    messages = answers(get[ROOT_ID], population(3, 5, seed=1), {"model0": 1.0})
     assert feed(evolution, messages[:-1]) == ([], [])  # all weights, no contribution yet
     sets, dones = feed(evolution, messages[-1:])
     assert len(sets) == 1 and len(dones) == 1
@@ -56,20 +74,20 @@ def test_the_set_waits_for_every_model_and_the_contribution():
 
 def test_a_second_request_uses_fresh_data_only():
     evolution = evolution_script.Evolution(nr_of_models=2)
-    first = evolution_script.start_evolution({sc.EVOLUTION: True, sc.ROOT_ID: "r1"}, evolution)
-    feed(evolution, answers(first[sc.ROOT_ID], population(2, 5, seed=2), {}))
-    second = evolution_script.start_evolution({sc.EVOLUTION: True, sc.ROOT_ID: "r2"}, evolution)
-    assert second[sc.ROOT_ID] != first[sc.ROOT_ID]
+    first = evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "r1"}, evolution)
+    feed(evolution, answers(first[ROOT_ID], population(2, 5, seed=2), {}))
+    second = evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "r2"}, evolution)
+    assert second[ROOT_ID] != first[ROOT_ID]
     assert evolution.weights == {} and evolution.contribution is None
-    stale = answers(first[sc.ROOT_ID], population(2, 5, seed=3), {})
+    stale = answers(first[ROOT_ID], population(2, 5, seed=3), {})
     assert feed(evolution, stale) == ([], []), "answers to the first GET must not start the second"
     fresh = population(2, 5, seed=4)
-    sets, dones = feed(evolution, answers(second[sc.ROOT_ID], fresh, {}))
-    assert len(sets) == 1 and [d[sc.ROOT_ID] for d in dones] == ["r2"]
+    sets, dones = feed(evolution, answers(second[ROOT_ID], fresh, {}))
+    assert len(sets) == 1 and [d[ROOT_ID] for d in dones] == ["r2"]
     # Every gene of the new population comes from the fresh vectors (crossover/selection only,
     # bar the rare mutation).
     fresh_genes = np.stack(list(fresh.values()))
-    genes = np.array(list(sets[0][sc.WEIGHTS].values()))
+    genes = np.array(list(sets[0][WEIGHTS].values()))
     from_fresh = np.isclose(genes[:, None, :], fresh_genes[None, :, :]).any(axis=1)
     assert from_fresh.mean() > 0.9
 
@@ -87,60 +105,60 @@ def test_fitter_models_leave_more_genes():
 
 def test_other_control_messages_start_nothing():
     evolution = evolution_script.Evolution(nr_of_models=1)
-    assert evolution_script.start_evolution({sc.NR_OF_EPISODE: 1}, evolution) is None
-    assert evolution_script.start_evolution({sc.EVOLUTION: False}, evolution) is None
+    assert evolution_script.start_evolution({NR_OF_EPISODE: 1}, evolution) is None
+    assert evolution_script.start_evolution({EVOLUTION: False}, evolution) is None
     assert evolution.root_id is None
 
 
 @pytest.mark.parametrize("broken", [
-    {sc.WEIGHTS: [1.0, float("nan")], sc.COMPONENT_ID: "model1"},
-    {sc.WEIGHTS: [1.0, 2.0, 3.0], sc.COMPONENT_ID: "model1"},  # the others have 2 genes
-    {sc.WEIGHTS: [1.0, 2.0]},
-    {sc.CONTRIBUTION: {"model0": "lots"}},
-    {sc.CONTRIBUTION: [1.0]},
+    {WEIGHTS: [1.0, float("nan")], COMPONENT_ID: "model1"},
+    {WEIGHTS: [1.0, 2.0, 3.0], COMPONENT_ID: "model1"},  # the others have 2 genes
+    {WEIGHTS: [1.0, 2.0]},
+    {CONTRIBUTION: {"model0": "lots"}},
+    {CONTRIBUTION: [1.0]},
 ])
 def test_bad_answers_are_rejected_and_not_stored(broken):
     evolution = evolution_script.Evolution(nr_of_models=2)
-    get = evolution_script.start_evolution({sc.EVOLUTION: True}, evolution)
-    feed(evolution, [{sc.WEIGHTS: [0.0, 0.0], sc.COMPONENT_ID: "model0", sc.ROOT_ID: get[sc.ROOT_ID]}])
-    with pytest.raises(sc.BadMessage):
-        evolution_script.collect({**broken, sc.ROOT_ID: get[sc.ROOT_ID]}, evolution)
+    get = evolution_script.start_evolution({EVOLUTION: True}, evolution)
+    feed(evolution, [{WEIGHTS: [0.0, 0.0], COMPONENT_ID: "model0", ROOT_ID: get[ROOT_ID]}])
+    with pytest.raises(BadMessage):
+        evolution_script.collect({**broken, ROOT_ID: get[ROOT_ID]}, evolution)
     assert list(evolution.weights) == ["model0"] and evolution.contribution is None
 
 
 def test_weights_from_an_unknown_model_do_not_count():
     evolution = evolution_script.Evolution(nr_of_models=2)
     for model_id in ("model0", "model1"):  # both answered the readiness ping
-        evolution_script.register_model({sc.PONG: "x", sc.COMPONENT: "model", sc.COMPONENT_ID: model_id}, evolution)
-    get = evolution_script.start_evolution({sc.EVOLUTION: True}, evolution)
-    stranger = {sc.ROOT_ID: get[sc.ROOT_ID], sc.WEIGHTS: [0.0] * 5, sc.COMPONENT_ID: "intruder"}
-    with pytest.raises(sc.BadMessage, match="unknown model 'intruder'"):
+        evolution_script.register_model({PONG: "x", COMPONENT: "model", COMPONENT_ID: model_id}, evolution.models)
+    get = evolution_script.start_evolution({EVOLUTION: True}, evolution)
+    stranger = {ROOT_ID: get[ROOT_ID], WEIGHTS: [0.0] * 5, COMPONENT_ID: "intruder"}
+    with pytest.raises(BadMessage, match="unknown model 'intruder'"):
         evolution_script.collect(stranger, evolution)
     assert evolution.weights == {}
-    sets, _ = feed(evolution, answers(get[sc.ROOT_ID], population(2, 5, seed=4), {}))
-    assert len(sets) == 1 and set(sets[0][sc.WEIGHTS]) == {"model0", "model1"}
+    sets, _ = feed(evolution, answers(get[ROOT_ID], population(2, 5, seed=4), {}))
+    assert len(sets) == 1 and set(sets[0][WEIGHTS]) == {"model0", "model1"}
 
 
 def test_an_evolution_short_of_answers_is_given_up_naming_who_is_missing():
     evolution = evolution_script.Evolution(nr_of_models=2)
     for model_id in ("model0-a", "model1-b"):
-        evolution_script.register_model({sc.PONG: "x", sc.COMPONENT: "model", sc.COMPONENT_ID: model_id}, evolution)
-    get = evolution_script.start_evolution({sc.EVOLUTION: True, sc.ROOT_ID: "request-7"}, evolution)
-    feed(evolution, [{sc.ROOT_ID: get[sc.ROOT_ID], sc.WEIGHTS: [0.0] * 5, sc.COMPONENT_ID: "model0-a"}])
+        evolution_script.register_model({PONG: "x", COMPONENT: "model", COMPONENT_ID: model_id}, evolution.models)
+    get = evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "request-7"}, evolution)
+    feed(evolution, [{ROOT_ID: get[ROOT_ID], WEIGHTS: [0.0] * 5, COMPONENT_ID: "model0-a"}])
     assert evolution_script.check_missing_answers(evolution, model_timeout=5.0) is None
     evolution.started_at -= 5.1
     report = evolution_script.check_missing_answers(evolution, model_timeout=5.0)
-    assert report[sc.STATUS] == sc.ERROR and report[sc.ROOT_ID] == "request-7"
-    assert report[sc.MISSING] == ["model1-b"] and "aggregation (CONTRIBUTION)" in report[sc.ERROR]
-    late = answers(get[sc.ROOT_ID], {"model1-b": np.zeros(5)}, {"model0-a": 1.0, "model1-b": 1.0})
+    assert report[STATUS] == ERROR and report[ROOT_ID] == "request-7"
+    assert report[MISSING] == ["model1-b"] and "aggregation (CONTRIBUTION)" in report[ERROR]
+    late = answers(get[ROOT_ID], {"model1-b": np.zeros(5)}, {"model0-a": 1.0, "model1-b": 1.0})
     assert feed(evolution, late) == ([], [])  # given up: late answers start nothing
     assert evolution_script.check_missing_answers(evolution, model_timeout=5.0) is None
 
 
 def test_evo_done_says_how_much_there_was_to_select_on():
     evolution = evolution_script.Evolution(nr_of_models=3)
-    get = evolution_script.start_evolution({sc.EVOLUTION: True}, evolution)
+    get = evolution_script.start_evolution({EVOLUTION: True}, evolution)
     contribution = {"model0": 90.0, "model1": 100.0, "model2": 110.0}  # mean 100: spread 20%
-    _, dones = feed(evolution, answers(get[sc.ROOT_ID], population(3, 5, seed=5), contribution))
-    assert dones[0][sc.FITNESS_SPREAD] == pytest.approx(0.2)
+    _, dones = feed(evolution, answers(get[ROOT_ID], population(3, 5, seed=5), contribution))
+    assert dones[0][FITNESS_SPREAD] == pytest.approx(0.2)
     assert evolution_script.fitness_spread({}, ["model0"]) == 0.0  # no contribution yet: nothing to select on

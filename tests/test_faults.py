@@ -14,16 +14,25 @@ import subprocess
 import threading
 import time
 
+import jupytext
 import psutil
 import pytest
 
-import swarm_common as sc
-from conftest import (ROOT, assert_all_gone, load_script, processes_with_log_dir, ready_swarm, run_control,
-                      seconds_until_gone, wait_for_line)
+from swarm.launcher import ManagedSwarm, SwarmError
+from swarm.protocol import DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, STEPS
+from tests.helpers import (
+    ROOT,
+    assert_all_gone,
+    processes_with_log_dir,
+    ready_swarm,
+    run_control,
+    seconds_until_gone,
+    wait_for_line,
+)
 
 MODELS = 2
-LONG_RUN = {sc.NR_OF_EPISODE: 100_000, sc.DETERMINISTIC: False}  # hours: only a fault ends it
-SHORT_RUN = {sc.NR_OF_EPISODE: 1, sc.DETERMINISTIC: False}
+LONG_RUN = {NR_OF_EPISODE: 100_000, DETERMINISTIC: False}  # hours: only a fault ends it
+SHORT_RUN = {NR_OF_EPISODE: 1, DETERMINISTIC: False}
 
 
 @pytest.fixture
@@ -51,7 +60,7 @@ def request_and_kill(control, payload, until, victim_pid, after=1.5):
     timer = threading.Timer(after, kill)
     timer.start()
     try:
-        with pytest.raises(sc.SwarmError) as error:
+        with pytest.raises(SwarmError) as error:
             control.request(payload, until=until, progress=progress)
         failed_at = time.monotonic()
     finally:
@@ -71,8 +80,8 @@ def gone_with_the_swarm(pids, log_dir):
 # --------------------------------------------------------------------------- components killed
 @pytest.mark.parametrize("victim", ["environment", "model1", "aggregation"])
 def test_a_component_killed_during_a_long_run_fails_the_request_at_once(two_model_swarm, swarm_env, victim):
-    swarm, control, pids = two_model_swarm
-    error, took, episodes_before = request_and_kill(control, LONG_RUN, sc.ENV_DONE, pids[victim])
+    _swarm, control, pids = two_model_swarm
+    error, took, episodes_before = request_and_kill(control, LONG_RUN, ENV_DONE, pids[victim])
     print(f"{victim} killed after {episodes_before} episodes: SwarmError {took:.2f} s later: {error}")
     assert episodes_before >= 1, "the run was not under way when the component was killed"
     assert f"{victim} (exit code -9, log " in str(error), str(error)
@@ -81,12 +90,12 @@ def test_a_component_killed_during_a_long_run_fails_the_request_at_once(two_mode
 
 
 def test_an_evolution_request_after_the_evolution_was_killed_fails_at_once(two_model_swarm, swarm_env):
-    swarm, control, pids = two_model_swarm
-    control.request(SHORT_RUN, until=sc.ENV_DONE)  # contributions to evolve on
+    _swarm, control, pids = two_model_swarm
+    control.request(SHORT_RUN, until=ENV_DONE)  # contributions to evolve on
     os.kill(pids["evolution"], signal.SIGKILL)
     killed_at = time.monotonic()
-    with pytest.raises(sc.SwarmError, match=r"evolution \(exit code -9, log "):
-        control.request({sc.EVOLUTION: True}, until=sc.EVO_DONE)
+    with pytest.raises(SwarmError, match=r"evolution \(exit code -9, log "):
+        control.request({EVOLUTION: True}, until=EVO_DONE)
     took = time.monotonic() - killed_at
     print(f"evolution killed: SwarmError after {took:.2f} s")
     assert took < 5
@@ -116,8 +125,8 @@ def watch_exits(processes: dict[str, psutil.Process], timeout: float) -> dict[st
 
 
 def test_when_the_server_is_killed_everything_else_exits_by_itself(two_model_swarm, swarm_env):
-    swarm, control, pids = two_model_swarm
-    control.request(SHORT_RUN, until=sc.ENV_DONE)
+    _swarm, control, pids = two_model_swarm
+    control.request(SHORT_RUN, until=ENV_DONE)
     others = {name: psutil.Process(pid) for name, pid in pids.items() if name != "server"}
     os.kill(pids["server"], signal.SIGKILL)
     exits = watch_exits(others, timeout=10)  # no swarm.stop(): each component must notice alone
@@ -126,16 +135,16 @@ def test_when_the_server_is_killed_everything_else_exits_by_itself(two_model_swa
     busy = {name: cpu for name, (_, cpu) in exits.items() if cpu > 1.0}
     assert not busy, f"CPU seconds used while dying (a busy loop?): {busy}"
     began = time.monotonic()
-    with pytest.raises(sc.SwarmError, match=r"server \(exit code -9, log "):
-        control.request(SHORT_RUN, until=sc.ENV_DONE)
+    with pytest.raises(SwarmError, match=r"server \(exit code -9, log "):
+        control.request(SHORT_RUN, until=ENV_DONE)
     print(f"the next request failed after {time.monotonic() - began:.2f} s")
     assert time.monotonic() - began < 5
     gone_with_the_swarm(pids, swarm_env.log_dir)
 
 
 def test_a_server_killed_during_a_request_is_reported_as_a_dead_server(two_model_swarm, swarm_env):
-    swarm, control, pids = two_model_swarm
-    error, took, _ = request_and_kill(control, LONG_RUN, sc.ENV_DONE, pids["server"])
+    _swarm, control, pids = two_model_swarm
+    error, took, _ = request_and_kill(control, LONG_RUN, ENV_DONE, pids["server"])
     assert "server (exit code -9, log " in str(error) and took < 5
     gone_with_the_swarm(pids, swarm_env.log_dir)
 
@@ -143,9 +152,7 @@ def test_a_server_killed_during_a_request_is_reported_as_a_dead_server(two_model
 # --------------------------------------------------------------------------- the notebook kernel
 # The notebook's own first four code cells (imports, the swarm started, the control ready, start()
 # and start_evo() defined) in one cell; READY then lists the swarm's pids.
-NOTEBOOK_CELLS = [source for kind, source in
-                  load_script("tools/py_to_ipynb.py").split_cells((ROOT / "06_control.py").read_text())
-                  if kind == "code"]
+NOTEBOOK_CELLS = [cell.source for cell in jupytext.read(ROOT / "06_control.py").cells if cell.cell_type == "code"]
 START_CELL = "\n".join(NOTEBOOK_CELLS[:4]) + '\nprint("READY", *swarm.pids().values(), flush=True)\n'
 LONG_CELL = START_CELL + "start(100_000)\n"
 SHORT_CELL = START_CELL + """
@@ -236,7 +243,8 @@ def test_the_notebook_kernel_interrupted_restarted_or_killed_leaves_no_swarm(swa
         reply = kernel.wait_for_reply(cell, timeout=30)
         print(f"interrupt: swarm gone after {took} s")
         assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
-        assert took is not None, f"still running 10 s after the interrupt: {[p.pid for p in processes_with_log_dir(swarm_env.log_dir)]}"
+        left = [p.pid for p in processes_with_log_dir(swarm_env.log_dir)]
+        assert took is not None, f"still running 10 s after the interrupt: {left}"
         assert [p.pid for p in processes_with_log_dir(swarm_env.log_dir)] == [kernel.pid()]  # the kernel only
 
         # 2. The same kernel starts a new swarm on the same port and completes a short run.
@@ -281,7 +289,7 @@ def test_ctrl_c_on_the_control_script_ends_every_process_within_10_s(swarm_env):
         assert len(launched) == 4 + MODELS
         time.sleep(0.5)  # into the training episodes
         process.send_signal(signal.SIGINT)
-        took = seconds_until_gone(launched + [process.pid], timeout=10)
+        took = seconds_until_gone([*launched, process.pid], timeout=10)
         try:
             output, _ = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:  # say where it hangs: the control dumps its stacks
@@ -307,9 +315,9 @@ def test_a_second_swarm_on_the_port_of_a_running_one_starts_nothing(two_model_sw
     running = {p.pid for p in processes_with_log_dir(swarm_env.log_dir)}
     assert running == set(pids.values())
 
-    second = sc.ManagedSwarm(ROOT / "swarm.yaml", dataclasses.replace(swarm_env, models=MODELS))
+    second = ManagedSwarm(ROOT / "swarm.yaml", dataclasses.replace(swarm_env, models=MODELS))
     began = time.monotonic()
-    with pytest.raises(sc.SwarmError, match=rf"port {swarm_env.port} on 127.0.0.1 is already in use "
+    with pytest.raises(SwarmError, match=rf"port {swarm_env.port} on 127.0.0.1 is already in use "
                                             r"\(is a previous swarm still running\?"):
         second.start()
     print(f"the second swarm refused to start after {time.monotonic() - began:.3f} s")
@@ -324,6 +332,6 @@ def test_a_second_swarm_on_the_port_of_a_running_one_starts_nothing(two_model_sw
     assert {p.pid for p in processes_with_log_dir(swarm_env.log_dir)} == running
 
     # ...and the first swarm never noticed.
-    reply = control.request({sc.NR_OF_EPISODE: 2, sc.DETERMINISTIC: True}, until=sc.ENV_DONE, timeout=30)
-    assert reply[sc.EPISODE] == 2 and 16 <= reply[sc.STEPS] <= 1000
+    reply = control.request({NR_OF_EPISODE: 2, DETERMINISTIC: True}, until=ENV_DONE, timeout=30)
+    assert reply[EPISODE] == 2 and 16 <= reply[STEPS] <= 1000
     assert swarm.running() == list(pids)

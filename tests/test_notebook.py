@@ -1,9 +1,9 @@
-"""06_control.ipynb is generated from 06_control.py, and it runs top to bottom."""
-from conftest import ROOT, assert_notebook_matches_script, execute_notebook
+"""06_control.ipynb is paired with 06_control.py by jupytext, and it runs top to bottom."""
+from tests.helpers import ROOT, assert_paired, execute_notebook
 
 
 def test_notebook_cells_match_the_script():
-    assert_notebook_matches_script(ROOT / "06_control.py", min_code_cells=6)
+    assert_paired(ROOT / "06_control.py", min_code_cells=6)
 
 
 def test_notebook_executes_top_to_bottom(swarm_env, monkeypatch):

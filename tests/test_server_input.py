@@ -21,8 +21,11 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-import swarm_common as sc
-from conftest import ROOT, assert_all_gone
+from swarm.client import SwarmClient
+from swarm.launcher import ManagedSwarm
+from swarm.protocol import custom_message
+from swarm.wire import frame
+from tests.helpers import ROOT, assert_all_gone
 
 ROOM = "room"
 
@@ -31,12 +34,12 @@ ROOM = "room"
 def server_process(config):
     """01_server.py alone, started by a ManagedSwarm on the test's free port; stopped and gone
     at the end."""
-    swarm = sc.ManagedSwarm(ROOT / "swarm.yaml", config)
+    swarm = ManagedSwarm(ROOT / "swarm.yaml", config)
     swarm.start("server")
     pid = swarm.pids()["server"]
     try:
-        sc.SwarmClient("probe", config, connect_timeout=30).close()  # listening: raw peers need not retry
-        yield SimpleNamespace(config=config, swarm=swarm, pid=pid, log=config.log_dir / "server.log")
+        SwarmClient("probe", config, connect_timeout=30).close()  # listening: raw peers need not retry
+        yield SimpleNamespace(settings=config, swarm=swarm, pid=pid, log=config.log_dir / "server.log")
     finally:
         swarm.stop()
     assert_all_gone([pid])
@@ -50,7 +53,7 @@ def server(swarm_env):
 
 # --------------------------------------------------------------------------- raw peers
 def encode(message) -> bytes:
-    return sc.frame(json.dumps(message).encode("utf-8"))
+    return frame(json.dumps(message).encode("utf-8"))
 
 
 class RawPeer:
@@ -58,7 +61,7 @@ class RawPeer:
 
     def __init__(self, server, name: str) -> None:
         self.name = name
-        self.sock = socket.create_connection((server.config.host, server.config.port), timeout=5)
+        self.sock = socket.create_connection((server.settings.host, server.settings.port), timeout=5)
         self.send_message({"TYPE": "COMMAND/REGISTER", "NAME": name, "ID": uuid.uuid4().hex})
 
     def send_message(self, message) -> None:
@@ -68,7 +71,7 @@ class RawPeer:
         self.send_message({"TYPE": "COMMAND/JOINROOM", "ROOM": room, "ID": uuid.uuid4().hex})
 
     def custom(self, room: str, **payload) -> None:
-        self.send_message(sc.custom_message(room, payload))
+        self.send_message(custom_message(room, payload))
 
     def closed_by_server(self, timeout: float = 5.0) -> bool:
         """Whether the server closes this connection within `timeout` (end of stream or reset)."""
@@ -133,7 +136,7 @@ def receive_in(client, room: str, timeout: float = 5.0):
 def joined_listener(server, room: str = ROOM):
     """A SwarmClient in `room`, returned once the server has processed its join (it logs it)."""
     name = unique("listener")
-    listener = sc.SwarmClient(name, server.config)
+    listener = SwarmClient(name, server.settings)
     listener.join_room(room)
     wait_for_log(server, f"[CLIENT ADDED] {name} to {room}")
     return listener
@@ -142,16 +145,16 @@ def joined_listener(server, room: str = ROOM):
 def assert_still_serving(server) -> None:
     """The server process is alive and two fresh, healthy clients exchange a message both ways."""
     assert server.swarm.running() == ["server"], "the server process died"
-    a, b = sc.SwarmClient(unique("healthy-a"), server.config), sc.SwarmClient(unique("healthy-b"), server.config)
+    a, b = SwarmClient(unique("healthy-a"), server.settings), SwarmClient(unique("healthy-b"), server.settings)
     try:
         room = unique("healthy")
         a.join_room(room), b.join_room(room)
         wait_for_log(server, f"[CLIENT ADDED] {a.name} to {room}")
         wait_for_log(server, f"[CLIENT ADDED] {b.name} to {room}")
-        a.send(sc.custom_message(room, {"HELLO": "b"}))
+        a.send(custom_message(room, {"HELLO": "b"}))
         hello = receive_in(b, room)
         assert hello is not None and hello["HELLO"] == "b" and hello["SENT_BY"] == a.name
-        b.send(sc.custom_message(room, {"HELLO": "a"}))
+        b.send(custom_message(room, {"HELLO": "a"}))
         reply = receive_in(a, room)
         assert reply is not None and reply["HELLO"] == "a" and reply["SENT_BY"] == b.name
     finally:
@@ -230,7 +233,7 @@ def test_a_server_with_broken_connections_behind_it_is_idle(server):
 def test_a_body_that_is_not_json_is_skipped_and_the_connection_stays(server, body, reason):
     listener = joined_listener(server)
     peer = RawPeer(server, unique("garbler"))
-    peer.sock.sendall(sc.frame(body))
+    peer.sock.sendall(frame(body))
     peer.custom(ROOM, MARK="after")  # the same connection goes on with a valid message
     assert_delivered(listener, peer.name, "after")
     assert f"{peer.name} (127.0.0.1:" in wait_for_log(server, f"skipped a body that is {reason}")
@@ -280,29 +283,28 @@ def test_a_recipient_that_vanished_does_not_cost_the_sender_its_connection(serve
     vanisher.join(ROOM)
     wait_for_log(server, f"[CLIENT ADDED] {vanisher.name} to {ROOM}")
     listener = joined_listener(server)
-    sender = sc.SwarmClient(unique("sender"), server.config)
-    sender.send(sc.custom_message(ROOM, {"MARK": "before"}))
+    sender = SwarmClient(unique("sender"), server.settings)
+    sender.send(custom_message(ROOM, {"MARK": "before"}))
     assert_delivered(listener, sender.name, "before")  # the vanisher got it too, and never reads it
     vanisher.close(reset=True)
     for i in range(50):  # a burst while the server finds out: some deliveries hit the dead socket
-        sender.send(sc.custom_message(ROOM, {"MARK": i}))
+        sender.send(custom_message(ROOM, {"MARK": i}))
     for i in range(50):
         assert_delivered(listener, sender.name, i)
     log = wait_for_disconnect(server, vanisher.name)
     assert (f"could not deliver to {vanisher.name}" in log or f"{vanisher.name}: connection error" in log), \
         "the log does not say why the vanished client was dropped"
-    sender.send(sc.custom_message(ROOM, {"MARK": "after"}))
+    sender.send(custom_message(ROOM, {"MARK": "after"}))
     assert_delivered(listener, sender.name, "after")
     sender.close(), listener.close()
     assert_still_serving(server)
 
 
-def test_debug_level_logs_every_message_the_server_passes_on(swarm_env, monkeypatch):
-    monkeypatch.setenv("SWARM_LOG_LEVEL", "DEBUG")  # before the server starts: it inherits it
-    with server_process(swarm_env) as hub:
+def test_debug_level_logs_every_message_the_server_passes_on(swarm_env):
+    with server_process(swarm_env.replace(log_level="DEBUG")) as hub:
         listener = joined_listener(hub)
-        sender = sc.SwarmClient(unique("sender"), swarm_env)
-        sender.send(sc.custom_message(ROOM, {"MARK": "traced"}))
+        sender = SwarmClient(unique("sender"), swarm_env)
+        sender.send(custom_message(ROOM, {"MARK": "traced"}))
         assert_delivered(listener, sender.name, "traced")
         sender.close(), listener.close()
         time.sleep(0.5)  # let the log line land, if there is one

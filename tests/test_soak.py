@@ -13,8 +13,23 @@ from collections import Counter
 import psutil
 import pytest
 
-import swarm_common as sc
-from conftest import COMPONENTS, assert_all_gone, start_swarm
+from swarm.client import SwarmClient
+from swarm.control import ControlClient
+from swarm.launcher import wait_for_answers
+from swarm.protocol import (
+    DETERMINISTIC,
+    ENV_DONE,
+    EPISODE,
+    EVO_DONE,
+    EVOLUTION,
+    NR_OF_EPISODE,
+    ROOM_CONTROL,
+    ROOT_ID,
+    SCORES,
+    STATUS,
+)
+from swarm.settings import SwarmSettings
+from tests.helpers import COMPONENTS, assert_all_gone, start_swarm
 
 MB = 1024 * 1024
 
@@ -23,9 +38,9 @@ class Listener:
     """A plain client in the `control` room, in its own thread: it counts every ENV_DONE and
     EVO_DONE by (STATUS, ROOT_ID), including any that the control itself would skip as stale."""
 
-    def __init__(self, config: sc.Config) -> None:
-        self.client = sc.SwarmClient("listener", config)
-        self.client.join_room(sc.ROOM_CONTROL)
+    def __init__(self, config: SwarmSettings) -> None:
+        self.client = SwarmClient("listener", config)
+        self.client.join_room(ROOM_CONTROL)
         self.replies: Counter = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
@@ -36,9 +51,9 @@ class Listener:
     def _run(self) -> None:
         while not self._stop.is_set():
             message = self.client.receive(timeout=0.2)
-            if message is not None and message.get("TO_ROOM") == sc.ROOM_CONTROL \
-                    and message.get(sc.STATUS) in (sc.ENV_DONE, sc.EVO_DONE):
-                self.replies[message[sc.STATUS], message.get(sc.ROOT_ID)] += 1
+            if message is not None and message.get("TO_ROOM") == ROOM_CONTROL \
+                    and message.get(STATUS) in (ENV_DONE, EVO_DONE):
+                self.replies[message[STATUS], message.get(ROOT_ID)] += 1
 
     def stop(self) -> Counter:
         self._stop.set()
@@ -48,7 +63,7 @@ class Listener:
         return self.replies
 
 
-def close_quietly(client: sc.SwarmClient) -> None:
+def close_quietly(client: SwarmClient) -> None:
     """swergio's close() says goodbye to the server first, which fails if it is already gone."""
     with contextlib.suppress(OSError):
         client.close()
@@ -65,23 +80,23 @@ def test_a_hundred_short_runs_and_evolutions_on_one_swarm(swarm_env):
     swarm = start_swarm(swarm_env, models)
     pids = swarm.pids()
     try:
-        control = sc.ControlClient(swarm)
+        control = ControlClient(swarm)
         listener = Listener(swarm_env)
         swarm.wait_ready(control, COMPONENTS, models)
         # The listener's pings are answered only after its join went through: it hears everything.
-        sc.wait_for_answers(listener.client, COMPONENTS, models, timeout=60)
+        wait_for_answers(listener.client, COMPONENTS, models, timeout=60)
         listener.start()
         processes = {name: psutil.Process(pid) for name, pid in pids.items()} | {"test": psutil.Process()}
 
-        requested: dict[str, list[str]] = {sc.ENV_DONE: [], sc.EVO_DONE: []}
+        requested: dict[str, list[str]] = {ENV_DONE: [], EVO_DONE: []}
         snapshots = {}
         began = time.monotonic()
         for run in range(1, 101):
-            reply = control.request({sc.NR_OF_EPISODE: 2, sc.DETERMINISTIC: False}, until=sc.ENV_DONE, timeout=30)
-            assert reply[sc.EPISODE] == 2 and len(reply[sc.SCORES]) == 2
-            requested[sc.ENV_DONE].append(reply[sc.ROOT_ID])
-            reply = control.request({sc.EVOLUTION: True}, until=sc.EVO_DONE, timeout=30)
-            requested[sc.EVO_DONE].append(reply[sc.ROOT_ID])
+            reply = control.request({NR_OF_EPISODE: 2, DETERMINISTIC: False}, until=ENV_DONE, timeout=30)
+            assert reply[EPISODE] == 2 and len(reply[SCORES]) == 2
+            requested[ENV_DONE].append(reply[ROOT_ID])
+            reply = control.request({EVOLUTION: True}, until=EVO_DONE, timeout=30)
+            requested[EVO_DONE].append(reply[ROOT_ID])
             if run in (10, 100):
                 snapshots[run] = usage(processes)
         print(f"100 runs and evolutions in {time.monotonic() - began:.1f} s")
@@ -124,12 +139,12 @@ def test_fifty_swarms_started_and_stopped_one_after_the_other(swarm_env):
         pids = list(swarm.pids().values())
         assert len(pids) == 5
         try:
-            control = sc.ControlClient(swarm)
+            control = ControlClient(swarm)
             try:
                 swarm.wait_ready(control, COMPONENTS, 1)
-                reply = control.request({sc.NR_OF_EPISODE: 1, sc.DETERMINISTIC: False}, until=sc.ENV_DONE,
+                reply = control.request({NR_OF_EPISODE: 1, DETERMINISTIC: False}, until=ENV_DONE,
                                         timeout=30)
-                assert reply[sc.EPISODE] == 1
+                assert reply[EPISODE] == 1
             finally:
                 close_quietly(control)
         finally:

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, processes_with_log_dir
+from tests.helpers import ROOT, processes_with_log_dir
 
 
 def test_the_quick_study_runs_every_variant_and_writes_table_numbers_and_plot(tmp_path):

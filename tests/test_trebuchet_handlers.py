@@ -6,9 +6,12 @@ import pytest
 import torch
 from swergio import MODEL_STATUS
 
-import swarm_common as sc
-from conftest import load_script
+from swarm.checks import BadMessage
+from swarm.protocol import ROOT_ID, STATUS
+from swarm.settings import SettingsError
+from tests.helpers import load_script
 from trebuchet import protocol as tp
+from trebuchet.settings import TrebuchetSettings
 
 control = load_script("trebuchet/02_controlmodel.py")
 trebuchet = load_script("trebuchet/03_trebuchet.py")
@@ -16,12 +19,12 @@ trainer = load_script("trebuchet/04_training.py")
 
 
 def incoming(data, message_id="in-1", root_id="root-1", status=MODEL_STATUS.TRAIN):
-    return {sc.ROOT_ID: root_id, tp.ID: message_id, tp.DATA: data, tp.MODEL_STATUS_KEY: status.id}
+    return {ROOT_ID: root_id, tp.ID: message_id, tp.DATA: data, tp.MODEL_STATUS_KEY: status.id}
 
 
 def reply(message, response):
     """What swergio adds to a handler's response when it sends it (see add_propagated_fields)."""
-    for key in (sc.ROOT_ID, tp.MODEL_STATUS_KEY):
+    for key in (ROOT_ID, tp.MODEL_STATUS_KEY):
         if key in message and key not in response:
             response[key] = message[key]
     return response
@@ -37,6 +40,19 @@ def net():
     torch.manual_seed(0)
     model = control.ControlNet()
     return dict(model=model, optimizer=control.make_optimizer(model), memory=tp.BoundedMemory())
+
+
+# --------------------------------------------------------------------------- settings
+def test_train_steps_is_a_checked_setting_passed_on_to_the_components():
+    assert TrebuchetSettings.from_env({}).train_steps == 1000
+    settings = TrebuchetSettings.from_env({"TRAIN_STEPS": " 40 ", "SWERGIO_PORT": "9123"})
+    assert (settings.train_steps, settings.port) == (40, 9123)
+    assert settings.to_env()["TRAIN_STEPS"] == "40"  # what a launcher hands the trainer
+    with pytest.raises(SettingsError) as error:
+        TrebuchetSettings.from_env({"TRAIN_STEPS": "0", "SWERGIO_PORT": "x"})
+    assert len(error.value.problems) == 2 and "TRAIN_STEPS='0'" in str(error.value)
+    with pytest.raises(SettingsError, match="TRAIN_STEPS='many'"):
+        TrebuchetSettings.from_env({"TRAIN_STEPS": "many"})
 
 
 # --------------------------------------------------------------------------- control model
@@ -88,21 +104,21 @@ def test_control_rejects_malformed_batches(net, data):
     msg = incoming(data)
     if data is None:
         del msg[tp.DATA]
-    with pytest.raises(sc.BadMessage):
+    with pytest.raises(BadMessage):
         control.forward(msg, net["model"], net["memory"])
     assert len(net["memory"]) == 0
 
 
 def test_control_rejects_a_gradient_of_the_wrong_shape_and_keeps_the_batch(net):
     out = control.forward(incoming(wind_target().tolist()), net["model"], net["memory"])
-    with pytest.raises(sc.BadMessage):
+    with pytest.raises(BadMessage):
         control.backward({tp.ID: out[tp.ID], tp.DATA: [[0.0, 0.0, 0.0]] * 4}, **net)  # 4 rows for 5
     back = control.backward({tp.ID: out[tp.ID], tp.DATA: [[0.0, 0.0, 0.0]] * 5}, **net)
     assert back[tp.ID] == "in-1"
 
 
 def test_unknown_model_status_is_rejected(net):
-    with pytest.raises(sc.BadMessage):
+    with pytest.raises(BadMessage):
         control.forward({**incoming(wind_target().tolist()), tp.MODEL_STATUS_KEY: 7}, net["model"], net["memory"])
 
 
@@ -135,7 +151,7 @@ def test_trebuchet_ignores_unknown_ids_and_validate_keeps_nothing():
     assert trebuchet.backward({tp.ID: "never-sent", tp.DATA: [1.0]}, memory) is None
     trebuchet.forward(incoming([[0.0, 0.0, 0.0]], status=MODEL_STATUS.VALIDATE), trebuchet.TREBUCHET, memory)
     assert len(memory) == 0
-    with pytest.raises(sc.BadMessage):
+    with pytest.raises(BadMessage):
         trebuchet.forward(incoming([[0.0, 0.0]]), trebuchet.TREBUCHET, memory)  # no weight column
 
 
@@ -148,36 +164,36 @@ def test_trainer_batches_are_the_seeds():
     assert msg["TYPE"] == tp.FORWARD.id and msg[tp.MODEL_STATUS_KEY] == MODEL_STATUS.TRAIN.id
     assert rows[:, 1].min() >= 20 and rows[:, 1].max() <= 100
     assert 3 < rows[:, 0].std() < 7  # wind ~ N(0, 5)
-    np.testing.assert_array_equal(state.targets[msg[sc.ROOT_ID]], rows[:, 1])
+    np.testing.assert_array_equal(state.targets[msg[ROOT_ID]], rows[:, 1])
 
 
 def test_trainer_backward_is_the_mse_gradient_under_the_received_id():
-    state = trainer.TrainerState(rng=np.random.default_rng(0))
+    state = trainer.TrainerState(train_steps=3, rng=np.random.default_rng(0))
     msg = trainer.new_msg(state)
-    target = state.targets[msg[sc.ROOT_ID]]
+    target = state.targets[msg[ROOT_ID]]
     distances = target + np.linspace(-5, 5, 100)
-    back = trainer.backward({sc.ROOT_ID: msg[sc.ROOT_ID], tp.ID: "from-trebuchet", tp.DATA: distances.tolist()}, state)
+    back = trainer.backward({ROOT_ID: msg[ROOT_ID], tp.ID: "from-trebuchet", tp.DATA: distances.tolist()}, state)
     assert back[tp.ID] == "from-trebuchet"
     np.testing.assert_allclose(back[tp.DATA], 2 * (distances - target) / 100, rtol=1e-12)
     assert state.losses == [pytest.approx(np.mean((distances - target) ** 2))]
-    assert msg[sc.ROOT_ID] not in state.targets
+    assert msg[ROOT_ID] not in state.targets
     # A batch the trainer did not send (an inference run, say) is not its business.
-    assert trainer.backward({sc.ROOT_ID: "someone-else", tp.ID: "x", tp.DATA: [1.0]}, state) is None
+    assert trainer.backward({ROOT_ID: "someone-else", tp.ID: "x", tp.DATA: [1.0]}, state) is None
 
 
 def test_trainer_counts_its_own_gradients_and_stops_after_train_steps():
     state = trainer.TrainerState(train_steps=2, rng=np.random.default_rng(0))
     first = trainer.new_msg(state)
     state.losses.append(4.0)
-    assert trainer.new_data({sc.ROOT_ID: "someone-else"}, state) is None and state.steps == 0
-    second = trainer.new_data({sc.ROOT_ID: first[sc.ROOT_ID]}, state)
+    assert trainer.new_data({ROOT_ID: "someone-else"}, state) is None and state.steps == 0
+    second = trainer.new_data({ROOT_ID: first[ROOT_ID]}, state)
     assert state.steps == 1 and second[tp.DATA] != first[tp.DATA]
-    assert trainer.new_data({sc.ROOT_ID: first[sc.ROOT_ID]}, state) is None and state.steps == 1  # no double count
+    assert trainer.new_data({ROOT_ID: first[ROOT_ID]}, state) is None and state.steps == 1  # no double count
     state.losses.append(1.0)
-    assert trainer.new_data({sc.ROOT_ID: second[sc.ROOT_ID]}, state) is None
+    assert trainer.new_data({ROOT_ID: second[ROOT_ID]}, state) is None
     assert state.steps == 2 and state.done
     done = trainer.report({}, state)
-    assert done[sc.STATUS] == tp.TRAIN_DONE
+    assert done[STATUS] == tp.TRAIN_DONE
     assert done[tp.SUMMARY]["steps"] == 2 and done[tp.SUMMARY]["loss_first"] == 4.0
     assert done[tp.SUMMARY]["loss_last"] == 1.0
     assert trainer.report({}, state) is None  # reported once
@@ -190,7 +206,7 @@ def test_trainer_reports_progress_every_hundred_steps():
     assert trainer.report({}, state) is None
     state.steps = 200
     progress = trainer.report({}, state)
-    assert progress == {sc.STATUS: tp.TRAIN_PROGRESS, tp.STEP: 200, tp.LOSS: 1.0}  # the last 100 steps
+    assert progress == {STATUS: tp.TRAIN_PROGRESS, tp.STEP: 200, tp.LOSS: 1.0}  # the last 100 steps
     assert trainer.report({}, state) is None  # once per step count
 
 
@@ -207,7 +223,7 @@ def test_training_by_messages_without_sockets_lowers_the_loss():
         loss_gradient = reply(to_output, trainer.backward(to_output, state))
         to_model_back = reply(loss_gradient, trebuchet.backward(loss_gradient, trebuchet_memory))
         to_input = reply(to_model_back, control.backward(to_model_back, net, optimizer, control_memory))
-        assert to_input[tp.ID] == batch[tp.ID] and to_input[sc.ROOT_ID] == batch[sc.ROOT_ID]
+        assert to_input[tp.ID] == batch[tp.ID] and to_input[ROOT_ID] == batch[ROOT_ID]
         batch = trainer.new_data(to_input, state)
         reports.append(trainer.report(to_input, state))
     summary = reports[-1][tp.SUMMARY]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_script
+from tests.helpers import load_script
 
 trebuchet = load_script("trebuchet/03_trebuchet.py")
 TREBUCHET = trebuchet.TREBUCHET
@@ -56,7 +56,7 @@ def test_launch_conserves_energy():
     logit = t(np.log(angle_deg / (90 - angle_deg)))  # sigmoid(logit) * 90 = angle
     for weight in (-50.0, 0.0, 300.0):
         big_m = weight + TREBUCHET.base_counterweight
-        x0, y0, vx, vy = TREBUCHET.launch(logit, t([weight] * len(angle_deg)))
+        _, y0, vx, vy = TREBUCHET.launch(logit, t([weight] * len(angle_deg)))
         speed_squared = (vx ** 2 + vy ** 2).numpy()
         np.testing.assert_allclose(np.degrees(np.arctan2(vy.numpy(), vx.numpy())), angle_deg, rtol=1e-9)
         # The projectile starts on the ground: its release height is how far it rose.

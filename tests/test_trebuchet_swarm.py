@@ -1,6 +1,5 @@
 """The trebuchet example as real processes on a free loopback port: the run-and-inference script
 from a shell, its notebook, a missing component, and malformed messages."""
-import dataclasses
 import json
 import os
 import signal
@@ -11,9 +10,12 @@ import time
 import numpy as np
 from swergio import MODEL_STATUS
 
-import swarm_common as sc
-from conftest import ROOT, assert_all_gone, assert_notebook_matches_script, execute_notebook
+from swarm.control import ControlClient
+from swarm.launcher import ManagedSwarm
+from swarm.protocol import ROOT_ID
+from tests.helpers import ROOT, assert_all_gone, assert_paired, execute_notebook
 from trebuchet import protocol as tp
+from trebuchet.settings import TrebuchetSettings
 
 HERE = ROOT / "trebuchet"
 SCRIPT = HERE / "05_run_and_inference.py"
@@ -24,6 +26,7 @@ def check_results(config, train_steps):
     training = results["training"]
     assert training["steps"] == train_steps and training["steps_per_second"] > 0
     assert training["loss_last"] < 0.8 * training["loss_first"], "a short training run must lower the loss"
+    assert results["train_steps"] == train_steps  # TRAIN_STEPS, as the script read it
     assert results["pairs"] == 100 and np.isfinite(results["mean_abs_error"])
     assert set(results["pids"]) == {"server", "controlmodel", "trebuchet", "trainer"}
     assert (config.log_dir / "trebuchet_inference.png").exists()
@@ -47,7 +50,7 @@ def test_run_and_inference_from_a_shell_trains_and_stops_everything(swarm_env, m
 
 
 def test_notebook_cells_match_the_script():
-    assert_notebook_matches_script(SCRIPT, min_code_cells=5)
+    assert_paired(SCRIPT, min_code_cells=5)
 
 
 def test_notebook_executes_top_to_bottom(swarm_env, monkeypatch):
@@ -61,7 +64,7 @@ def test_notebook_executes_top_to_bottom(swarm_env, monkeypatch):
 def test_trainer_names_the_components_that_do_not_answer(swarm_env):
     """Without a control model and a trebuchet the trainer gives up after SWARM_START_TIMEOUT,
     saying whom it waited for, instead of sending its first batch into the void."""
-    swarm = sc.ManagedSwarm(HERE / "swarm.yaml", dataclasses.replace(swarm_env, start_timeout=2.0))
+    swarm = ManagedSwarm(HERE / "swarm.yaml", TrebuchetSettings.from_env().replace(start_timeout=2.0))
     try:
         swarm.start(["server", "trainer"])
         trainer = swarm.components["trainer"]
@@ -76,10 +79,10 @@ def test_trainer_names_the_components_that_do_not_answer(swarm_env):
 
 
 def test_components_skip_malformed_messages_and_keep_serving(swarm_env):
-    swarm = sc.ManagedSwarm(HERE / "swarm.yaml", swarm_env)
+    swarm = ManagedSwarm(HERE / "swarm.yaml", TrebuchetSettings.from_env())
     try:
         swarm.start(["server", "controlmodel", "trebuchet"])
-        client = sc.ControlClient(swarm, name="probe")
+        client = ControlClient(swarm, name="probe")
         client.join_room(tp.ROOM_OUTPUT)
         swarm.wait_ready(client, ["controlmodel", "trebuchet"], models=0)
         for bad in ([[1.0]], [["wind", 50.0]], "rows", [[float("inf"), 50.0]]):
@@ -87,14 +90,14 @@ def test_components_skip_malformed_messages_and_keep_serving(swarm_env):
         client.send(tp.data_message(tp.ROOM_MODEL, [[0.0, 0.0]]))  # the trebuchet needs three columns
         for room in (tp.ROOM_MODEL, tp.ROOM_OUTPUT):  # gradients for batches nobody sent
             client.send(tp.data_message(room, [[0.0, 0.0, 0.0]], message_type=tp.GRADIENT))
-        client.send({sc.ROOT_ID: "x", "TYPE": tp.FORWARD.id, "TO_ROOM": tp.ROOM_INPUT})  # no ID, no DATA
+        client.send({ROOT_ID: "x", "TYPE": tp.FORWARD.id, "TO_ROOM": tp.ROOM_INPUT})  # no ID, no DATA
 
         good = tp.data_message(tp.ROOM_INPUT, [[0.0, 50.0], [3.0, 80.0]], MODEL_STATUS.VALIDATE)
         client.send(good)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             message = client.receive(timeout=1)
-            if message and message.get(sc.ROOT_ID) == good[sc.ROOT_ID] and message.get("TO_ROOM") == tp.ROOM_OUTPUT:
+            if message and message.get(ROOT_ID) == good[ROOT_ID] and message.get("TO_ROOM") == tp.ROOM_OUTPUT:
                 assert len(message[tp.DATA]) == 2 and all(np.isfinite(message[tp.DATA]))
                 break
         else:

@@ -10,22 +10,21 @@ batch (its input, its output and the ID of the message it came in). The gradient
 back with that ID; ours goes back with the ID we originally received.
 """
 import logging
-import sys
 import uuid
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: swarm_common, trebuchet
 
 import torch
-from swergio import MODEL_STATUS, Trigger
+from swergio import MODEL_STATUS
 from torch import nn
 
-import swarm_common as sc
+from swarm.client import Handlers, SwarmClient
+from swarm.component import setup_component
 from trebuchet import protocol as tp
+from trebuchet.settings import TrebuchetSettings
 
 COMPONENT_NAME = "controlmodel"
 LEARNING_RATE = 0.01
 log = logging.getLogger(COMPONENT_NAME)
+handlers = Handlers()
 
 
 class ControlNet(nn.Module):
@@ -51,6 +50,7 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
 
 
+@handlers.on(tp.ROOM_INPUT, reply_to=tp.ROOM_MODEL, message_type=tp.FORWARD)
 def forward(msg, model, memory):
     """[wind, target] rows in; [wind, angle_logit, weight] rows out (to `model`)."""
     incoming_id = tp.get_id(msg)
@@ -66,6 +66,7 @@ def forward(msg, model, memory):
     return {tp.ID: outgoing_id, tp.DATA: rows.detach().tolist()}
 
 
+@handlers.on(tp.ROOM_MODEL, reply_to=tp.ROOM_INPUT, message_type=tp.GRADIENT)
 def backward(msg, model, optimizer, memory):
     """d loss / d [wind, angle_logit, weight] in; one Adam step; d loss / d [wind, target] out."""
     outgoing_id = tp.get_id(msg)
@@ -83,14 +84,18 @@ def backward(msg, model, optimizer, memory):
     return {tp.ID: incoming_id, tp.DATA: input_gradient.tolist()}
 
 
-if __name__ == "__main__":
-    config = sc.setup_component(COMPONENT_NAME)
+def main() -> None:
+    """Connect and serve until the server goes away."""
+    settings = setup_component(COMPONENT_NAME, TrebuchetSettings)
     torch.set_num_threads(1)  # three torch processes share two cores; small tensors gain nothing from more
+    seed = settings.component_seed(COMPONENT_NAME)
+    if seed is not None:  # SWARM_SEED: the same initial weights every run
+        torch.manual_seed(seed)
     model = ControlNet()
-    client = sc.SwarmClient(COMPONENT_NAME, config, model=model, optimizer=make_optimizer(model),
-                            memory=tp.BoundedMemory())
-    client.add_eventHandler(forward, tp.FORWARD, responseRooms=tp.ROOM_MODEL,
-                            trigger=Trigger(tp.FORWARD, tp.ROOM_INPUT))
-    client.add_eventHandler(backward, tp.GRADIENT, responseRooms=tp.ROOM_INPUT,
-                            trigger=Trigger(tp.GRADIENT, tp.ROOM_MODEL))
-    client.listen()
+    client = SwarmClient(COMPONENT_NAME, settings, model=model, optimizer=make_optimizer(model),
+                         memory=tp.BoundedMemory())
+    handlers.wire(client).listen()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,22 +12,21 @@ gradient for it comes back with that ID, and our gradient goes back with the ID 
 """
 import logging
 import math
-import sys
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: swarm_common, trebuchet
 
 import torch
 import torch.nn.functional as F
-from swergio import MODEL_STATUS, Trigger
+from swergio import MODEL_STATUS
 
-import swarm_common as sc
+from swarm.client import Handlers, SwarmClient
+from swarm.component import setup_component
 from trebuchet import protocol as tp
+from trebuchet.settings import TrebuchetSettings
 
 COMPONENT_NAME = "trebuchet"
 log = logging.getLogger(COMPONENT_NAME)
+handlers = Handlers()
 
 
 # --------------------------------------------------------------------------- the simulator
@@ -126,6 +125,7 @@ TREBUCHET = Trebuchet()
 
 
 # --------------------------------------------------------------------------- handlers
+@handlers.on(tp.ROOM_MODEL, reply_to=tp.ROOM_OUTPUT, message_type=tp.FORWARD)
 def forward(msg, trebuchet, memory):
     """[wind, angle_logit, weight] rows in, distances out (to `output`)."""
     incoming_id = tp.get_id(msg)
@@ -140,6 +140,7 @@ def forward(msg, trebuchet, memory):
     return {tp.ID: outgoing_id, tp.DATA: distances.detach().tolist()}
 
 
+@handlers.on(tp.ROOM_OUTPUT, reply_to=tp.ROOM_MODEL, message_type=tp.GRADIENT)
 def backward(msg, memory):
     """d loss / d distance in, d loss / d [wind, angle_logit, weight] out (to `model`)."""
     outgoing_id = tp.get_id(msg)
@@ -153,12 +154,13 @@ def backward(msg, memory):
     return {tp.ID: incoming_id, tp.DATA: input_gradient.tolist()}
 
 
-if __name__ == "__main__":
-    config = sc.setup_component(COMPONENT_NAME)
+def main() -> None:
+    """Connect and serve until the server goes away."""
+    settings = setup_component(COMPONENT_NAME, TrebuchetSettings)
     torch.set_num_threads(1)  # three torch processes share two cores; small tensors gain nothing from more
-    client = sc.SwarmClient(COMPONENT_NAME, config, trebuchet=TREBUCHET, memory=tp.BoundedMemory())
-    client.add_eventHandler(forward, tp.FORWARD, responseRooms=tp.ROOM_OUTPUT,
-                            trigger=Trigger(tp.FORWARD, tp.ROOM_MODEL))
-    client.add_eventHandler(backward, tp.GRADIENT, responseRooms=tp.ROOM_MODEL,
-                            trigger=Trigger(tp.GRADIENT, tp.ROOM_OUTPUT))
-    client.listen()
+    client = SwarmClient(COMPONENT_NAME, settings, trebuchet=TREBUCHET, memory=tp.BoundedMemory())
+    handlers.wire(client).listen()
+
+
+if __name__ == "__main__":
+    main()

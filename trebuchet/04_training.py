@@ -12,20 +12,20 @@ missing) if a step's gradient does not come back within SWARM_REPLY_TIMEOUT seco
 """
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: swarm_common, trebuchet
 
 import numpy as np
 import torch
-from swergio import MODEL_STATUS, Trigger
+from swergio import MODEL_STATUS
 from torch import nn
 
-import swarm_common as sc
+from swarm.client import Handlers, SwarmClient
+from swarm.component import setup_component
+from swarm.launcher import SwarmError, wait_for_answers
+from swarm.protocol import CUSTOM, ROOM_CONTROL, ROOT_ID, STATUS
 from trebuchet import protocol as tp
+from trebuchet.settings import TrebuchetSettings
 
 COMPONENT_NAME = "trainer"
 BATCH_SIZE = 100
@@ -33,6 +33,7 @@ TARGET_RANGE = (20.0, 100.0)  # m
 WIND_SD = 5.0  # m/s; positive wind blows towards the target
 PROGRESS_EVERY = 100  # steps between progress reports
 log = logging.getLogger(COMPONENT_NAME)
+handlers = Handlers()
 l_fn = nn.MSELoss()
 
 
@@ -40,7 +41,7 @@ l_fn = nn.MSELoss()
 class TrainerState:
     """What the handlers share (the tutorial's step counter and memory, in one place)."""
 
-    train_steps: int = tp.TRAIN_STEPS
+    train_steps: int  # TRAIN_STEPS
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     targets: tp.BoundedMemory = field(default_factory=tp.BoundedMemory)  # ROOT_ID -> targets
     in_flight: tp.BoundedMemory = field(default_factory=tp.BoundedMemory)  # ROOT_IDs of unfinished steps
@@ -56,14 +57,15 @@ def new_msg(state: TrainerState) -> dict:
     target = state.rng.uniform(*TARGET_RANGE, BATCH_SIZE)
     wind = state.rng.normal(0.0, WIND_SD, BATCH_SIZE)
     msg = tp.data_message(tp.ROOM_INPUT, np.stack([wind, target], axis=1).tolist(), MODEL_STATUS.TRAIN)
-    state.targets[msg[sc.ROOT_ID]] = target
-    state.in_flight[msg[sc.ROOT_ID]] = True
+    state.targets[msg[ROOT_ID]] = target
+    state.in_flight[msg[ROOT_ID]] = True
     return msg
 
 
+@handlers.on(tp.ROOM_OUTPUT, reply_to=tp.ROOM_OUTPUT, message_type=tp.FORWARD, reply_type=tp.GRADIENT)
 def backward(msg, state):
     """Distances in `output` -> d MSE / d distance back to `output`, under the message's ID."""
-    root_id = msg.get(sc.ROOT_ID)
+    root_id = msg.get(ROOT_ID)
     if root_id not in state.targets:
         return None  # not one of our training batches (an inference, or another trainer's)
     target = state.targets[root_id]
@@ -77,9 +79,10 @@ def backward(msg, state):
     return {tp.ID: message_id, tp.DATA: prediction.grad.tolist()}
 
 
+@handlers.on(tp.ROOM_INPUT, reply_to=tp.ROOM_INPUT, message_type=tp.GRADIENT, reply_type=tp.FORWARD)
 def new_data(msg, state):
     """The control model's gradient in `input` ends a step: send the next batch, or finish."""
-    if state.in_flight.pop(msg.get(sc.ROOT_ID), None) is None:
+    if state.in_flight.pop(msg.get(ROOT_ID), None) is None:
         return None
     state.steps += 1
     if state.steps < state.train_steps:
@@ -88,6 +91,7 @@ def new_data(msg, state):
     return None
 
 
+@handlers.on(tp.ROOM_INPUT, reply_to=ROOM_CONTROL, message_type=tp.GRADIENT, reply_type=CUSTOM)
 def report(msg, state):
     """Every PROGRESS_EVERY steps a TRAIN_PROGRESS, at the end TRAIN_DONE with the summary."""
     if state.steps == state.reported or not (state.done or state.steps % PROGRESS_EVERY == 0):
@@ -97,8 +101,8 @@ def report(msg, state):
     log.info("step %d/%d: mean loss of the last %d steps %.2f (RMSE %.2f m)", state.steps, state.train_steps,
              len(recent), np.mean(recent), math.sqrt(np.mean(recent)))
     if state.done:
-        return {sc.STATUS: tp.TRAIN_DONE, tp.SUMMARY: summary(state)}
-    return {sc.STATUS: tp.TRAIN_PROGRESS, tp.STEP: state.steps, tp.LOSS: float(np.mean(recent))}
+        return {STATUS: tp.TRAIN_DONE, tp.SUMMARY: summary(state)}
+    return {STATUS: tp.TRAIN_PROGRESS, tp.STEP: state.steps, tp.LOSS: float(np.mean(recent))}
 
 
 def summary(state: TrainerState) -> dict:
@@ -111,33 +115,39 @@ def summary(state: TrainerState) -> dict:
             "rmse_first": math.sqrt(first), "rmse_last": math.sqrt(last), "averaged_over": tenth}
 
 
-if __name__ == "__main__":
-    config = sc.setup_component(COMPONENT_NAME)
+def main() -> None:
+    """Train for TRAIN_STEPS steps, report, and exit (exit code 1, naming what is missing, on a
+    timeout)."""
+    settings = setup_component(COMPONENT_NAME, TrebuchetSettings)
     torch.set_num_threads(1)
-    state = TrainerState()
-    client = sc.SwarmClient(COMPONENT_NAME, config, state=state)
-    client.add_eventHandler(backward, tp.GRADIENT, responseRooms=tp.ROOM_OUTPUT,
-                            trigger=Trigger(tp.FORWARD, tp.ROOM_OUTPUT))
-    client.add_eventHandler(new_data, tp.FORWARD, responseRooms=tp.ROOM_INPUT,
-                            trigger=Trigger(tp.GRADIENT, tp.ROOM_INPUT))
-    client.add_eventHandler(report, sc.CUSTOM, responseRooms=sc.ROOM_CONTROL,
-                            trigger=Trigger(tp.GRADIENT, tp.ROOM_INPUT))
+    state = TrainerState(settings.train_steps, rng=np.random.default_rng(settings.component_seed(COMPONENT_NAME)))
+    client = handlers.wire(SwarmClient(COMPONENT_NAME, settings, state=state))
 
     # The first batch must not go out before the others listen: it would be lost.
-    sc.wait_for_answers(client, ["controlmodel", "trebuchet"], timeout=config.start_timeout)
+    wait_for_answers(client, ["controlmodel", "trebuchet"], timeout=settings.start_timeout)
+    train(client, state, settings)
+    log.info("done: %s", summary(state))
+    client.close()
+
+
+def train(client: SwarmClient, state: TrainerState, settings: TrebuchetSettings) -> None:
+    """Send the first batch and serve until the last step; a SwarmError when a step's gradient
+    does not come back within SWARM_REPLY_TIMEOUT seconds."""
     log.info("training for %d steps of %d samples", state.train_steps, BATCH_SIZE)
     state.started = time.monotonic()
     client.send(new_msg(state))
-    deadline, last_step = time.monotonic() + config.reply_timeout, 0
+    deadline, last_step = time.monotonic() + settings.reply_timeout, 0
     while not state.done:  # listen() would serve forever; we serve until the last step
         message = client.receive(timeout=max(0.0, deadline - time.monotonic()))
         if message is not None:
             client.dispatch(message)
         if state.steps != last_step:
-            deadline, last_step = time.monotonic() + config.reply_timeout, state.steps
+            deadline, last_step = time.monotonic() + settings.reply_timeout, state.steps
         elif time.monotonic() > deadline:
-            raise sc.SwarmError(f"trainer: the gradient of step {state.steps + 1} did not come back in "
-                                f"`input` within {config.reply_timeout:.0f} s; are controlmodel and trebuchet "
-                                f"running? (logs in {config.log_dir})")
-    log.info("done: %s", summary(state))
-    client.close()
+            raise SwarmError(f"trainer: the gradient of step {state.steps + 1} did not come back in "
+                             f"`input` within {settings.reply_timeout:.0f} s; are controlmodel and trebuchet "
+                             f"running? (logs in {settings.log_dir})")
+
+
+if __name__ == "__main__":
+    main()

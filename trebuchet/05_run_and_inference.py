@@ -1,34 +1,51 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 05_run_and_inference: train a network to aim a trebuchet, by messages
 #
-# This file is the source of `05_run_and_inference.ipynb` (regenerate it with
-# `python tools/py_to_ipynb.py trebuchet/05_run_and_inference.py`). Run it cell by cell (VS Code
-# `# %%` cells or the notebook, opened in `trebuchet/`) or from a shell with
+# This file and `05_run_and_inference.ipynb` are paired by jupytext
+# (`jupytext --sync trebuchet/05_run_and_inference.py` after editing either). Run it cell by cell
+# (VS Code `# %%` cells or the notebook, from any folder) or from a shell with
 # `python trebuchet/05_run_and_inference.py`.
 #
 # It starts the server, the control model and the trebuchet with swergio-toolbox's `Swarm`, then
 # the trainer, which runs `TRAIN_STEPS` steps (default 1000) and exits. Then we aim: a batch of
 # fresh (wind, target) pairs goes through the trained network and the simulator, and we compare
 # the distances reached with the targets. At the end everything is stopped. Settings come from
-# the environment: `TRAIN_STEPS`, `SWERGIO_HOST`, `SWERGIO_PORT`, `SWARM_LOG_DIR`.
+# the environment (`TRAIN_STEPS`, `SWERGIO_HOST`, `SWERGIO_PORT`, `SWARM_LOG_DIR`, ...; see
+# `trebuchet/README.md`), and every one is checked before anything starts.
 
 # %%
 import json
-import sys
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 from swergio import MODEL_STATUS
 
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # a notebook has no __file__
-sys.path.insert(0, str(HERE.parent))  # the repo root: swarm_common and the trebuchet package
-
-import swarm_common as sc
+from swarm.control import ControlClient
+from swarm.launcher import ManagedSwarm, SwarmError
+from swarm.protocol import ROOM_CONTROL, ROOT_ID, STATUS
+from swarm.scripts import PROJECT_DIR
+from swarm.settings import load_settings
 from trebuchet import protocol as tp
+from trebuchet.settings import TrebuchetSettings
 
-config = sc.Config.from_env()
+HERE = PROJECT_DIR / "trebuchet"  # swarm.yaml's folder, wherever this runs from (a notebook has no __file__)
+settings = load_settings(TrebuchetSettings)
 
 # %% [markdown]
 # Start the server, the control model and the trebuchet from `swarm.yaml`. Each writes to its
@@ -39,9 +56,9 @@ config = sc.Config.from_env()
 
 # %%
 SERVING = ["server", "controlmodel", "trebuchet"]  # these must stay up; the trainer exits when done
-swarm = sc.ManagedSwarm(HERE / "swarm.yaml", config)
+swarm = ManagedSwarm(HERE / "swarm.yaml", settings)
 swarm.start(SERVING)
-client = sc.ControlClient(swarm, name="inference")  # stops the swarm if it cannot connect
+client = ControlClient(swarm, name="inference")  # stops the swarm if it cannot connect
 client.join_room(tp.ROOM_OUTPUT)
 ready_s = swarm.wait_ready(client, ["controlmodel", "trebuchet"], models=0)  # stops the swarm on failure
 print(f"control model and trebuchet ready in {ready_s:.1f} s")
@@ -59,27 +76,27 @@ def train() -> dict:
     with swarm.stop_on_failure():
         swarm.start("trainer")
         trainer = swarm.components["trainer"]
-        deadline = time.monotonic() + config.start_timeout + config.reply_timeout  # includes start-up
+        deadline = time.monotonic() + settings.start_timeout + settings.reply_timeout  # includes start-up
         while True:
             swarm.raise_if_dead(SERVING)
             if trainer.exit_code() not in (None, 0):
-                raise sc.SwarmError(f"the trainer failed (exit code {trainer.exit_code()}); see {trainer.log_file}")
+                raise SwarmError(f"the trainer failed (exit code {trainer.exit_code()}); see {trainer.log_file}")
             if (left := deadline - time.monotonic()) <= 0:
-                raise sc.SwarmError(f"no progress from the trainer within {config.reply_timeout:.0f} s; "
-                                    f"see the logs in {config.log_dir}")
+                raise SwarmError(f"no progress from the trainer within {settings.reply_timeout:.0f} s; "
+                                 f"see the logs in {settings.log_dir}")
             message = client.receive(timeout=min(1.0, left))
-            if message is None or message.get("TO_ROOM") != sc.ROOM_CONTROL:
+            if message is None or message.get("TO_ROOM") != ROOM_CONTROL:
                 continue  # silence, or training traffic in `output`
-            if message.get(sc.STATUS) == tp.TRAIN_PROGRESS:
-                print(f"  step {message[tp.STEP]:5d}/{tp.TRAIN_STEPS}: mean loss {message[tp.LOSS]:9.2f} "
+            if message.get(STATUS) == tp.TRAIN_PROGRESS:
+                print(f"  step {message[tp.STEP]:5d}/{settings.train_steps}: mean loss {message[tp.LOSS]:9.2f} "
                       f"(RMSE {np.sqrt(message[tp.LOSS]):6.2f} m)")
-                deadline = time.monotonic() + config.reply_timeout
-            elif message.get(sc.STATUS) == tp.TRAIN_DONE:
+                deadline = time.monotonic() + settings.reply_timeout
+            elif message.get(STATUS) == tp.TRAIN_DONE:
                 trainer.process.wait(timeout=30)  # it exits right after reporting
                 return message[tp.SUMMARY]
 
 
-print(f"training for {tp.TRAIN_STEPS} steps of 100 samples")
+print(f"training for {settings.train_steps} steps of 100 samples")
 summary = train()
 print(f"trained {summary['steps']} steps in {summary['seconds']:.1f} s ({summary['steps_per_second']:.1f} steps/s); "
       f"mean loss over the first and last {summary['averaged_over']} steps: "
@@ -102,13 +119,13 @@ def aim_and_shoot(wind: np.ndarray, target: np.ndarray, timeout: float = 30.0) -
         while (left := deadline - time.monotonic()) > 0:
             swarm.raise_if_dead(SERVING)
             reply = client.receive(timeout=min(1.0, left))
-            if (reply is not None and reply.get(sc.ROOT_ID) == message[sc.ROOT_ID]
+            if (reply is not None and reply.get(ROOT_ID) == message[ROOT_ID]
                     and reply.get("TYPE") == tp.FORWARD.id and reply.get("TO_ROOM") == tp.ROOM_OUTPUT):
                 return np.asarray(reply[tp.DATA])
-        raise sc.SwarmError(f"no distances in `output` within {timeout:.0f} s; see the logs in {config.log_dir}")
+        raise SwarmError(f"no distances in `output` within {timeout:.0f} s; see the logs in {settings.log_dir}")
 
 
-rng = np.random.default_rng()
+rng = np.random.default_rng(settings.component_seed("inference"))  # SWARM_SEED: the same pairs every run
 target = rng.uniform(20.0, 100.0, 100)  # fresh pairs, drawn as the trainer draws them
 wind = rng.normal(0.0, 5.0, 100)
 distance = aim_and_shoot(wind, target)
@@ -131,12 +148,12 @@ fig.colorbar(points, label="wind (m/s, + towards the target)")
 ax.set(xlabel="target (m)", ylabel="distance reached (m)",
        title=f"after {summary['steps']} steps: mean |error| {mean_abs_error:.2f} m")
 ax.legend()
-plot_path = config.log_dir / "trebuchet_inference.png"
+plot_path = settings.log_dir / "trebuchet_inference.png"
 fig.savefig(plot_path, dpi=100, bbox_inches="tight")
 print(f"plot saved to {plot_path}")
-results = {"train_steps": tp.TRAIN_STEPS, "training": summary, "pairs": len(target), "mean_abs_error": mean_abs_error,
-           "max_abs_error": float(np.max(np.abs(error))), "pids": swarm.pids()}
-(config.log_dir / "trebuchet_results.json").write_text(json.dumps(results, indent=2))
+results = {"train_steps": settings.train_steps, "training": summary, "pairs": len(target),
+           "mean_abs_error": mean_abs_error, "max_abs_error": float(np.max(np.abs(error))), "pids": swarm.pids()}
+(settings.log_dir / "trebuchet_results.json").write_text(json.dumps(results, indent=2))
 
 # %% [markdown]
 # Stop every process of the swarm (and wait until they are gone).

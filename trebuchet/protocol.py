@@ -16,7 +16,8 @@ import numpy as np
 from swergio import MESSAGE_TYPE, MODEL_STATUS
 from swergio.messageType import ModelStatusSetting
 
-import swarm_common as sc
+from swarm.checks import BadMessage, as_vector, get_str, require
+from swarm.protocol import ROOT_ID
 
 log = logging.getLogger("trebuchet")
 
@@ -38,20 +39,19 @@ STEP = "STEP"
 LOSS = "LOSS"
 SUMMARY = "SUMMARY"
 
-TRAIN_STEPS = sc.env_int("TRAIN_STEPS", 1000)  # the trainer's steps; the run script reports against it
 MEMORY_LIMIT = 1000  # batches a component remembers while their gradient is on its way
 
 
 def data_message(room: str, data: list, status: ModelStatusSetting = MODEL_STATUS.TRAIN,
                  message_type=FORWARD, root_id: str | None = None) -> dict[str, Any]:
     """A DATA message as the tutorial's trainer builds it; ROOT_ID names the batch end to end."""
-    return {sc.ROOT_ID: root_id or uuid.uuid4().hex, ID: uuid.uuid4().hex, "TYPE": message_type.id,
+    return {ROOT_ID: root_id or uuid.uuid4().hex, ID: uuid.uuid4().hex, "TYPE": message_type.id,
             DATA: data, "TO_ROOM": room, MODEL_STATUS_KEY: status.id}
 
 
 # --------------------------------------------------------------------------- message checks
 def get_id(msg: dict[str, Any]) -> str:
-    return sc.get_str(msg, ID)
+    return get_str(msg, ID)
 
 
 def get_status(msg: dict[str, Any]) -> ModelStatusSetting:
@@ -60,25 +60,25 @@ def get_status(msg: dict[str, Any]) -> ModelStatusSetting:
         return MODEL_STATUS.TRAIN
     status = MODEL_STATUS.by_id(msg[MODEL_STATUS_KEY])
     if status is None or isinstance(msg[MODEL_STATUS_KEY], bool):
-        raise sc.BadMessage(f"unknown MODEL_STATUS {msg[MODEL_STATUS_KEY]!r}")
+        raise BadMessage(f"unknown MODEL_STATUS {msg[MODEL_STATUS_KEY]!r}")
     return status
 
 
 def get_matrix(msg: dict[str, Any], key: str, columns: int, rows: int | None = None) -> np.ndarray:
     """`msg[key]` as a finite (rows x columns) float array; a BadMessage otherwise."""
-    value = sc.require(msg, key)
+    value = require(msg, key)
     if not isinstance(value, list) or not value:
-        raise sc.BadMessage(f"{key} must be a non-empty list of rows")
-    matrix = np.stack([sc.as_vector(row, f"{key} row {i}", columns) for i, row in enumerate(value)])
+        raise BadMessage(f"{key} must be a non-empty list of rows")
+    matrix = np.stack([as_vector(row, f"{key} row {i}", columns) for i, row in enumerate(value)])
     if rows is not None and len(matrix) != rows:
-        raise sc.BadMessage(f"{key} must have {rows} rows, got {len(matrix)}")
+        raise BadMessage(f"{key} must have {rows} rows, got {len(matrix)}")
     return matrix
 
 
 def get_vector(msg: dict[str, Any], key: str, length: int | None = None) -> np.ndarray:
-    vector = sc.as_vector(sc.require(msg, key), key, length)
+    vector = as_vector(require(msg, key), key, length)
     if vector.size == 0:
-        raise sc.BadMessage(f"{key} is empty")
+        raise BadMessage(f"{key} is empty")
     return vector
 
 

@@ -1,4 +1,4 @@
-"""fork_models.py: start SWARM_MODELS models from one interpreter that imported torch once.
+"""Start SWARM_MODELS models from one interpreter that imported torch once.
 
 An option, not the tutorial's way (which stays the default: one interpreter per model, started
 by swergio-toolbox's Swarm). Here torch, stable-baselines3 and gymnasium are imported once and
@@ -6,42 +6,42 @@ every model is a fork of this process: its start costs no imports, and the libra
 shared between all models. Each child runs exactly 02_model.py's main(), with its own name
 (model0, model1, ...), COMPONENT_ID, random seed and log file.
 
-    swarm.add("models", "fork_models.py"); swarm.start("models")   # instead of the model loop
+    swarm.add("models", "swarm.fork"); swarm.start("models")   # instead of the model loop
 
 If a model dies, this launcher stops the others and exits with an error, so the control's
 dead-component check reports it.
 """
+from __future__ import annotations
+
 import logging
 import os
 import signal
 import sys
 
-import swarm_common as sc
+from swarm.component import PARENT_VARIABLE, setup_component
+from swarm.scripts import load_script
 
-model = sc.load_script("02_model.py")  # the imports every model needs, done once
 log = logging.getLogger("models")
 
 
-def run_model(index: int) -> None:
-    """In the child: become model<index> and serve until the swarm stops."""
+def run_model(model, index: int) -> None:
+    """In the child: serve as model<index> until the swarm stops."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.environ["SWARM_COMPONENT_NAME"] = f"model{index}"
-    os.environ["SWARM_PARENT_PID"] = str(os.getppid())  # exit when this launcher goes
-    model.COMPONENT_ID = model.new_component_id()  # a fork copies the parent's: make its own
-    model.torch.manual_seed(int.from_bytes(os.urandom(8), "little"))  # and its own initial weights
+    os.environ[PARENT_VARIABLE] = str(os.getppid())  # exit when this launcher goes
     try:
-        model.main()
+        model.main(f"model{index}")
     finally:
         os._exit(0)
 
 
 def main() -> None:
-    config = sc.setup_component("models")
+    settings = setup_component("models")
+    model = load_script("02_model.py")  # the imports every model needs, done once
     children = {}
-    for index in range(config.models):
+    for index in range(settings.models):
         pid = os.fork()
         if pid == 0:
-            run_model(index)
+            run_model(model, index)
         children[pid] = f"model{index}"
     log.info("forked %d models: %s", len(children), ", ".join(f"{n} (pid {p})" for p, n in children.items()))
     pid, status = os.wait()

@@ -1,4 +1,4 @@
-"""Torch helpers for the model processes: Adam without the compiler's start-up cost.
+"""Adam without the compiler's start-up cost, for the model processes.
 
 torch 2.13's optimizers import `torch._dynamo` (the torch.compile tracer) on first use:
 `add_param_group` and `zero_grad` are wrapped in `torch._disable_dynamo`, which imports it to
@@ -7,6 +7,8 @@ mark them "never compile", and `Adam.step` imports it to insert a graph break. T
 Nothing in this project is compiled, so this Adam calls the undecorated methods: the same
 arithmetic, without the import.
 """
+from __future__ import annotations
+
 import torch
 from torch.optim.optimizer import Optimizer
 

@@ -1,0 +1,85 @@
+"""What every component process does before it serves: who it is, its settings, its log, and
+exiting with its launcher.
+
+A launcher hands each child its name (SWARM_COMPONENT_NAME: model0, model1, ...) and its own pid
+(SWARM_PARENT_PID); a component started by hand has neither and uses its default name.
+"""
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from typing import IO, TypeVar
+
+from swarm import settings as settings_module
+from swarm.settings import RuntimeSettings, SwarmSettings
+
+log = logging.getLogger("swarm")
+S = TypeVar("S", bound=RuntimeSettings)
+
+NAME_VARIABLE = "SWARM_COMPONENT_NAME"  # set by the launcher: this process's name in the swarm
+PARENT_VARIABLE = "SWARM_PARENT_PID"  # set by the launcher: exit when this process goes
+
+
+def component_name(default: str) -> str:
+    """The launcher's name for this process, or `default` when started by hand."""
+    return os.environ.get(NAME_VARIABLE) or default
+
+
+def new_component_id(name: str) -> str:
+    """Unique per process (the aggregation and evolution key on it) and readable in their
+    messages: the component's name and a random part."""
+    return f"{name}-{uuid.uuid4().hex[:12]}"
+
+
+def setup_component(name: str, settings_class: type[S] = SwarmSettings) -> S:  # type: ignore[assignment]
+    """Checked settings (a bad one exits with status 2), logging to `<SWARM_LOG_DIR>/<name>.log`
+    and, under a launcher, exit when it dies."""
+    settings = settings_module.load_settings(settings_class)
+    handlers: list[logging.Handler] = [logging.FileHandler(settings.log_dir / f"{name}.log")]
+    if sys.stderr.isatty():  # started by hand: show the log in the terminal too
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {name} %(levelname)s %(message)s",
+                        handlers=handlers, force=True)
+    dump_stacks_on_sigusr1(handlers[0].stream)
+    watch_parent()
+    return settings
+
+
+def dump_stacks_on_sigusr1(file: IO[str] | None = None) -> None:
+    """`kill -USR1 <pid>` writes every thread's stack to `file` (default: the process's stderr):
+    the first look at a process that hangs."""
+    faulthandler.register(signal.SIGUSR1, file=file or sys.__stderr__, all_threads=True)
+
+
+def yield_to_the_critical_path(niceness: int = 5) -> None:
+    """For the model processes: lower priority and SCHED_BATCH (Linux; both allowed without
+    privileges). Each step passes through the server, the aggregation and the environment one
+    message at a time while the models compute side by side, so the few should get a core first;
+    and a batch process is not preempted by every wake-up, so twenty of them switch less often
+    (measured on 2 cores with 20 models: 10-25% more steps per second)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.nice(niceness)
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
+def watch_parent() -> None:
+    """Exit when the launching process dies, so a killed control or kernel leaves no orphans."""
+    parent = os.environ.get(PARENT_VARIABLE)
+    if not parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(0.5)
+        log.warning("launcher (pid %s) is gone; exiting", parent)
+        logging.shutdown()
+        os._exit(0)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()

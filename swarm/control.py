@@ -1,0 +1,75 @@
+"""ControlClient: the control's side of the protocol, a request and a bounded wait for its reply."""
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from swarm.client import ConnectionClosed, SwarmClient
+from swarm.launcher import ManagedSwarm, SwarmError
+from swarm.protocol import ERROR, ROOM_CONTROL, ROOT_ID, STATUS, custom_message
+
+
+class ControlClient(SwarmClient):
+    """The control's client: sends a request into `control` and waits, bounded, for its reply.
+
+    Any failure while waiting (timeout, a dead component, Ctrl-C, a notebook interrupt) stops
+    the whole swarm before the error reaches the caller: nothing is left running.
+    """
+
+    def __init__(self, swarm: ManagedSwarm | None = None, name: str = "control", **kwargs: Any) -> None:
+        self.swarm = swarm
+        with self._stop_swarm_on_failure():
+            super().__init__(name, swarm.settings if swarm else None, **kwargs)
+            self.join_room(ROOM_CONTROL)
+
+    def _stop_swarm_on_failure(self) -> contextlib.AbstractContextManager:
+        return self.swarm.stop_on_failure() if self.swarm is not None else contextlib.nullcontext()
+
+    def _name_the_dead(self, within: float) -> None:
+        """The connection dropped: if the server (or anything) died, say which. A killed process
+        is collected a moment after its socket closes, so look again for up to `within` s."""
+        if self.swarm is None:
+            return
+        deadline = time.monotonic() + within
+        while True:
+            self.swarm.raise_if_dead()
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+    def request(self, payload: dict[str, Any], until: str, timeout: float | None = None,
+                progress: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """Send `payload` to `control`; return the reply whose STATUS is `until`.
+
+        `timeout` bounds the silence: each progress message of this request restarts it.
+        `progress`, if given, sees each progress message; when it returns True, that message is
+        returned at once (the run goes on until a new request replaces it).
+        """
+        timeout = self.settings.reply_timeout if timeout is None else timeout
+        root_id = uuid.uuid4().hex
+        with self._stop_swarm_on_failure():
+            self.send(custom_message(ROOM_CONTROL, payload, root_id))
+            deadline = time.monotonic() + timeout
+            while True:
+                if self.swarm is not None:
+                    self.swarm.raise_if_dead()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SwarmError(f"no {until} within {timeout:g} s after {sorted(payload)}; "
+                                     f"see the logs in {self.settings.log_dir}")
+                try:
+                    message = self.receive(timeout=min(1.0, left))
+                except ConnectionClosed as lost:
+                    self._name_the_dead(within=2.0)
+                    raise SwarmError(f"{lost} (server {self.settings.host}:{self.settings.port}); "
+                                     f"see the logs in {self.settings.log_dir}") from None
+                if message is None or message.get(ROOT_ID) != root_id:
+                    continue  # silence, or a reply to an earlier request
+                if message.get(STATUS) == ERROR:
+                    raise SwarmError(f"{message.get('SENT_BY', 'a component')}: {message.get(ERROR)}")
+                if message.get(STATUS) == until or (progress is not None and progress(message)):
+                    return message
+                deadline = time.monotonic() + timeout

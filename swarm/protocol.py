@@ -1,0 +1,103 @@
+"""The RL swarm's protocol: rooms, message keys, statuses, and who the models are.
+
+The rooms and keys are the tutorial's; what we add is marked, and a plain swergio client
+ignores it. Every message is swergio's DATA.CUSTOM type.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from swergio import MESSAGE_TYPE
+
+from swarm.checks import BadMessage
+
+CUSTOM = MESSAGE_TYPE.DATA.CUSTOM
+
+# --------------------------------------------------------------------------- rooms
+ROOM_CONTROL = "control"
+ROOM_OBSERVATION = "observation"
+ROOM_LOGITS = "logits"
+ROOM_ACTION = "action"
+ROOM_EVOLUTION = "evolution"
+ROOM_PING = "ping"  # ours: readiness checks, so the control never sleeps and hopes
+
+# --------------------------------------------------------------------------- keys
+NR_OF_EPISODE = "NR_OF_EPISODE"
+DETERMINISTIC = "DETERMINISTIC"
+STATUS = "STATUS"
+AVG_SCORE = "AVG_SCORE"
+EVOLUTION = "EVOLUTION"
+OBSERVATION = "OBSERVATION"
+REWARD = "REWARD"
+DONE = "DONE"
+ACTION = "ACTION"
+LOGITS = "LOGITS"
+COMPONENT_ID = "COMPONENT_ID"
+CMD = "CMD"
+WEIGHTS = "WEIGHTS"
+CONTRIBUTION = "CONTRIBUTION"
+ROOT_ID = "ROOT_ID"  # swergio propagates it from a message to its replies: it names a run
+# Additions to the tutorial's protocol; plain clients ignore them.
+STEPS = "STEPS"  # in ENV_DONE/ENV_PROGRESS: environment steps of the run so far
+EPISODE = "EPISODE"  # in ENV_PROGRESS: episodes finished so far
+SCORE = "SCORE"  # in ENV_PROGRESS: the score of the episode that just finished
+SCORES = "SCORES"  # in ENV_DONE: the scores of all the run's episodes
+TRUNCATED = "TRUNCATED"  # with OBSERVATION, when a copy hit the time limit (500 steps)
+FINAL_OBSERVATION = "FINAL_OBSERVATION"  # with TRUNCATED: where each copy was before its reset
+FITNESS_SPREAD = "FITNESS_SPREAD"  # in EVO_DONE: (best - worst) / mean |fitness|; near 0: a lottery
+PING = "PING"
+PONG = "PONG"
+COMPONENT = "COMPONENT"
+ERROR = "ERROR"  # STATUS ERROR: a component tells the control why a run cannot go on
+MISSING = "MISSING"  # in an ERROR: the model ids that did not answer
+
+# --------------------------------------------------------------------------- statuses and commands
+ENV_DONE = "ENV_DONE"
+ENV_PROGRESS = "ENV_PROGRESS"
+EVO_DONE = "EVO_DONE"
+GET = "GET"
+SET = "SET"
+
+
+def custom_message(room: str, payload: dict[str, Any], root_id: str | None = None) -> dict[str, Any]:
+    """A DATA.CUSTOM message for `room`, as a plain swergio client would build it."""
+    return {ROOT_ID: root_id or uuid.uuid4().hex, "ID": uuid.uuid4().hex, "TYPE": CUSTOM.id, "TO_ROOM": room,
+            **payload}
+
+
+def error_report(error: str, missing: list[str], root_id: str | None) -> dict[str, Any]:
+    """STATUS ERROR for the control's request `root_id`: why it cannot go on, and who is missing."""
+    return {STATUS: ERROR, ERROR: error, MISSING: missing, ROOT_ID: root_id}
+
+
+# --------------------------------------------------------------------------- who the models are
+@dataclass
+class ModelRegistry:
+    """The model ids a component accepts answers from.
+
+    A model is known once it has answered a readiness PING (every client sees every PONG in the
+    `ping` room, and the control pings before the first run). A control that never pings still
+    works: until `expected` models are known, a new id is learned from its first message. After
+    that an unknown COMPONENT_ID is refused, so a stray or forged message cannot vote or breed.
+    """
+    expected: int
+    known: set[str] = field(default_factory=set)
+
+    def register_pong(self, msg: dict[str, Any]) -> None:
+        if PONG in msg and msg.get(COMPONENT) == "model" and isinstance(msg.get(COMPONENT_ID), str):
+            self.known.add(msg[COMPONENT_ID])
+
+    def admit(self, model_id: str) -> None:
+        """Accept `model_id`, or raise BadMessage for a model that is not one of ours."""
+        if model_id in self.known:
+            return
+        if len(self.known) >= self.expected:
+            raise BadMessage(f"unknown model {model_id!r}: not among the {len(self.known)} models that answered")
+        self.known.add(model_id)
+
+
+def register_model(msg: dict[str, Any], models: ModelRegistry) -> None:
+    """Handler for the `ping` room: a model's answer to a readiness ping tells us its id."""
+    models.register_pong(msg)

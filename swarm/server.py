@@ -1,0 +1,188 @@
+"""SwarmServer: swergio's Server with a connection loop that survives bad input and sends each
+message in one write.
+
+The hub of a swarm: clients register, join rooms, and every message sent to a room is passed on
+to the room's other members. swergio's Server keeps the rooms and the registration; this module
+replaces its per-connection loop (see SwarmServer) and starts it quietly.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import struct
+import threading
+from collections import defaultdict
+
+import swergio.server
+from swergio import MESSAGE_TYPE, Server
+
+from swarm.settings import RuntimeSettings
+from swarm.wire import FORMAT, HEADER_LENGTH, body_length, frame
+
+log = logging.getLogger("server")
+
+COMMANDS = {MESSAGE_TYPE.COMMAND.REGISTER.id: "register", MESSAGE_TYPE.COMMAND.JOINROOM.id: "join",
+            MESSAGE_TYPE.COMMAND.LEAVEROOM.id: "leave", MESSAGE_TYPE.COMMAND.DISCONNECT.id: "disconnect"}
+
+
+def log_server_line(*args, **kwargs) -> None:
+    """swergio's Server prints connections and rooms; those go to the log at INFO level."""
+    log.info(" ".join(str(a) for a in args))
+
+
+class SwarmServer(Server):
+    """swergio's Server with a connection loop that survives bad input and sends in one write.
+
+    What 0.0.2's `handle_client` does and this one does not:
+    - a message to a room nobody has joined raises KeyError and drops the sender: here it is
+      delivered to nobody;
+    - a truncated frame or an absurd length header makes the thread spin on `recv() == b''`
+      forever: here a closed connection ends the loop, and a header that is not a length closes
+      that one connection (a byte stream cannot be re-synchronised after it);
+    - a body that is not JSON drops the sender (NameError): here it is logged and skipped;
+    - a recipient whose socket fails drops the *sender*: here the recipient is dropped;
+    - every delivery is two writes (header, then body), which stalls on Nagle's algorithm and
+      delayed ACKs: here it is one write with TCP_NODELAY;
+    - every message is printed: here connections and rooms are logged, and with
+      SWARM_LOG_LEVEL=DEBUG every message too;
+    - a member that stops reading blocks every sender into its room for good: here a delivery
+      that cannot be written for `send_timeout` seconds drops that member.
+    """
+
+    send_timeout = 30.0  # seconds a recipient may leave its socket full before it is dropped
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.send_locks: defaultdict[socket.socket, threading.Lock] = defaultdict(threading.Lock)
+
+    def handle_client(self, client: socket.socket, addr) -> None:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A kernel send timeout, not settimeout(): reads stay blocking without a limit.
+        seconds, fraction = divmod(self.send_timeout, 1)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                          struct.pack("ll", int(seconds), int(fraction * 1e6)))
+        log.info("connection from %s:%s", *addr)
+        try:
+            while True:
+                body = self._read_frame(client, addr)
+                if body is None:
+                    break
+                message = self._decode(body, client, addr)
+                if message is None:
+                    continue
+                command = COMMANDS.get(message["TYPE"])
+                if command == "disconnect":
+                    break
+                try:
+                    if command == "register":
+                        self.register_client(client, message)
+                    elif command == "join":
+                        self.join_room(client, message)
+                    elif command == "leave":
+                        self.leave_room(client, message)
+                except (KeyError, TypeError) as error:
+                    log.warning("%s: skipped a malformed %s command: %r", self._name(client), command, error)
+                    continue
+                self.deliver(client, body, message)
+        except OSError as error:
+            log.info("%s: connection error: %s", self._name(client), error)
+        finally:
+            name = self._name(client, default="unregistered client")
+            self._forget(client)
+            log.info("%s (%s:%s) disconnected", name, *addr)
+
+    def _read_frame(self, client: socket.socket, addr) -> bytes | None:
+        """The next message body; None when the peer closed or sent a broken header."""
+        header, got = _recv_exactly(client, HEADER_LENGTH)
+        if header is None:
+            if got:
+                log.warning("%s (%s:%s): closed after %d of %d header bytes", self._name(client), *addr, got,
+                            HEADER_LENGTH)
+            return None
+        length = body_length(header)
+        if length is None:
+            log.warning("%s (%s:%s): malformed header %r; closing this connection", self._name(client), *addr,
+                        header)
+            return None
+        body, got = _recv_exactly(client, length)
+        if body is None:
+            log.warning("%s (%s:%s): truncated message: closed after %d of %d bytes", self._name(client), *addr,
+                        got, length)
+        return body
+
+    def _decode(self, body: bytes, client: socket.socket, addr) -> dict | None:
+        try:
+            message = json.loads(body)
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
+            log.warning("%s (%s:%s): skipped a body that is not JSON (%s): %.80r", self._name(client), *addr,
+                        error, body)
+            return None
+        if not isinstance(message, dict) or not isinstance(message.get("TYPE"), str):
+            log.warning("%s: skipped a message without a TYPE: %.200r", self._name(client), body)
+            return None
+        for key in ("TO_ROOM", "TO"):
+            if key in message and not isinstance(message[key], str):
+                log.warning("%s: skipped a message whose %s is not a string: %.200r", self._name(client), key, body)
+                return None
+        return message
+
+    def deliver(self, sender: socket.socket, body: bytes, message: dict) -> None:
+        """Pass the message on to the other members of its room and to its named recipient."""
+        if "SENT_BY" not in message:  # swergio's convention: recipients learn who sent it
+            message["SENT_BY"] = self._name(sender)
+            body = json.dumps(message).encode(FORMAT)
+        data = frame(body)
+        if log.isEnabledFor(logging.DEBUG):  # SWARM_LOG_LEVEL=DEBUG: every message, as swergio printed
+            log.debug("%s -> %s: %.200s", self._name(sender), message.get("TO_ROOM", message.get("TO")),
+                      body.decode(FORMAT, "replace"))
+        with self.clients_lock:
+            recipients = [c for c in self.rooms.get(message.get("TO_ROOM"), ()) if c is not sender]
+            if "TO" in message:
+                recipients += [c for c in self.clients if self.names.get(c) == message["TO"]]
+            locks = [self.send_locks[c] for c in recipients]
+        for recipient, lock in zip(recipients, locks):
+            try:
+                with lock:  # one writer per socket, so frames from two senders never interleave
+                    recipient.sendall(data)
+            except OSError as error:
+                # The recipient is gone: drop it (its own thread cleans up); the sender stays.
+                log.warning("could not deliver to %s (%s); dropping it", self._name(recipient), error)
+                with contextlib.suppress(OSError):
+                    recipient.shutdown(socket.SHUT_RDWR)
+
+    def _name(self, client: socket.socket, default: str = "?") -> str:
+        return self.names.get(client, default)
+
+    def _forget(self, client: socket.socket) -> None:
+        with self.clients_lock:
+            self.clients.discard(client)
+            for members in self.rooms.values():
+                members.discard(client)
+            self.names.pop(client, None)
+            lock = self.send_locks.pop(client, threading.Lock())
+        with lock:  # not while another thread is writing to it
+            client.close()
+
+
+def _recv_exactly(client: socket.socket, size: int) -> tuple[bytes | None, int]:
+    """`size` bytes, or None if the peer closes first (a blocked recv costs no CPU); and how many
+    bytes arrived."""
+    chunks, left = [], size
+    while left > 0:
+        chunk = client.recv(min(left, 1 << 20))
+        if not chunk:
+            return None, size - left
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks), size
+
+
+def serve(settings: RuntimeSettings) -> None:
+    """Listen on the settings' host and port until the process is stopped."""
+    swergio.server.print = log_server_line  # route the module's print() calls into our log
+    # Nobody in these tutorials reads swergio's `_logging` room, so the server does not feed it.
+    server = SwarmServer(settings.host, settings.port, FORMAT, HEADER_LENGTH, enable_logging=False)
+    log.info("swergio server on %s:%s", settings.host, settings.port)
+    server.start()

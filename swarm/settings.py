@@ -1,0 +1,248 @@
+"""Every setting, declared once: its environment variable, default, allowed values and meaning.
+
+The environment names, the parsing, the error messages, `to_env` (what a launcher hands its
+children) and the README's configuration table are all derived from the fields below. A
+component reads its settings with `load`, which checks every value before anything starts and
+names each bad one in a line of its own.
+
+    python -m swarm.settings            # the settings as a Markdown table (the README's)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+ENV_ID = "CartPole-v1"  # the RL swarm's environment
+SOLVED_AT = 475.0  # gymnasium's reward_threshold for CartPole-v1
+
+
+class SettingsError(ValueError):
+    """One or more settings are wrong; the message has one line per bad value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How a setting's text is read: `parse` raises ValueError for a value outside `allowed`."""
+
+    parse: Callable[[str], Any]
+    allowed: str  # what a user may write, in words
+    show: Callable[[Any], str] = str  # the value as an environment variable
+
+
+def whole(low: int, high: int | None = None) -> Kind:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            raise ValueError
+        return value
+    return Kind(parse, f"a whole number from {low} to {high}" if high is not None else f"a whole number >= {low}")
+
+
+def number(low: float, *, above: bool = False) -> Kind:
+    """A finite number >= low (> low with `above`)."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value) or value < low or (above and value == low):
+            raise ValueError
+        return value
+    return Kind(parse, f"a number {'>' if above else '>='} {low:g}")
+
+
+ON, OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
+
+
+def switch() -> Kind:
+    def parse(text: str) -> bool:
+        if text.lower() in ON + OFF:
+            return text.lower() in ON
+        raise ValueError
+    return Kind(parse, "on (1, true, on, yes) or off (0, false, off, no)", lambda value: str(int(value)))
+
+
+def choice(*options: str) -> Kind:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError
+        return text
+    return Kind(parse, "one of " + ", ".join(options))
+
+
+def text() -> Kind:
+    def parse(value: str) -> str:
+        if not value.strip():
+            raise ValueError
+        return value
+    return Kind(parse, "a non-empty text")
+
+
+def folder() -> Kind:
+    return Kind(Path, "a folder that can be created and written")
+
+
+def optional(kind: Kind) -> Kind:
+    """Unset or empty means None."""
+    return Kind(kind.parse, f"empty or {kind.allowed}", lambda value: "" if value is None else kind.show(value))
+
+
+def setting(env: str, default: Any, kind: Kind, meaning: str) -> Any:
+    """A dataclass field bound to the environment variable `env`."""
+    return field(default=default, metadata={"env": env, "kind": kind, "meaning": meaning})
+
+
+S = TypeVar("S", bound="RuntimeSettings")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """What every swergio component of this project needs: where the server is, where logs go."""
+
+    host: str = setting("SWERGIO_HOST", "127.0.0.1", text(), "server address (keep it on loopback)")
+    port: int = setting("SWERGIO_PORT", 8080, whole(1, 65535), "server port")
+    log_dir: Path = setting("SWARM_LOG_DIR", Path("logs"), folder(),
+                            "every component's log file, and the control's plot and results")
+    log_level: str = setting("SWARM_LOG_LEVEL", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR"),
+                             "log level of the components (DEBUG: the server logs every message)")
+    seed: int | None = setting("SWARM_SEED", None, optional(whole(0)),
+                               "seeds every component (empty: fresh randomness every run)")
+    start_timeout: float = setting("SWARM_START_TIMEOUT", 180.0, number(0, above=True),
+                                   "seconds from launch until every component must answer")
+    reply_timeout: float = setting("SWARM_REPLY_TIMEOUT", 120.0, number(0, above=True),
+                                   "longest silence, in seconds, while the control waits for a reply")
+
+    @classmethod
+    def fields(cls) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(cls))
+
+    @classmethod
+    def from_env(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
+        """The settings from `environ` (default: os.environ); a SettingsError lists every bad value."""
+        environ = os.environ if environ is None else environ
+        values, problems = {}, []
+        for f in cls.fields():
+            env, kind = f.metadata["env"], f.metadata["kind"]
+            raw = environ.get(env, "")
+            if raw == "":
+                continue  # unset: the default
+            try:
+                values[f.name] = kind.parse(raw.strip())
+            except ValueError:
+                problems.append(f"{env}={raw!r} is not allowed: {kind.allowed}")
+        if problems:
+            raise SettingsError(problems)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings in a child process."""
+        return {f.metadata["env"]: f.metadata["kind"].show(getattr(self, f.name)) for f in self.fields()}
+
+    def replace(self: S, **changes: Any) -> S:
+        return dataclasses.replace(self, **changes)
+
+    def component_seed(self, name: str) -> int | None:
+        """A seed of its own for each component (model3, environment, ...), all from SWARM_SEED;
+        None (fresh randomness) when SWARM_SEED is unset."""
+        if self.seed is None:
+            return None
+        return (self.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**32
+
+    @classmethod
+    def markdown_table(cls) -> str:
+        rows = ["| variable | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+        for f in cls.fields():
+            default = f.metadata["kind"].show(f.default)
+            rows.append(f"| `{f.metadata['env']}` | {f'`{default}`' if default else '(empty)'} "
+                        f"| {f.metadata['kind'].allowed} | {f.metadata['meaning']} |")
+        return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class SwarmSettings(RuntimeSettings):
+    """The RL swarm's settings: its size, its rounds and budget, and the learning options."""
+
+    models: int = setting("SWARM_MODELS", 20, whole(1), "model processes; the aggregation and evolution wait for this many")
+    rounds: int = setting("SWARM_ROUNDS", 0, whole(0), "most rounds of the control loop (0: until solved or out of budget)")
+    episodes: int = setting("SWARM_EPISODES", 20, whole(1), "training episodes per round")
+    envs: int = setting("SWARM_ENVS", 1, whole(1), "CartPole copies stepped together (1: the tutorial)")
+    eval_episodes: int = setting("SWARM_EVAL_EPISODES", 10, whole(1),
+                                 "deterministic episodes per evaluation, rounded up to a whole number per copy")
+    max_steps: int = setting("SWARM_MAX_STEPS", 100_000, whole(0),
+                             "training budget in environment steps, checked after each round (0: none)")
+    max_seconds: float = setting("SWARM_MAX_SECONDS", 600.0, number(0),
+                                 "training budget in wall-clock seconds from the first round (0: none)")
+    evolution: bool = setting("SWARM_EVOLUTION", True, switch(), "evolve the population after every round")
+    fitness: str = setting("SWARM_FITNESS", "contribution", choice("contribution", "return"),
+                           "the evolution's fitness: the tutorial's contribution, or credit for returns")
+    learning_rate: float = setting("SWARM_LEARNING_RATE", 7e-4, number(0, above=True), "the models' Adam learning rate")
+    normalize_advantage: bool = setting("SWARM_NORMALIZE_ADVANTAGE", False, switch(),
+                                        "normalise the advantages of each A2C update")
+    model_timeout: float = setting("SWARM_MODEL_TIMEOUT", 5.0, number(0, above=True),
+                                   "seconds the aggregation and evolution wait for the last model's answer")
+
+
+def load_settings(cls: type[S] = SwarmSettings, environ: Mapping[str, str] | None = None) -> S:  # type: ignore[assignment]
+    """The settings, checked, with the log folder created: what every script calls first.
+
+    From a shell every bad setting is printed in a line of its own and the script exits with
+    status 2; in a notebook one SettingsError with the same lines is raised.
+    """
+    environ = os.environ if environ is None else environ
+    problems, settings = [], None
+    try:
+        settings = cls.from_env(environ)
+    except SettingsError as error:
+        problems += error.problems
+    log_dir = settings.log_dir if settings else Path(environ.get("SWARM_LOG_DIR") or "logs")
+    if (problem := folder_problem(log_dir)) is not None:
+        problems.append(f"SWARM_LOG_DIR={str(log_dir)!r} is not allowed: {problem}")
+    if not problems:
+        return settings
+    if in_notebook():
+        raise SettingsError(problems)
+    print("bad settings:\n" + "\n".join(problems), file=sys.stderr)
+    raise SystemExit(2)
+
+
+def folder_problem(path: Path) -> str | None:
+    """None once `path` is a folder we can write in (created if need be); else what is wrong."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"cannot create the folder ({error.strerror or error})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "the folder is not writable"
+    return None
+
+
+def in_notebook() -> bool:
+    return "ipykernel" in sys.modules
+
+
+README_START, README_END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+
+
+def readme_with_table(readme: str) -> str:
+    """The README with the generated settings table between its two markers."""
+    head, rest = readme.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}\n{SwarmSettings.markdown_table()}\n{README_END}{tail}"
+
+
+if __name__ == "__main__":
+    # --markdown (default): print the table; --readme: write it into README.md
+    if "--readme" in sys.argv:
+        readme = Path(__file__).resolve().parent.parent / "README.md"
+        readme.write_text(readme_with_table(readme.read_text()))
+        print(f"settings table written to {readme}")
+    else:
+        print(SwarmSettings.markdown_table())

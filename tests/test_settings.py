@@ -1,0 +1,143 @@
+"""Settings: declared once, every bad value named before anything starts (exit status 2 from a
+shell, one exception in a notebook), and the README's table generated from the same list."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from swarm.settings import RuntimeSettings, SettingsError, SwarmSettings, load_settings, readme_with_table
+from tests.helpers import ROOT, processes_with_log_dir
+
+CONTROL = ROOT / "06_control.py"
+
+
+def run_script(script: Path, env: dict[str, str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, str(script)], cwd=cwd, env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=120)
+    return result, time.monotonic() - began
+
+
+def children_of_this_test() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+
+
+# One row per input a new user tried from a shell.
+SHELL_CASES = [
+    ({"SWARM_MODELS": "0"}, "SWARM_MODELS='0'", "a whole number >= 1"),
+    ({"SWERGIO_PORT": "99999"}, "SWERGIO_PORT='99999'", "from 1 to 65535"),
+    ({"SWARM_LEARNING_RATE": "fast"}, "SWARM_LEARNING_RATE='fast'", "a number > 0"),
+    ({"SWARM_EVOLUTION": "maybe"}, "SWARM_EVOLUTION='maybe'", "on (1, true, on, yes) or off"),
+    ({"SWARM_MAX_SECONDS": "-1"}, "SWARM_MAX_SECONDS='-1'", "a number >= 0"),
+    ({"SWARM_MODEL_TIMEOUT": "0"}, "SWARM_MODEL_TIMEOUT='0'", "a number > 0"),
+    ({"SWARM_LOG_DIR": "/proc/nope"}, "SWARM_LOG_DIR='/proc/nope'", "cannot create the folder"),
+]
+
+
+@pytest.mark.parametrize("env, named, allowed", SHELL_CASES, ids=[next(iter(c[0])) for c in SHELL_CASES])
+def test_a_bad_setting_is_named_in_one_line_and_exits_2_before_anything_starts(swarm_env, tmp_path, env, named,
+                                                                              allowed):
+    result, took = run_script(CONTROL, env, tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert any(named in line and allowed in line for line in lines), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert took < 5, f"took {took:.1f} s to reject the setting"
+    assert not processes_with_log_dir(swarm_env.log_dir) and not children_of_this_test()
+    assert not (swarm_env.log_dir / "server.log").exists(), "a component started"
+
+
+def test_every_bad_setting_is_reported_not_just_the_first(tmp_path):
+    env = {"SWARM_MODELS": "0", "SWERGIO_PORT": "http", "SWARM_FITNESS": "speed", "SWARM_LOG_DIR": "/proc/nope"}
+    result, _ = run_script(CONTROL, env, tmp_path)
+    assert result.returncode == 2
+    for name in env:
+        assert sum(line.startswith(f"{name}=") for line in result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_a_component_started_by_hand_checks_the_same_settings(swarm_env, tmp_path):
+    for script in ("01_server.py", "02_model.py"):
+        result, _ = run_script(ROOT / script, {"SWARM_LEARNING_RATE": "fast", "SWERGIO_PORT": "0"}, tmp_path)
+        assert result.returncode == 2, f"{script}: {result.stderr}"
+        assert "SWARM_LEARNING_RATE='fast' is not allowed" in result.stderr
+        assert "SWERGIO_PORT='0' is not allowed" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_in_a_notebook_a_bad_setting_raises_one_exception_with_the_same_lines(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ipykernel", sys.modules.get("ipykernel") or object())
+    environ = {"SWARM_MODELS": "-3", "SWARM_EVOLUTION": "maybe", "SWARM_LOG_DIR": str(tmp_path)}
+    with pytest.raises(SettingsError) as raised:
+        load_settings(SwarmSettings, environ)
+    assert raised.value.problems == [
+        "SWARM_MODELS='-3' is not allowed: a whole number >= 1",
+        "SWARM_EVOLUTION='maybe' is not allowed: on (1, true, on, yes) or off (0, false, off, no)",
+    ]
+
+
+# A control run from another folder: tests/test_swarm.py (run_control starts it from elsewhere).
+
+
+# --------------------------------------------------------------------------- every setting
+def bad_values(field) -> list[str]:
+    """A value of the wrong type and one out of range, for the setting's kind."""
+    allowed = field.metadata["kind"].allowed
+    if "whole number" in allowed:
+        return ["many", "2.5", "-1"] + (["65536"] if "65535" in allowed else [])
+    if "a number >" in allowed:
+        return ["fast", "nan", "-1"] + (["0"] if "> 0" in allowed else [])
+    if allowed.startswith("on "):
+        return ["maybe", "2"]
+    if allowed.startswith("one of"):
+        return ["something-else"]
+    if "text" in allowed:
+        return ["   "]
+    return []
+
+
+FIELDS = SwarmSettings.fields()
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=[f.metadata["env"] for f in FIELDS])
+def test_every_setting_rejects_a_wrong_type_and_an_out_of_range_value(field):
+    env = field.metadata["env"]
+    values = bad_values(field)
+    assert values or env == "SWARM_LOG_DIR", f"no bad values known for {env}"  # the folder is checked on load
+    for value in values:
+        with pytest.raises(SettingsError) as raised:
+            SwarmSettings.from_env({env: value})
+        assert raised.value.problems == [f"{env}={value!r} is not allowed: {field.metadata['kind'].allowed}"]
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=[f.metadata["env"] for f in FIELDS])
+def test_to_env_reproduces_every_setting_in_a_child(field):
+    changed = {"host": "localhost", "port": 9001, "log_dir": Path("elsewhere"), "log_level": "DEBUG", "seed": 7,
+               "start_timeout": 1.5, "reply_timeout": 2.5, "models": 3, "rounds": 4, "episodes": 5, "envs": 6,
+               "eval_episodes": 7, "max_steps": 8, "max_seconds": 9.5, "evolution": False, "fitness": "return",
+               "learning_rate": 0.002, "normalize_advantage": True, "model_timeout": 0.5}
+    assert set(changed) == {f.name for f in FIELDS}
+    settings = SwarmSettings(**changed)
+    assert getattr(SwarmSettings.from_env(settings.to_env()), field.name) == changed[field.name]
+    assert getattr(SwarmSettings.from_env({}), field.name) == field.default
+
+
+def test_on_off_settings_read_the_usual_words():
+    for word, value in [("1", True), ("yes", True), ("ON", True), ("0", False), ("false", False), ("off", False)]:
+        assert SwarmSettings.from_env({"SWARM_EVOLUTION": word}).evolution is value
+
+
+def test_the_runtime_settings_know_nothing_of_the_rl_swarm():
+    names = {f.metadata["env"] for f in RuntimeSettings.fields()}
+    assert names == {"SWERGIO_HOST", "SWERGIO_PORT", "SWARM_LOG_DIR", "SWARM_LOG_LEVEL", "SWARM_SEED",
+                     "SWARM_START_TIMEOUT", "SWARM_REPLY_TIMEOUT"}
+
+
+def test_the_readme_table_is_the_generated_one():
+    readme = (ROOT / "README.md").read_text()
+    assert readme_with_table(readme) == readme, "run: python -m swarm.settings --readme"
+    for f in FIELDS:
+        assert f"`{f.metadata['env']}`" in readme
