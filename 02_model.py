@@ -19,24 +19,8 @@ from swarm.adam import Adam
 from swarm.checks import BadMessage, as_batch, as_vector, get_actions, get_bool, get_per_env, require, unbatch
 from swarm.client import Handlers, SwarmClient
 from swarm.component import component_name, new_component_id, setup_component, yield_to_the_critical_path
-from swarm.protocol import (
-    ACTION,
-    CMD,
-    COMPONENT_ID,
-    DETERMINISTIC,
-    DONE,
-    FINAL_OBSERVATION,
-    GET,
-    LOGITS,
-    OBSERVATION,
-    REWARD,
-    ROOM_EVOLUTION,
-    ROOM_LOGITS,
-    ROOM_OBSERVATION,
-    SET,
-    TRUNCATED,
-    WEIGHTS,
-)
+from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, FINAL_OBSERVATION, GET, LOGITS, OBSERVATION,
+                            REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION, SET, TRUNCATED, WEIGHTS)
 from swarm.settings import ENV_ID
 
 COMPONENT_NAME = "model"

@@ -17,26 +17,9 @@ from swarm.checks import BadMessage, as_batch, get_bool, get_per_env, get_str, r
 from swarm.client import Handlers, SwarmClient
 from swarm.component import setup_component
 from swarm.fitness import ReturnCredit
-from swarm.protocol import (
-    ACTION,
-    CMD,
-    COMPONENT_ID,
-    CONTRIBUTION,
-    DETERMINISTIC,
-    DONE,
-    GET,
-    LOGITS,
-    REWARD,
-    ROOM_ACTION,
-    ROOM_CONTROL,
-    ROOM_EVOLUTION,
-    ROOM_LOGITS,
-    ROOM_PING,
-    ROOT_ID,
-    ModelRegistry,
-    error_report,
-    register_model,
-)
+from swarm.protocol import (ACTION, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, GET, LOGITS, REWARD,
+                            ROOM_ACTION, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_PING, ROOT_ID, ModelRegistry,
+                            error_report, register_model)
 
 COMPONENT_NAME = "aggregation"
 log = logging.getLogger(COMPONENT_NAME)

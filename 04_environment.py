@@ -14,28 +14,9 @@ import numpy as np
 from swarm.checks import get_actions, get_bool, get_int, unbatch
 from swarm.client import Handlers, SwarmClient
 from swarm.component import setup_component
-from swarm.protocol import (
-    ACTION,
-    AVG_SCORE,
-    DETERMINISTIC,
-    DONE,
-    ENV_DONE,
-    ENV_PROGRESS,
-    EPISODE,
-    FINAL_OBSERVATION,
-    NR_OF_EPISODE,
-    OBSERVATION,
-    REWARD,
-    ROOM_ACTION,
-    ROOM_CONTROL,
-    ROOM_OBSERVATION,
-    ROOT_ID,
-    SCORE,
-    SCORES,
-    STATUS,
-    STEPS,
-    TRUNCATED,
-)
+from swarm.protocol import (ACTION, AVG_SCORE, DETERMINISTIC, DONE, ENV_DONE, ENV_PROGRESS, EPISODE, FINAL_OBSERVATION,
+                            NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL, ROOM_OBSERVATION, ROOT_ID,
+                            SCORE, SCORES, STATUS, STEPS, TRUNCATED)
 from swarm.settings import ENV_ID
 
 COMPONENT_NAME = "environment"

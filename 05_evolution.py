@@ -19,25 +19,9 @@ from swarm.checks import BadMessage, as_vector, get_bool, get_float, get_str, re
 from swarm.client import Handlers, SwarmClient
 from swarm.component import setup_component
 from swarm.fitness import fitness_spread
-from swarm.protocol import (
-    CMD,
-    COMPONENT_ID,
-    CONTRIBUTION,
-    EVO_DONE,
-    EVOLUTION,
-    FITNESS_SPREAD,
-    GET,
-    ROOM_CONTROL,
-    ROOM_EVOLUTION,
-    ROOM_PING,
-    ROOT_ID,
-    SET,
-    STATUS,
-    WEIGHTS,
-    ModelRegistry,
-    error_report,
-    register_model,
-)
+from swarm.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, EVO_DONE, EVOLUTION, FITNESS_SPREAD, GET, ROOM_CONTROL,
+                            ROOM_EVOLUTION, ROOM_PING, ROOT_ID, SET, STATUS, WEIGHTS, ModelRegistry, error_report,
+                            register_model)
 
 COMPONENT_NAME = "evolution"
 log = logging.getLogger(COMPONENT_NAME)

@@ -38,16 +38,7 @@ import psutil
 
 from swarm.control import ControlClient
 from swarm.launcher import ManagedSwarm, free_port
-from swarm.protocol import (
-    DETERMINISTIC,
-    ENV_DONE,
-    EVO_DONE,
-    EVOLUTION,
-    NR_OF_EPISODE,
-    ROOT_ID,
-    STEPS,
-    ModelRegistry,
-)
+from swarm.protocol import (DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOT_ID, STEPS, ModelRegistry)
 from swarm.scripts import PROJECT_DIR, load_script
 from swarm.settings import ENV_ID, SwarmSettings
 

@@ -3,25 +3,8 @@ import numpy as np
 import pytest
 
 from swarm.checks import BadMessage
-from swarm.protocol import (
-    ACTION,
-    CMD,
-    COMPONENT,
-    COMPONENT_ID,
-    CONTRIBUTION,
-    DETERMINISTIC,
-    DONE,
-    ERROR,
-    GET,
-    LOGITS,
-    MISSING,
-    PONG,
-    REWARD,
-    ROOT_ID,
-    SET,
-    STATUS,
-    ModelRegistry,
-)
+from swarm.protocol import (ACTION, CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, ERROR, GET, LOGITS,
+                            MISSING, PONG, REWARD, ROOT_ID, SET, STATUS, ModelRegistry)
 from tests.helpers import load_script
 
 aggregation = load_script("03_aggregation.py")

@@ -4,25 +4,9 @@ import numpy as np
 import pytest
 
 from swarm.checks import BadMessage
-from swarm.protocol import (
-    ACTION,
-    AVG_SCORE,
-    DETERMINISTIC,
-    DONE,
-    ENV_DONE,
-    ENV_PROGRESS,
-    EPISODE,
-    EVOLUTION,
-    FINAL_OBSERVATION,
-    NR_OF_EPISODE,
-    OBSERVATION,
-    REWARD,
-    ROOT_ID,
-    SCORES,
-    STATUS,
-    STEPS,
-    TRUNCATED,
-)
+from swarm.protocol import (ACTION, AVG_SCORE, DETERMINISTIC, DONE, ENV_DONE, ENV_PROGRESS, EPISODE, EVOLUTION,
+                            FINAL_OBSERVATION, NR_OF_EPISODE, OBSERVATION, REWARD, ROOT_ID, SCORES, STATUS, STEPS,
+                            TRUNCATED)
 from swarm.settings import ENV_ID
 from tests.helpers import load_script
 

@@ -5,24 +5,8 @@ import numpy as np
 import pytest
 
 from swarm.checks import BadMessage
-from swarm.protocol import (
-    CMD,
-    COMPONENT,
-    COMPONENT_ID,
-    CONTRIBUTION,
-    ERROR,
-    EVO_DONE,
-    EVOLUTION,
-    FITNESS_SPREAD,
-    GET,
-    MISSING,
-    NR_OF_EPISODE,
-    PONG,
-    ROOT_ID,
-    SET,
-    STATUS,
-    WEIGHTS,
-)
+from swarm.protocol import (CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, ERROR, EVO_DONE, EVOLUTION, FITNESS_SPREAD, GET,
+                            MISSING, NR_OF_EPISODE, PONG, ROOT_ID, SET, STATUS, WEIGHTS)
 from tests.helpers import load_script
 
 evolution_script = load_script("05_evolution.py")

@@ -20,15 +20,8 @@ import pytest
 
 from swarm.launcher import ManagedSwarm, SwarmError
 from swarm.protocol import DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, STEPS
-from tests.helpers import (
-    ROOT,
-    assert_all_gone,
-    processes_with_log_dir,
-    ready_swarm,
-    run_control,
-    seconds_until_gone,
-    wait_for_line,
-)
+from tests.helpers import (ROOT, assert_all_gone, processes_with_log_dir, ready_swarm, run_control, seconds_until_gone,
+                           wait_for_line)
 
 MODELS = 2
 LONG_RUN = {NR_OF_EPISODE: 100_000, DETERMINISTIC: False}  # hours: only a fault ends it

@@ -7,21 +7,8 @@ import pytest
 from swergio_toolbox.objects import MutableBool
 
 from swarm.checks import BadMessage
-from swarm.protocol import (
-    ACTION,
-    CMD,
-    COMPONENT_ID,
-    DETERMINISTIC,
-    DONE,
-    FINAL_OBSERVATION,
-    GET,
-    LOGITS,
-    OBSERVATION,
-    REWARD,
-    SET,
-    TRUNCATED,
-    WEIGHTS,
-)
+from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, FINAL_OBSERVATION, GET, LOGITS, OBSERVATION,
+                            REWARD, SET, TRUNCATED, WEIGHTS)
 from swarm.scripts import load_script
 
 model = load_script("02_model.py")

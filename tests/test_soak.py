@@ -16,18 +16,8 @@ import pytest
 from swarm.client import SwarmClient
 from swarm.control import ControlClient
 from swarm.launcher import wait_for_answers
-from swarm.protocol import (
-    DETERMINISTIC,
-    ENV_DONE,
-    EPISODE,
-    EVO_DONE,
-    EVOLUTION,
-    NR_OF_EPISODE,
-    ROOM_CONTROL,
-    ROOT_ID,
-    SCORES,
-    STATUS,
-)
+from swarm.protocol import (DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOM_CONTROL, ROOT_ID,
+                            SCORES, STATUS)
 from swarm.settings import SwarmSettings
 from tests.helpers import COMPONENTS, assert_all_gone, start_swarm
 

@@ -14,40 +14,11 @@ import pytest
 from swarm.client import SwarmClient
 from swarm.control import ControlClient
 from swarm.launcher import ManagedSwarm, SwarmError
-from swarm.protocol import (
-    AVG_SCORE,
-    CMD,
-    COMPONENT_ID,
-    CONTRIBUTION,
-    DETERMINISTIC,
-    ENV_DONE,
-    ENV_PROGRESS,
-    EPISODE,
-    EVO_DONE,
-    EVOLUTION,
-    NR_OF_EPISODE,
-    ROOM_CONTROL,
-    ROOM_EVOLUTION,
-    ROOT_ID,
-    SCORES,
-    SET,
-    STATUS,
-    STEPS,
-    WEIGHTS,
-    custom_message,
-)
-from tests.helpers import (
-    COMPONENTS,
-    ROOT,
-    assert_all_gone,
-    drain,
-    get_weights,
-    ready_swarm,
-    run_control,
-    set_weights,
-    start_swarm,
-    wait_for_line,
-)
+from swarm.protocol import (AVG_SCORE, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, ENV_DONE, ENV_PROGRESS, EPISODE,
+                            EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOM_CONTROL, ROOM_EVOLUTION, ROOT_ID, SCORES, SET,
+                            STATUS, STEPS, WEIGHTS, custom_message)
+from tests.helpers import (COMPONENTS, ROOT, assert_all_gone, drain, get_weights, ready_swarm, run_control, set_weights,
+                           start_swarm, wait_for_line)
 
 
 def test_episodes_evolution_and_evaluation_end_to_end(swarm_env):
