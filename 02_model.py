@@ -21,7 +21,7 @@ from swarm.client import Handlers, SwarmClient
 from swarm.component import component_name, new_component_id, setup_component, yield_to_the_critical_path
 from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, FINAL_OBSERVATION, GET, LOGITS, OBSERVATION,
                             REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION, SET, TRUNCATED, WEIGHTS)
-from swarm.settings import ENV_ID
+from swarm.settings import ENV_ID, SwarmSettings
 
 COMPONENT_NAME = "model"
 N_STEPS = 5  # rollout length: the policy trains every 5 environment steps
@@ -172,6 +172,16 @@ def set_weights(msg, policy, rollout_buffer, memory, training_enabled, component
     return None
 
 
+def arguments(settings: SwarmSettings, name: str) -> dict:
+    """Model `name`'s identity and state, which its handlers receive by name."""
+    seed = settings.component_seed(name)
+    torch.manual_seed(secrets.randbits(63) if seed is None else seed)  # each model its own initial weights
+    policy = make_policy(*spaces(), settings.learning_rate)
+    return dict(component_id=new_component_id(name, seed), policy=policy,
+                rollout_buffer=make_rollout_buffer(policy, settings.envs), memory={},
+                training_enabled=MutableBool(True), normalize_advantage=settings.normalize_advantage)
+
+
 def main(name: str | None = None) -> None:
     """Connect and serve as model `name` (default: the launcher's name for this process)."""
     gc.freeze()  # the libraries' objects live forever: later collections need not scan them
@@ -179,13 +189,7 @@ def main(name: str | None = None) -> None:
     name = name or component_name(COMPONENT_NAME)
     settings = setup_component(name)
     torch.set_num_threads(1)  # one thread each
-    seed = settings.component_seed(name)
-    torch.manual_seed(secrets.randbits(63) if seed is None else seed)  # each model its own initial weights
-    policy = make_policy(*spaces(), settings.learning_rate)
-    client = SwarmClient(COMPONENT_NAME, settings, component_id=new_component_id(name), policy=policy,
-                         rollout_buffer=make_rollout_buffer(policy, settings.envs), memory={},
-                         training_enabled=MutableBool(True), normalize_advantage=settings.normalize_advantage)
-    handlers.wire(client).listen()
+    handlers.wire(SwarmClient(COMPONENT_NAME, settings, **arguments(settings, name))).listen()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from swarm.fitness import ReturnCredit
 from swarm.protocol import (ACTION, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, GET, LOGITS, REWARD,
                             ROOM_ACTION, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_PING, ROOT_ID, ModelRegistry,
                             error_report, register_model)
+from swarm.settings import SwarmSettings
 
 COMPONENT_NAME = "aggregation"
 log = logging.getLogger(COMPONENT_NAME)
@@ -90,14 +91,16 @@ def aggregate(msg, memory, contribution_memory, models, envs, rng, return_credit
     memory.logits[model_id] = logits
     if len(memory.logits) < models.expected:
         return None
-    actions, shares = get_action(memory.logits, rng, deterministic)
+    # In the order of the model ids, not of arrival: the same sums, shares and draws every run.
+    by_model = dict(sorted(memory.logits.items()))
+    actions, shares = get_action(by_model, rng, deterministic)
     if not deterministic:  # an evaluation shows what the swarm can do; it earns no one fitness
         if return_credit is None:
-            for model_id, share in zip(memory.logits, shares.sum(axis=-1)):
+            for model_id, share in zip(by_model, shares.sum(axis=-1)):
                 contribution_memory[model_id] = contribution_memory.get(model_id, 0.0) + float(share)
         else:
             if outcome is not None:
-                return_credit.add_outcome(*outcome, list(memory.logits), contribution_memory)
+                return_credit.add_outcome(*outcome, list(by_model), contribution_memory)
             return_credit.add_step(shares)
     memory.logits = {}
     return {ACTION: actions.tolist()}
@@ -134,14 +137,17 @@ def send_contribution(msg, contribution_memory):
     return {CONTRIBUTION: contribution}
 
 
+def arguments(settings: SwarmSettings, name: str = COMPONENT_NAME) -> dict:
+    """The aggregation's state, which its handlers receive by name."""
+    return dict(memory=StepLogits(), contribution_memory={}, models=ModelRegistry(settings.models),
+                envs=settings.envs, rng=np.random.default_rng(settings.component_seed(name)),  # the sampled actions
+                model_timeout=settings.model_timeout,
+                return_credit=ReturnCredit() if settings.fitness == "return" else None)
+
+
 def main() -> None:
     settings = setup_component(COMPONENT_NAME)
-    client = SwarmClient(COMPONENT_NAME, settings, memory=StepLogits(), contribution_memory={},
-                         models=ModelRegistry(settings.models), envs=settings.envs,
-                         rng=np.random.default_rng(settings.component_seed(COMPONENT_NAME)),  # the sampled actions
-                         model_timeout=settings.model_timeout,
-                         return_credit=ReturnCredit() if settings.fitness == "return" else None)
-    handlers.wire(client).listen()
+    handlers.wire(SwarmClient(COMPONENT_NAME, settings, **arguments(settings))).listen()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from swarm.component import setup_component
 from swarm.protocol import (ACTION, AVG_SCORE, DETERMINISTIC, DONE, ENV_DONE, ENV_PROGRESS, EPISODE, FINAL_OBSERVATION,
                             NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL, ROOM_OBSERVATION, ROOT_ID,
                             SCORE, SCORES, STATUS, STEPS, TRUNCATED)
-from swarm.settings import ENV_ID
+from swarm.settings import ENV_ID, SwarmSettings
 
 COMPONENT_NAME = "environment"
 handlers = Handlers()
@@ -38,6 +38,7 @@ class Run:
     scores: list[float] = field(default_factory=list)  # the counted episodes, in the order they ended
     steps: int = 0  # environment steps: a step of N copies counts N
     quota: list[int] = field(default_factory=list)  # episodes still to count, per copy
+    done_report: dict | None = None  # ENV_DONE, held until the action for the last observation
 
     def __post_init__(self) -> None:
         copies = len(self.episode_returns)
@@ -83,8 +84,14 @@ def start_run(msg, cartpole):
 def step(msg, cartpole):
     """ACTION from the aggregation: step every copy, and send what happened to the models."""
     run = cartpole.run
-    if run is None or run.finished or msg.get(ROOT_ID, run.root_id) != run.root_id:
+    if run is None or msg.get(ROOT_ID, run.root_id) != run.root_id:
         return None  # no run, or an action that belongs to an abandoned run
+    if run.finished:
+        # The action for the run's last observation is taken by no one; but with it every
+        # component has finished the run, so ENV_DONE goes out now and the control's next request
+        # cannot overtake the run's last step (the same contributions every time, for a seed).
+        cartpole.report, run.done_report = run.done_report, None
+        return None
     action = get_actions(msg, ACTION, len(cartpole.envs), cartpole.envs[0].action_space.n).tolist()
     observations, rewards, dones, truncations, final_observations, finished = [], [], [], [], [], []
     for i, env in enumerate(cartpole.envs):
@@ -105,11 +112,12 @@ def step(msg, cartpole):
     run.steps += len(cartpole.envs)
     if finished:
         run.scores.extend(finished)
-        cartpole.report = {STATUS: ENV_DONE if run.finished else ENV_PROGRESS,
-                           EPISODE: len(run.scores), SCORE: finished[-1], STEPS: run.steps,
-                           AVG_SCORE: float(np.mean(run.scores)), ROOT_ID: run.root_id}
+        report = {STATUS: ENV_DONE if run.finished else ENV_PROGRESS, EPISODE: len(run.scores),
+                  SCORE: finished[-1], STEPS: run.steps, AVG_SCORE: float(np.mean(run.scores)), ROOT_ID: run.root_id}
         if run.finished:
-            cartpole.report[SCORES] = run.scores
+            run.done_report = {**report, SCORES: run.scores}
+        else:
+            cartpole.report = report
     message = {OBSERVATION: unbatch(np.stack(observations)), REWARD: cartpole.per_copy(rewards),
                DONE: cartpole.per_copy(dones), DETERMINISTIC: run.deterministic, ACTION: action,
                ROOT_ID: run.root_id}
@@ -122,16 +130,21 @@ def step(msg, cartpole):
 # Registered after `step`, so it sees the report of the step just taken.
 @handlers.on(ROOM_ACTION, reply_to=ROOM_CONTROL)
 def report(msg, cartpole):
-    """After a step that ended an episode: progress, or ENV_DONE with the average score."""
+    """After a step that ended an episode: progress; after the run's last action: ENV_DONE with
+    the average score."""
     message, cartpole.report = cartpole.report, None
     return message
 
 
+def arguments(settings: SwarmSettings, name: str = COMPONENT_NAME) -> dict:
+    """The environment copies, which its handlers receive by name."""
+    return dict(cartpole=CartPole([gymnasium.make(ENV_ID) for _ in range(settings.envs)],
+                                  seed=settings.component_seed(name)))
+
+
 def main() -> None:
     settings = setup_component(COMPONENT_NAME)
-    cartpole = CartPole([gymnasium.make(ENV_ID) for _ in range(settings.envs)],
-                        seed=settings.component_seed(COMPONENT_NAME))
-    handlers.wire(SwarmClient(COMPONENT_NAME, settings, cartpole=cartpole)).listen()
+    handlers.wire(SwarmClient(COMPONENT_NAME, settings, **arguments(settings))).listen()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from swarm.fitness import fitness_spread
 from swarm.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, EVO_DONE, EVOLUTION, FITNESS_SPREAD, GET, ROOM_CONTROL,
                             ROOM_EVOLUTION, ROOM_PING, ROOT_ID, SET, STATUS, WEIGHTS, ModelRegistry, error_report,
                             register_model)
+from swarm.settings import SwarmSettings
 
 COMPONENT_NAME = "evolution"
 log = logging.getLogger(COMPONENT_NAME)
@@ -134,13 +135,16 @@ def report(msg, evolution):
 handlers.on(ROOM_PING)(register_model)
 
 
+def arguments(settings: SwarmSettings, name: str = COMPONENT_NAME) -> dict:
+    """The evolution's state, which its handlers receive by name."""
+    random.seed(settings.component_seed(name))  # deap draws from Python's random
+    evolution = Evolution(settings.models)
+    return dict(evolution=evolution, models=evolution.models, model_timeout=settings.model_timeout)
+
+
 def main() -> None:
     settings = setup_component(COMPONENT_NAME)
-    random.seed(settings.component_seed(COMPONENT_NAME))  # deap draws from Python's random
-    evolution = Evolution(settings.models)
-    client = SwarmClient(COMPONENT_NAME, settings, evolution=evolution, models=evolution.models,
-                         model_timeout=settings.model_timeout)
-    handlers.wire(client).listen()
+    handlers.wire(SwarmClient(COMPONENT_NAME, settings, **arguments(settings))).listen()
 
 
 if __name__ == "__main__":

@@ -27,17 +27,15 @@
 # every one is checked before anything starts: a bad value is named, with what is allowed.
 
 # %%
-import itertools
 import json
-import math
-import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from swarm.control import ControlClient
 from swarm.launcher import ManagedSwarm
-from swarm.protocol import DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, FITNESS_SPREAD, NR_OF_EPISODE, SCORES, STEPS
+from swarm.protocol import DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, FITNESS_SPREAD, NR_OF_EPISODE
+from swarm.rounds import train_until_solved
 from swarm.settings import SOLVED_AT, load_settings
 
 settings = load_settings()
@@ -65,76 +63,42 @@ ready_s = swarm.wait_ready(control, ["aggregation", "environment", "evolution"],
 print(f"swarm ready: {settings.models} models and 4 components in {ready_s:.1f} s", flush=True)
 
 # %% [markdown]
-# `start` runs episodes and returns their scores; `evaluate` runs deterministic episodes (the
-# models neither learn from them nor earn contribution) and returns their mean and standard
-# deviation; `start_evo` runs one evolution step. Each waits, bounded, for the reply to its own
-# request.
+# `start` runs episodes and returns the environment's report (their scores and steps); with
+# `deterministic=True` the models neither learn from them nor earn contribution. `start_evo` runs
+# one evolution step and returns its fitness spread. Each waits, bounded, for the reply to its
+# own request.
 
 # %%
-training = {"steps": 0, "seconds": 0.0}
-
-
 def start(nr_of_episodes=1, deterministic=False):
-    began = time.monotonic()
-    reply = control.request({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: deterministic},
-                            until=ENV_DONE)
-    if not deterministic:
-        training["steps"] += reply[STEPS]
-        training["seconds"] += time.monotonic() - began
-    return reply[SCORES]
-
-
-def evaluate(nr_of_episodes=settings.eval_episodes):
-    # whole batches: every environment copy plays the same number of episodes
-    scores = start(math.ceil(nr_of_episodes / settings.envs) * settings.envs, deterministic=True)
-    return float(np.mean(scores)), float(np.std(scores))
+    return control.request({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: deterministic}, until=ENV_DONE)
 
 
 def start_evo():
-    reply = control.request({EVOLUTION: True}, until=EVO_DONE)
-    return reply[FITNESS_SPREAD]
+    return control.request({EVOLUTION: True}, until=EVO_DONE)[FITNESS_SPREAD]
 
 
 # %% [markdown]
-# Train until solved. Each round trains for `SWARM_EPISODES` episodes, evaluates, and evolves
-# the population (unless `SWARM_EVOLUTION=0`). CartPole-v1 counts as solved when the evaluation
-# mean reaches its reward threshold, 475. The budget (`SWARM_MAX_STEPS` training steps,
-# `SWARM_MAX_SECONDS` of wall time from the first round) is checked after every round.
+# Train until solved. Each round is the tutorial's: `SWARM_EPISODES` training episodes, a
+# deterministic evaluation, an evolution step (unless `SWARM_EVOLUTION=0`), and an evaluation of
+# the evolved population. CartPole-v1 is solved, as gymnasium defines it, by a mean of at least
+# 475 over 100 consecutive episodes: an evaluation that reaches 475 is confirmed with 100
+# deterministic episodes. The budget (`SWARM_MAX_STEPS` training steps, `SWARM_MAX_SECONDS` of
+# wall time from the first round) is checked after every round. The same loop drives the
+# in-process runner (`swarm.local`) that the study uses.
 
 # %%
-history = []  # one row per round
-began = time.monotonic()
-solved = False
-for round_nr in itertools.count(1):
-    print(f"ROUND {round_nr}" + (f"/{settings.rounds}" if settings.rounds else ""), flush=True)
-    train_scores = start(settings.episodes)
-    eval_mean, eval_std = evaluate()
-    solved = eval_mean >= SOLVED_AT
-    out_of_budget = ((settings.max_steps and training["steps"] >= settings.max_steps)
-                     or (settings.max_seconds and time.monotonic() - began >= settings.max_seconds)
-                     or round_nr == settings.rounds)
-    spread = start_evo() if settings.evolution and not solved and not out_of_budget else None
-    history.append(dict(round=round_nr, steps=training["steps"], seconds=time.monotonic() - began,
-                        train_mean=float(np.mean(train_scores)), eval_mean=eval_mean, eval_std=eval_std,
-                        fitness_spread=spread))
-    print(f"  steps {training['steps']:>7,}  training {np.mean(train_scores):6.1f}"
-          f"  evaluation {eval_mean:6.1f} ± {eval_std:5.1f}  wall {time.monotonic() - began:5.0f} s"
-          + (f"  evolved (fitness spread {spread:.2%})" if spread is not None else ""), flush=True)
-    if solved or out_of_budget:
-        break
+result = train_until_solved(start, start_evo, settings, report=lambda line: print(line, flush=True))
 
 # %% [markdown]
-# What it took, and the scores against environment steps (the plot is saved next to the logs,
-# with the numbers in `result.json`).
+# The scores against training steps (the plot is saved next to the logs, with every round's
+# numbers in `result.json`).
 
 # %%
-wall_s = time.monotonic() - began
-print(f"{'solved' if solved else 'NOT solved'} after {round_nr} rounds: {training['steps']:,} training steps, "
-      f"{wall_s:.0f} s wall ({training['steps'] / max(training['seconds'], 1e-9):.0f} training steps/s)")
-result = dict(solved=solved, steps=training["steps"], seconds=wall_s, ready_s=ready_s, models=settings.models,
-              envs=settings.envs, evolution=settings.evolution, seed=settings.seed, history=history)
+result.update(ready_s=ready_s, models=settings.models, envs=settings.envs, evolution=settings.evolution,
+              seed=settings.seed)
 (settings.log_dir / "result.json").write_text(json.dumps(result, indent=1))
 
+history = result["history"]
 steps = [row["steps"] for row in history]
 fig, ax = plt.subplots(figsize=(7, 4))
 ax.plot(steps, [row["train_mean"] for row in history], "o-", ms=3, label=f"training ({settings.episodes} episodes, mean)")
@@ -142,6 +106,9 @@ eval_mean = np.array([row["eval_mean"] for row in history])
 eval_std = np.array([row["eval_std"] for row in history])
 ax.plot(steps, eval_mean, "s-", ms=3, label="evaluation (deterministic, mean ± sd)")
 ax.fill_between(steps, eval_mean - eval_std, eval_mean + eval_std, alpha=0.2, color="C1")
+after = [(row["steps"], row["after_mean"]) for row in history if row["after_mean"] is not None]
+if after:
+    ax.plot(*zip(*after), "x", ms=4, color="C2", label="evaluation after the evolution step")
 ax.axhline(SOLVED_AT, ls=":", color="grey", label=f"solved ({SOLVED_AT:g})")
 ax.set(xlabel="training environment steps", ylabel="score (steps balanced)", ylim=(0, 510),
        title=f"CartPole-v1, {settings.models} models, {settings.envs} env(s)"

@@ -32,10 +32,12 @@ def component_name(default: str) -> str:
     return os.environ.get(NAME_VARIABLE) or default
 
 
-def new_component_id(name: str) -> str:
+def new_component_id(name: str, seed: int | None = None) -> str:
     """Unique per process (the aggregation and evolution key on it) and readable in their
-    messages: the component's name and a random part."""
-    return f"{name}-{uuid.uuid4().hex[:12]}"
+    messages: the component's name and a random part, drawn from `seed` when there is one (so a
+    seeded swarm's ids, and the order the evolution sorts them in, repeat)."""
+    suffix = uuid.uuid4().hex[:12] if seed is None else f"{seed:08x}"
+    return f"{name}-{suffix}"
 
 
 def setup_component(name: str, settings_class: type[S] = SwarmSettings) -> S:  # type: ignore[assignment]

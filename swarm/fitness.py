@@ -44,6 +44,6 @@ class ReturnCredit:
 
 def fitness_spread(contribution: dict[str, float], models: Iterable[str]) -> float:
     """(best - worst) / mean size of the models' fitness: how much there was to select on."""
-    fitness = np.array([contribution.get(model_id, 0.0) for model_id in models])
+    fitness = np.array([contribution.get(model_id, 0.0) for model_id in sorted(models)])  # one order, one sum
     size = np.abs(fitness).mean()  # a fitness that credits returns can be negative
     return float((fitness.max() - fitness.min()) / size) if size > 0 else 0.0

@@ -57,8 +57,20 @@ def test_episode_accounting_and_avg_score(cartpole):
     assert to_control[-1][AVG_SCORE] == pytest.approx(lengths.mean())
     assert to_control[-1][STEPS] == len(to_models)
     assert all(m[REWARD] == 1.0 and m[ROOT_ID] == "run-1" for m in to_models)
-    # After the run, further actions are ignored.
+    # After the run, further actions are ignored, and ENV_DONE is not sent again.
     assert environment.step({ACTION: [0], ROOT_ID: "run-1"}, cartpole) is None
+    assert environment.report({}, cartpole) is None
+
+
+def test_env_done_waits_for_the_action_for_the_last_observation(cartpole):
+    """Every component has then finished the run: the control's next request cannot overtake it."""
+    environment.start_run(request(1), cartpole)
+    while (reply := environment.step({ACTION: [0], ROOT_ID: "run-1"}, cartpole)) is not None:
+        last = reply
+        assert environment.report({}, cartpole) is None, "ENV_DONE before the last action came back"
+    assert last[DONE] is True
+    done = environment.report({}, cartpole)
+    assert done[STATUS] == ENV_DONE and done[STEPS] == done[SCORES][0]
 
 
 def test_after_done_the_observation_is_the_next_episodes_first(cartpole):
@@ -122,7 +134,8 @@ def test_copies_step_together_and_every_copys_episodes_count(three_cartpoles):
     ended, reports, steps = 0, [], 0
     while True:
         reply = environment.step({ACTION: [0, 1, 0], ROOT_ID: "run-1"}, three_cartpoles)
-        if reply is None:
+        if reply is None:  # the action for the last observation: the run is over
+            reports.append(environment.report({}, three_cartpoles))
             break
         steps += 1
         assert np.array(reply[OBSERVATION]).shape == (3, 4)
@@ -153,6 +166,7 @@ def test_each_copy_counts_its_first_episodes_so_short_ones_are_not_favoured(thre
     while True:
         actions = [0] + ([int(o[2] > 0) for o in observation[1:]] if observation else [0, 0])
         reply = environment.step({ACTION: actions, ROOT_ID: "run-1"}, three_cartpoles)
+        report = environment.report({}, three_cartpoles)
         if reply is None:
             break
         observation = reply[OBSERVATION]
@@ -161,7 +175,6 @@ def test_each_copy_counts_its_first_episodes_so_short_ones_are_not_favoured(thre
             if done:
                 lengths[i].append(current[i])
                 current[i] = 0
-        report = environment.report({}, three_cartpoles)
     assert report[STATUS] == ENV_DONE
     counted = sorted(lengths[0][:2] + lengths[1][:2] + lengths[2][:2])
     assert sorted(report[SCORES]) == counted

@@ -1,0 +1,138 @@
+"""The whole swarm in one process: the real handlers of 02-05, wired to an in-memory hub.
+
+No sockets and no server: `LocalHub` does what swergio's server does (rooms, delivery to every
+other member, SENT_BY), and every message still goes through JSON once, as on the wire. Each
+component is the script's own `handlers`, given the state its `arguments(settings, name)` builds,
+exactly as its `main()` does. The control's round loop (`swarm.rounds`) drives it through the
+same requests as `06_control.py`.
+
+A seeded swarm takes the same actions here as over sockets: every handler is deterministic given
+its messages, and the aggregation orders the models by id, not by arrival.
+
+    runner = LocalSwarm(settings)
+    result = runner.train_until_solved()
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from swergio import MESSAGE_TYPE
+
+from swarm import rounds
+from swarm.client import SwarmClient
+from swarm.launcher import SwarmError
+from swarm.protocol import (DETERMINISTIC, ENV_DONE, ERROR, EVO_DONE, EVOLUTION, FITNESS_SPREAD, NR_OF_EPISODE, PING,
+                            ROOM_CONTROL, ROOM_PING, ROOT_ID, STATUS, custom_message)
+from swarm.scripts import load_script
+from swarm.settings import SwarmSettings
+
+log = logging.getLogger("swarm")
+JOIN, LEAVE = MESSAGE_TYPE.COMMAND.JOINROOM.id, MESSAGE_TYPE.COMMAND.LEAVEROOM.id
+COMMANDS = {MESSAGE_TYPE.COMMAND.REGISTER.id, JOIN, LEAVE, MESSAGE_TYPE.COMMAND.DISCONNECT.id}
+
+
+class LocalHub:
+    """swergio's server without sockets: rooms, and delivery to every other member of a room."""
+
+    def __init__(self) -> None:
+        self.rooms: defaultdict[str, list[LocalClient]] = defaultdict(list)
+        self.members: list[LocalClient] = []
+
+    def deliver(self, sender: LocalClient, message: dict[str, Any]) -> None:
+        kind = message.get("TYPE")
+        if kind in COMMANDS:
+            room = message.get("ROOM")
+            if kind == JOIN and sender not in self.rooms[room]:
+                self.rooms[room].append(sender)
+            elif kind == LEAVE and sender in self.rooms[room]:
+                self.rooms[room].remove(sender)
+            return
+        message.setdefault("SENT_BY", sender.name)
+        wire = json.loads(json.dumps(message))  # what a recipient would decode
+        for member in self.rooms.get(message.get("TO_ROOM"), ()):
+            if member is not sender:
+                member.inbox.append(wire)
+
+    def pump(self) -> None:
+        """Let every serving member handle its messages, until none is left to handle."""
+        while True:
+            busy = False
+            for member in self.members:
+                while member.inbox:
+                    busy = True
+                    member.dispatch(member.inbox.popleft())
+            if not busy:
+                return
+
+
+class LocalClient(SwarmClient):
+    """A SwarmClient whose connection is a LocalHub: the same handlers, dispatch and replies."""
+
+    def __init__(self, hub: LocalHub, name: str, settings: SwarmSettings, serve: bool = True, **kwargs: Any) -> None:
+        self.hub, self.inbox = hub, deque()
+        super().__init__(name, settings, **kwargs)
+        if serve:  # the hub's pump dispatches its messages; the control reads its own
+            hub.members.append(self)
+
+    def connect(self, server: str, port: int) -> None:  # type: ignore[override]
+        return None
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.hub.deliver(self, message)
+
+    def receive(self, timeout: float | None = None) -> dict[str, Any] | None:
+        return self.inbox.popleft() if self.inbox else None
+
+    def close(self) -> None:
+        return None
+
+
+class LocalSwarm:
+    """The aggregation, the environment, the evolution and `settings.models` models, each built
+    and wired by its own script, and a control client in the `control` room."""
+
+    def __init__(self, settings: SwarmSettings) -> None:
+        torch.set_num_threads(1)  # as every model process
+        self.settings, self.hub = settings, LocalHub()
+        for script in ("03_aggregation.py", "04_environment.py", "05_evolution.py"):
+            module = load_script(script)
+            module.handlers.wire(LocalClient(self.hub, module.COMPONENT_NAME, settings,
+                                             **module.arguments(settings, module.COMPONENT_NAME)))
+        model = load_script("02_model.py")
+        for index in range(settings.models):
+            model.handlers.wire(LocalClient(self.hub, model.COMPONENT_NAME, settings,
+                                            **model.arguments(settings, f"model{index}")))
+        self.control = LocalClient(self.hub, "control", settings, serve=False)
+        self.control.join_room(ROOM_CONTROL)
+        self.control.send(custom_message(ROOM_PING, {PING: uuid.uuid4().hex}))  # the models introduce themselves
+        self.hub.pump()
+        self.control.inbox.clear()
+
+    def request(self, payload: dict[str, Any], until: str) -> dict[str, Any]:
+        """Send `payload` to `control`, let the swarm work, and return the reply whose STATUS is `until`."""
+        root_id = uuid.uuid4().hex
+        self.control.send(custom_message(ROOM_CONTROL, payload, root_id))
+        self.hub.pump()
+        replies = [m for m in self.control.inbox if m.get(ROOT_ID) == root_id]
+        self.control.inbox.clear()
+        for reply in replies:
+            if reply.get(STATUS) == ERROR:
+                raise SwarmError(f"{reply.get('SENT_BY', 'a component')}: {reply.get(ERROR)}")
+            if reply.get(STATUS) == until:
+                return reply
+        raise SwarmError(f"no {until} after {sorted(payload)}: the swarm fell silent")
+
+    def start(self, nr_of_episodes: int = 1, deterministic: bool = False) -> dict[str, Any]:
+        return self.request({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: deterministic}, until=ENV_DONE)
+
+    def start_evo(self) -> float:
+        return self.request({EVOLUTION: True}, until=EVO_DONE)[FITNESS_SPREAD]
+
+    def train_until_solved(self, report: Callable[[str], None] = print) -> dict[str, Any]:
+        return rounds.train_until_solved(self.start, self.start_evo, self.settings, report)

@@ -1,0 +1,97 @@
+"""The control's round loop: train, evaluate, evolve, evaluate again, until solved or out of budget.
+
+One loop for every way of running the swarm: `06_control.py` passes functions that send requests
+over sockets, the in-process runner (`swarm.local`) functions that call the same handlers
+directly. A round is the tutorial's: training episodes, a deterministic evaluation, an evolution
+step, and an evaluation of the new population.
+
+"Solved" is gymnasium's definition for CartPole-v1: a mean of at least 475 over 100 consecutive
+episodes. A round whose evaluation reaches the threshold is confirmed with 100 deterministic
+episodes (their steps train nothing and are not counted as training steps; their time is counted
+in the wall time); unconfirmed, training goes on.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from swarm.protocol import SCORES, STEPS
+from swarm.settings import SOLVED_AT, SwarmSettings
+
+Start = Callable[[int, bool], dict[str, Any]]  # (episodes, deterministic) -> the run's ENV_DONE reply
+Evolve = Callable[[], float]  # one evolution step -> its fitness spread
+CONFIRM_EPISODES = 100
+
+
+@dataclass
+class Round:
+    """What one round did; `steps` and `seconds` are totals since the first round."""
+    round: int
+    steps: int  # training environment steps
+    seconds: float  # wall time, evaluations and evolutions included
+    train_mean: float
+    eval_mean: float
+    eval_std: float
+    confirm_mean: float | None = None  # over 100 episodes, when the evaluation reached the threshold
+    fitness_spread: float | None = None  # of the evolution step, if there was one
+    after_mean: float | None = None  # the evaluation of the evolved population
+    after_std: float | None = None
+
+    def line(self) -> str:
+        text = (f"  steps {self.steps:>7,}  training {self.train_mean:6.1f}  evaluation {self.eval_mean:6.1f} "
+                f"± {self.eval_std:5.1f}")
+        if self.confirm_mean is not None:
+            text += f"  confirmed {self.confirm_mean:6.1f} over {CONFIRM_EPISODES}"
+        text += f"  wall {self.seconds:5.0f} s"
+        if self.fitness_spread is not None:
+            text += (f"  evolved (fitness spread {self.fitness_spread:.2%}), then {self.after_mean:6.1f} "
+                     f"± {self.after_std:5.1f}")
+        return text
+
+
+def evaluate(start: Start, episodes: int, envs: int) -> tuple[float, float]:
+    """Mean and standard deviation of deterministic episodes, rounded up to whole batches:
+    every environment copy plays the same number."""
+    scores = start(math.ceil(episodes / envs) * envs, True)[SCORES]
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
+                       report: Callable[[str], None] = print, threshold: float = SOLVED_AT) -> dict[str, Any]:
+    """Rounds until solved (confirmed over 100 episodes) or out of budget; every round's figures."""
+    history: list[Round] = []
+    steps, training_seconds, began = 0, 0.0, time.monotonic()
+    solved = False
+    for round_nr in itertools.count(1):
+        report(f"ROUND {round_nr}" + (f"/{settings.rounds}" if settings.rounds else ""))
+        training_began = time.monotonic()
+        reply = start(settings.episodes, False)
+        steps += reply[STEPS]
+        training_seconds += time.monotonic() - training_began
+        row = Round(round_nr, steps, 0.0, float(np.mean(reply[SCORES])),
+                    *evaluate(start, settings.eval_episodes, settings.envs))
+        if row.eval_mean >= threshold:
+            row.confirm_mean = evaluate(start, CONFIRM_EPISODES, settings.envs)[0]
+            solved = row.confirm_mean >= threshold
+        out_of_budget = bool((settings.max_steps and steps >= settings.max_steps)
+                             or (settings.max_seconds and time.monotonic() - began >= settings.max_seconds)
+                             or round_nr == settings.rounds)
+        if settings.evolution and not solved and not out_of_budget:
+            row.fitness_spread = start_evo()
+            row.after_mean, row.after_std = evaluate(start, settings.eval_episodes, settings.envs)
+        row.seconds = time.monotonic() - began
+        history.append(row)
+        report(row.line())
+        if solved or out_of_budget:
+            break
+    seconds = time.monotonic() - began
+    report(f"{'solved' if solved else 'NOT solved'} after {len(history)} rounds: {steps:,} training steps, "
+           f"{seconds:.0f} s wall ({steps / max(training_seconds, 1e-9):.0f} training steps/s)")
+    return dict(solved=solved, steps=steps, seconds=seconds, training_seconds=training_seconds,
+                history=[asdict(row) for row in history])

@@ -1,0 +1,46 @@
+"""The in-process runner: the real handlers without sockets, driven by the control's own loop."""
+import json
+
+import pytest
+
+from swarm.local import LocalSwarm
+from swarm.settings import SwarmSettings
+from tests.helpers import run_control
+
+EXACT = ("round", "steps", "train_mean", "eval_mean", "eval_std", "confirm_mean", "after_mean", "after_std")
+
+
+def test_in_process_and_over_sockets_a_seeded_swarm_plays_the_same_rounds(swarm_env):
+    """Same seed, same settings: the same actions, so the same steps and scores in every round,
+    and the same evolution. The fitness spread is a sum of float shares of the models' outputs, and
+    a matrix product may round its last bit differently in another process: it agrees to 1e-6
+    (1e-9 absolute: identical members differ by rounding alone)."""
+    env = {"SWARM_SEED": "5", "SWARM_MODELS": "3", "SWARM_ENVS": "2", "SWARM_EPISODES": "3", "SWARM_ROUNDS": "3",
+           "SWARM_EVAL_EPISODES": "2"}
+    process = run_control(env)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    over_sockets = json.loads((swarm_env.log_dir / "result.json").read_text())["history"]
+
+    in_process = LocalSwarm(SwarmSettings.from_env(env)).train_until_solved(report=lambda line: None)["history"]
+    assert len(in_process) == len(over_sockets) == 3
+    for here, there in zip(in_process, over_sockets):
+        assert {k: here[k] for k in EXACT} == {k: there[k] for k in EXACT}
+        if there["fitness_spread"] is None:  # the last round does not evolve
+            assert here["fitness_spread"] is None
+        else:
+            assert here["fitness_spread"] == pytest.approx(there["fitness_spread"], rel=1e-6, abs=1e-9)
+    assert in_process[0]["fitness_spread"] > 0 and in_process[-1]["steps"] > in_process[0]["steps"]
+
+
+def test_different_seeds_play_different_rounds():
+    """The agreement above is not a runner that ignores its models: another seed plays otherwise."""
+    histories = [LocalSwarm(SwarmSettings(models=3, envs=2, episodes=3, rounds=2, seed=seed))
+                 .train_until_solved(report=lambda line: None)["history"] for seed in (5, 6)]
+    assert [row["steps"] for row in histories[0]] != [row["steps"] for row in histories[1]]
+
+
+def test_a_silent_swarm_is_an_error_naming_the_request():
+    runner = LocalSwarm(SwarmSettings(models=2, seed=1))
+    with pytest.raises(Exception, match=r"no ENV_DONE after \['DETERMINISTIC', 'NR_OF_EPISODE'\]"):
+        runner.request({"NR_OF_EPISODE": 0, "DETERMINISTIC": False}, until="ENV_DONE")  # refused: 0 episodes
