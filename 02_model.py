@@ -16,11 +16,12 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from swergio_toolbox.objects import MutableBool
 
 from swarm.adam import Adam
-from swarm.checks import BadMessage, as_batch, as_vector, get_actions, get_bool, get_per_env, require, unbatch
+from swarm.checks import BadMessage, as_batch, as_vector, get_actions, get_bool, get_float, get_per_env, require, unbatch
 from swarm.client import Handlers, SwarmClient
 from swarm.component import component_name, new_component_id, setup_component, yield_to_the_critical_path
-from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, FINAL_OBSERVATION, GET, LOGITS, OBSERVATION,
-                            REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION, SET, TRUNCATED, WEIGHTS)
+from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, FINAL_OBSERVATION, GET, HYPERPARAMETERS,
+                            LEARNING_RATE, LOGITS, OBSERVATION, REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION,
+                            SET, TRUNCATED, WEIGHTS)
 from swarm.settings import ENV_ID, SwarmSettings
 
 COMPONENT_NAME = "model"
@@ -139,44 +140,71 @@ def reply(logits: torch.Tensor, deterministic: bool, component_id: str) -> dict:
 
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
 def send_weights(msg, policy, training_enabled, component_id):
-    """GET: answer with the weight vector and pause training until the new weights arrive."""
+    """GET: answer with the weight vector and the learning rate, and pause training until the
+    evolution's SET arrives."""
     if msg.get(CMD) != GET:
         return None
     training_enabled.set(False)
-    return {WEIGHTS: policy.parameters_to_vector().tolist(), COMPONENT_ID: component_id}
+    return {WEIGHTS: policy.parameters_to_vector().tolist(), COMPONENT_ID: component_id,
+            HYPERPARAMETERS: {LEARNING_RATE: learning_rate(policy)}}
 
 
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
 def set_weights(msg, policy, rollout_buffer, memory, training_enabled, component_id):
-    """SET: load this model's new vector and resume training. It is checked first: a bad SET
-    changes nothing (the weights stay, and so does the pause of a GET).
+    """SET: load this model's new vector and learning rate, if the SET has them, and resume
+    training. It is checked first: a bad SET changes nothing (the weights stay, and so does the
+    pause of a GET).
 
-    What the old weights left behind goes with them: Adam's moment estimates (they would push the
-    new weights along the old ones' gradients) and the steps stored with the old policy's values.
+    What old weights leave behind goes with them: Adam's moment estimates (they would push the new
+    weights along the old ones' gradients) and the steps stored with the old policy's values. A
+    SET without this model's id leaves the model as it is (an evolution that kept it).
     """
     if msg.get(CMD) != SET:
         return None
-    all_weights = require(msg, WEIGHTS)
-    if not isinstance(all_weights, dict) or component_id not in all_weights:
-        raise BadMessage("SET carries no weights for this model; weights unchanged")
-    size = sum(p.numel() for p in policy.parameters())
-    try:
-        vector = as_vector(all_weights[component_id], f"{WEIGHTS}[{component_id}]", size)
-    except BadMessage as error:
-        raise BadMessage(f"{error}; weights unchanged") from None
-    policy.load_from_vector(vector)
-    policy.optimizer.state.clear()  # Adam starts afresh: lazily, at the next step
-    rollout_buffer.reset()
-    memory.clear()
+    all_weights, all_hyper = require(msg, WEIGHTS), msg.get(HYPERPARAMETERS, {})
+    if not isinstance(all_weights, dict) or not isinstance(all_hyper, dict):
+        raise BadMessage(f"{WEIGHTS} and {HYPERPARAMETERS} must map model ids to values; weights unchanged")
+    vector = rate = None
+    if component_id in all_weights:
+        size = sum(p.numel() for p in policy.parameters())
+        try:
+            vector = as_vector(all_weights[component_id], f"{WEIGHTS}[{component_id}]", size)
+        except BadMessage as error:
+            raise BadMessage(f"{error}; weights unchanged") from None
+    if component_id in all_hyper:
+        mine = all_hyper[component_id]
+        rate = get_float(mine, LEARNING_RATE) if isinstance(mine, dict) else None
+        if rate is None or rate <= 0:
+            raise BadMessage(f"{HYPERPARAMETERS}[{component_id}] needs a {LEARNING_RATE} > 0; weights unchanged")
+    if vector is not None:
+        policy.load_from_vector(vector)
+        policy.optimizer.state.clear()  # Adam starts afresh: lazily, at the next step
+        rollout_buffer.reset()
+        memory.clear()
+    if rate is not None:
+        for group in policy.optimizer.param_groups:
+            group["lr"] = rate
     training_enabled.set(True)
     return None
+
+
+def learning_rate(policy: ActorCriticPolicy) -> float:
+    return float(policy.optimizer.param_groups[0]["lr"])
+
+
+def initial_learning_rate(settings: SwarmSettings, seed: int | None) -> float:
+    """SWARM_LEARNING_RATE; with population-based training each member starts elsewhere, log-uniformly
+    between half and twice that rate, so the population differs in more than its initial weights."""
+    if settings.operators != "pbt":
+        return settings.learning_rate
+    return settings.learning_rate * 2.0 ** np.random.default_rng(seed).uniform(-1.0, 1.0)
 
 
 def arguments(settings: SwarmSettings, name: str) -> dict:
     """Model `name`'s identity and state, which its handlers receive by name."""
     seed = settings.component_seed(name)
     torch.manual_seed(secrets.randbits(63) if seed is None else seed)  # each model its own initial weights
-    policy = make_policy(*spaces(), settings.learning_rate)
+    policy = make_policy(*spaces(), initial_learning_rate(settings, seed))
     return dict(component_id=new_component_id(name, seed), policy=policy,
                 rollout_buffer=make_rollout_buffer(policy, settings.envs), memory={},
                 training_enabled=MutableBool(True), normalize_advantage=settings.normalize_advantage)

@@ -16,10 +16,10 @@ import numpy as np
 from swarm.checks import BadMessage, as_batch, get_bool, get_per_env, get_str, require
 from swarm.client import Handlers, SwarmClient
 from swarm.component import setup_component
-from swarm.fitness import ReturnCredit
+from swarm.fitness import LeadCredit, ReturnCredit
 from swarm.protocol import (ACTION, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, GET, LOGITS, REWARD,
-                            ROOM_ACTION, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_PING, ROOT_ID, ModelRegistry,
-                            error_report, register_model)
+                            ROOM_ACTION, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_PING, ROOT_ID, SET, WEIGHTS,
+                            ModelRegistry, error_report, register_model)
 from swarm.settings import SwarmSettings
 
 COMPONENT_NAME = "aggregation"
@@ -34,6 +34,15 @@ class StepLogits:
     logits: dict[str, np.ndarray] = field(default_factory=dict)
     first_at: float = 0.0  # when the step's first logits arrived (time.monotonic)
     retired_roots: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+    def start_run(self, root_id: str | None) -> bool:
+        """A new run's first logits: retire the current run. False for a run already retired."""
+        if root_id in self.retired_roots:
+            return False
+        if self.root_id is not None:
+            self.retired_roots.append(self.root_id)
+        self.root_id, self.logits = root_id, {}
+        return True
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -61,28 +70,27 @@ def get_action(logits_by_model: dict[str, np.ndarray], rng: np.random.Generator,
 
 
 @handlers.on(ROOM_LOGITS, reply_to=ROOM_ACTION)
-def aggregate(msg, memory, contribution_memory, models, envs, rng, return_credit=None):
+def aggregate(msg, memory, contribution_memory, models, envs, rng, return_credit=None, lead_credit=None):
     """Collect one LOGITS per model; when all have answered, send the ACTION (one per environment).
 
-    The fitness: each model's contribution (the tutorial's), or with `return_credit` (the option
-    SWARM_FITNESS=return) its credit for the returns of the episodes it pushed for.
+    The fitness: each model's contribution (the tutorial's); with `lead_credit` (SWARM_FITNESS=lead)
+    the returns of the training episodes it led; with `return_credit` (SWARM_FITNESS=return) its
+    credit for the returns of the episodes it pushed for.
     """
     model_id = get_str(msg, COMPONENT_ID)
     logits = as_batch(require(msg, LOGITS), LOGITS, envs)
     deterministic = get_bool(msg, DETERMINISTIC)
     outcome = None  # what came of the previous step, echoed by the model (SWARM_FITNESS=return)
-    if return_credit is not None and DONE in msg:  # checked now: a bad echo must not stall the step
+    if (return_credit or lead_credit) is not None and DONE in msg:  # checked now: a bad echo must not stall the step
         outcome = get_per_env(msg, REWARD, envs, float), get_per_env(msg, DONE, envs, bool)
     models.admit(model_id)
     root_id = msg.get(ROOT_ID)
     if root_id != memory.root_id:
-        if root_id in memory.retired_roots:
+        if not memory.start_run(root_id):
             return None  # a late answer from an abandoned run
-        if memory.root_id is not None:
-            memory.retired_roots.append(memory.root_id)
-        memory.root_id, memory.logits = root_id, {}
-        if return_credit is not None:
-            return_credit.excess = None  # episodes cut off by the end of a run earn nothing
+        for credit in (return_credit, lead_credit):
+            if credit is not None:
+                credit.start_run()  # episodes cut off by the end of a run earn nothing
     if memory.logits and logits.shape != next(iter(memory.logits.values())).shape:
         raise BadMessage(f"LOGITS of {model_id} has shape {logits.shape}, the others have "
                          f"{next(iter(memory.logits.values())).shape}")
@@ -93,6 +101,11 @@ def aggregate(msg, memory, contribution_memory, models, envs, rng, return_credit
         return None
     # In the order of the model ids, not of arrival: the same sums, shares and draws every run.
     by_model = dict(sorted(memory.logits.items()))
+    memory.logits = {}
+    if lead_credit is not None and not deterministic:  # each copy follows the member leading its episode
+        if outcome is not None:
+            lead_credit.add_outcome(*outcome, list(by_model))
+        return {ACTION: lead_credit.actions(softmax(np.stack(list(by_model.values()))), rng).tolist()}
     actions, shares = get_action(by_model, rng, deterministic)
     if not deterministic:  # an evaluation shows what the swarm can do; it earns no one fitness
         if return_credit is None:
@@ -102,7 +115,6 @@ def aggregate(msg, memory, contribution_memory, models, envs, rng, return_credit
             if outcome is not None:
                 return_credit.add_outcome(*outcome, list(by_model), contribution_memory)
             return_credit.add_step(shares)
-    memory.logits = {}
     return {ACTION: actions.tolist()}
 
 
@@ -128,13 +140,23 @@ def check_missing_models(memory, models, model_timeout):
 
 
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
-def send_contribution(msg, contribution_memory):
-    """GET from the evolution: hand over the tally and start a new one."""
+def send_contribution(msg, contribution_memory, lead_credit=None):
+    """GET from the evolution: hand over the fitness. The tutorial's contribution is a tally that
+    starts anew; the led returns are the members' latest, whenever they were."""
     if msg.get(CMD) != GET:
         return None
+    if lead_credit is not None:
+        return {CONTRIBUTION: lead_credit.fitness()}
     contribution = dict(contribution_memory)
     contribution_memory.clear()
     return {CONTRIBUTION: contribution}
+
+
+@handlers.on(ROOM_EVOLUTION)
+def forget_replaced(msg, lead_credit=None):
+    """SET: the members that get new weights start a new record of led returns."""
+    if lead_credit is not None and msg.get(CMD) == SET and isinstance(msg.get(WEIGHTS), dict):
+        lead_credit.forget(msg[WEIGHTS])
 
 
 def arguments(settings: SwarmSettings, name: str = COMPONENT_NAME) -> dict:
@@ -142,7 +164,8 @@ def arguments(settings: SwarmSettings, name: str = COMPONENT_NAME) -> dict:
     return dict(memory=StepLogits(), contribution_memory={}, models=ModelRegistry(settings.models),
                 envs=settings.envs, rng=np.random.default_rng(settings.component_seed(name)),  # the sampled actions
                 model_timeout=settings.model_timeout,
-                return_credit=ReturnCredit() if settings.fitness == "return" else None)
+                return_credit=ReturnCredit() if settings.fitness == "return" else None,
+                lead_credit=LeadCredit() if settings.fitness == "lead" else None)
 
 
 def main() -> None:

@@ -1,8 +1,13 @@
-"""05_evolution.py: a genetic algorithm over the models' weight vectors.
+"""05_evolution.py: evolution of the models' weight vectors.
 
 On EVOLUTION from the control it asks every model for its weights and the aggregation for the
-models' contributions (GET), breeds a new population with deap (fitness = contribution), sends
-each model its new vector (SET), and tells the control EVO_DONE. Every request starts from
+models' fitness (GET), makes a new population, sends the models their new vectors (SET), and
+tells the control EVO_DONE. Two sets of operators (SWARM_OPERATORS):
+- `genetic`, the tutorial's: deap's tournaments of 3, two-point crossover and Gaussian mutation
+  over the whole population;
+- `pbt`, population-based training's exploit and explore: the worst quarter copy the whole vector
+  of a member of the best quarter, and its learning rate, multiplied by 0.8 or 1.2.
+ Every request starts from
 fresh data and gives exactly one evolution and one EVO_DONE, or, when answers are missing after
 SWARM_MODEL_TIMEOUT seconds, an ERROR naming who did not answer.
 """
@@ -19,7 +24,8 @@ from swarm.checks import BadMessage, as_vector, get_bool, get_float, get_str, re
 from swarm.client import Handlers, SwarmClient
 from swarm.component import setup_component
 from swarm.fitness import fitness_spread
-from swarm.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, EVO_DONE, EVOLUTION, FITNESS_SPREAD, GET, ROOM_CONTROL,
+from swarm.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, EVO_DONE, EVOLUTION, FITNESS_SPREAD, GET, HYPERPARAMETERS,
+                            LEARNING_RATE, ROOM_CONTROL,
                             ROOM_EVOLUTION, ROOM_PING, ROOT_ID, SET, STATUS, WEIGHTS, ModelRegistry, error_report,
                             register_model)
 from swarm.settings import SwarmSettings
@@ -56,14 +62,42 @@ def evolve(weights: dict[str, np.ndarray], contribution: dict[str, float]) -> di
     return {model_id: list(child) for model_id, child in zip(model_ids, offspring)}
 
 
+# Population-based training (Jaderberg et al. 2017, arXiv 1711.09846): truncation selection, whole
+# vectors copied (no crossover of networks whose hidden units do not line up), and a perturbed
+# learning rate, kept within LEARNING_RATE_BOUNDS.
+QUARTER = 0.25
+PERTURBATIONS = (0.8, 1.2)
+LEARNING_RATE_BOUNDS = (1e-4, 1e-2)
+
+
+def exploit_and_explore(weights: dict[str, np.ndarray], fitness: dict[str, float], learning_rates: dict[str, float],
+                        rng: random.Random) -> tuple[dict[str, list[float]], dict[str, dict[str, float]]]:
+    """The new weights and learning rates of the members that change: each of the worst quarter
+    (of those with a fitness) takes a random member of the best quarter's vector and its learning
+    rate times 0.8 or 1.2. Nothing changes while fewer than two quarters have a fitness."""
+    ranked = sorted((model_id for model_id in weights if model_id in fitness), key=lambda m: (fitness[m], m))
+    quarter = int(len(weights) * QUARTER)
+    if quarter == 0 or len(ranked) < 2 * quarter:
+        return {}, {}
+    new_weights, new_rates = {}, {}
+    for loser in ranked[:quarter]:
+        winner = rng.choice(ranked[-quarter:])
+        rate = learning_rates[winner] * rng.choice(PERTURBATIONS)
+        new_weights[loser] = weights[winner].tolist()
+        new_rates[loser] = {LEARNING_RATE: float(np.clip(rate, *LEARNING_RATE_BOUNDS))}
+    return new_weights, new_rates
+
+
 @dataclass
 class Evolution:
     """One evolution at a time, over the answers to its own GET (matched by ROOT_ID)."""
     nr_of_models: int
+    operators: str = "genetic"  # SWARM_OPERATORS: "genetic" (the tutorial's) or "pbt"
     models: ModelRegistry | None = None  # whose weights count (default: the first nr_of_models)
     root_id: str | None = None  # of our GET: the answers carry it back
     request_id: str | None = None  # of the control's EVOLUTION: EVO_DONE carries it back
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    learning_rates: dict[str, float] = field(default_factory=dict)
     contribution: dict[str, float] | None = None
     report: dict | None = None
     started_at: float = 0.0  # when our GET went out (time.monotonic)
@@ -78,7 +112,7 @@ def start_evolution(msg, evolution):
     if EVOLUTION not in msg or not get_bool(msg, EVOLUTION):
         return None
     evolution.root_id, evolution.request_id = uuid.uuid4().hex, msg.get(ROOT_ID)
-    evolution.weights, evolution.contribution, evolution.report = {}, None, None
+    evolution.weights, evolution.learning_rates, evolution.contribution, evolution.report = {}, {}, None, None
     evolution.started_at = time.monotonic()
     return {CMD: GET, ROOT_ID: evolution.root_id}
 
@@ -92,7 +126,10 @@ def collect(msg, evolution):
         model_id = get_str(msg, COMPONENT_ID)
         evolution.models.admit(model_id)
         known_length = len(next(iter(evolution.weights.values()))) if evolution.weights else None
-        evolution.weights[model_id] = as_vector(msg[WEIGHTS], f"{WEIGHTS} of {model_id}", known_length)
+        weights = as_vector(msg[WEIGHTS], f"{WEIGHTS} of {model_id}", known_length)
+        if evolution.operators == "pbt":  # checked before anything is kept: a bad answer changes nothing
+            evolution.learning_rates[model_id] = get_float(require(msg, HYPERPARAMETERS), LEARNING_RATE)
+        evolution.weights[model_id] = weights
     elif CONTRIBUTION in msg:
         contribution = require(msg, CONTRIBUTION)
         if not isinstance(contribution, dict):
@@ -100,11 +137,17 @@ def collect(msg, evolution):
         evolution.contribution = {k: get_float(contribution, k) for k in contribution}
     if len(evolution.weights) < evolution.nr_of_models or evolution.contribution is None:
         return None
-    new_weights = evolve(evolution.weights, evolution.contribution)
+    if evolution.operators == "pbt":
+        new_weights, new_rates = exploit_and_explore(evolution.weights, evolution.contribution,
+                                                     evolution.learning_rates, random)
+        message = {CMD: SET, WEIGHTS: new_weights, HYPERPARAMETERS: new_rates}
+    else:
+        message = {CMD: SET, WEIGHTS: evolve(evolution.weights, evolution.contribution)}
+    ranked = [model_id for model_id in evolution.weights if model_id in evolution.contribution]
     evolution.report = {STATUS: EVO_DONE, ROOT_ID: evolution.request_id or evolution.root_id,
-                        FITNESS_SPREAD: fitness_spread(evolution.contribution, evolution.weights)}
+                        FITNESS_SPREAD: fitness_spread(evolution.contribution, ranked)}
     evolution.root_id = None  # done: late or repeated answers start nothing
-    return {CMD: SET, WEIGHTS: new_weights}
+    return message
 
 
 @handlers.every(0.5, reply_to=ROOM_CONTROL)
@@ -138,7 +181,7 @@ handlers.on(ROOM_PING)(register_model)
 def arguments(settings: SwarmSettings, name: str = COMPONENT_NAME) -> dict:
     """The evolution's state, which its handlers receive by name."""
     random.seed(settings.component_seed(name))  # deap draws from Python's random
-    evolution = Evolution(settings.models)
+    evolution = Evolution(settings.models, settings.operators)
     return dict(evolution=evolution, models=evolution.models, model_timeout=settings.model_timeout)
 
 

@@ -1,75 +1,115 @@
-"""How fast does the swarm learn, and what does evolution add? One run, three seeds.
+"""bench/study.py: how many training steps does each arm need to solve CartPole-v1, over many seeds?
 
-For every seed it measures the training environment steps and the wall time until CartPole-v1
-is solved (a deterministic evaluation mean of at least 475 over 10 or more episodes) for:
+Arms:
+- `swarm`: the swarm with its defaults (`06_control.py` with no settings);
+- `swarm-no-evolution`: the same with SWARM_EVOLUTION=0;
+- `tutorial`: the tutorial's exact algorithm (SWARM_PRESET=tutorial);
+- `sb3-a2c`: stable-baselines3's A2C with its defaults, in one process.
 
-- the swarm with evolution: `python 06_control.py`, as a user runs it;
-- the same swarm without evolution (`SWARM_EVOLUTION=0`);
-- stable-baselines3's A2C with its default hyper-parameters, in this one process, evaluated the
-  same way every `--sb3-eval-every` steps.
+Every arm is judged the same way: "solved" is gymnasium's definition, a mean of at least 475 over
+100 consecutive episodes. The swarm evaluates after every round (10 deterministic episodes) and
+confirms an evaluation that reaches 475 with 100 more; SB3's A2C evaluates every 2,000 steps and
+confirms the same way. An unsolved run counts as the budget (SWARM_MAX_STEPS) in the medians.
 
-All within the same budget (`--max-steps`, `--max-seconds`). It prints a table, writes
-`study.json` and a plot of the evaluation scores against environment steps (`study.png`).
+The swarm runs in process by default (`swarm.local`: the real handlers, no sockets; a seeded swarm
+plays the same rounds there as over sockets), or over sockets with `--sockets` (`06_control.py`).
+Runs go `--jobs` at a time, each in a process of its own.
 
-    .venv/bin/python bench/study.py                # 3 seeds, the settings in the README
-    .venv/bin/python bench/study.py --learning-rate 0.0007 --variants 1 2   # the tutorial's rate
-    .venv/bin/python bench/study.py --quick        # a smoke test: 1 seed, 2 models, tiny budget
+    python bench/study.py --seeds 0-19                          # every arm but the tutorial, 20 seeds
+    python bench/study.py --seeds 0-2 --arms tutorial           # the tutorial's algorithm (slow)
+    python bench/study.py --seeds 0-2 --arms swarm --sockets    # the real swarm, over sockets
+    python bench/study.py --quick                               # a smoke test: tiny swarms, tiny budgets
+
+It prints a table per run and per arm and the Mann-Whitney U p-value of `swarm` against
+`swarm-no-evolution` (steps to solve); writes study.json, study.md and study.png to --out; and its
+last line is one JSON object with the per-arm summary and the p-value.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
+import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from swarm.launcher import free_port
-from swarm.scripts import PROJECT_DIR as ROOT
+from swarm.scripts import PROJECT_DIR
 from swarm.settings import ENV_ID, SOLVED_AT, SwarmSettings
 
-VARIANTS = ("swarm + evolution", "swarm, no evolution", "SB3 A2C, one process")
+ARMS: dict[str, dict[str, str] | None] = {  # the settings that make each swarm arm; None: SB3
+    "swarm": {},
+    "swarm-no-evolution": {"SWARM_EVOLUTION": "0"},
+    "tutorial": {"SWARM_PRESET": "tutorial"},
+    "sb3-a2c": None,
+}
+DEFAULT_ARMS = ["swarm", "swarm-no-evolution", "sb3-a2c"]
+CONFIRM_EPISODES = 100
 
 
-def run_swarm(seed: int, evolution: bool, args: argparse.Namespace, log_dir: Path) -> dict:
-    """`python 06_control.py` with this seed; its result.json. The control stops its own swarm on
-    every exit; on our timeout or Ctrl-C we stop the control (SIGTERM, then SIGKILL) and wait."""
-    # The options a user sets in the environment (SWARM_FITNESS, ...) hold; the study's own win.
-    settings = SwarmSettings.from_env().replace(
-        host="127.0.0.1", port=free_port(), log_dir=log_dir, seed=seed, evolution=evolution, models=args.models,
-        envs=args.envs, episodes=args.episodes, learning_rate=args.learning_rate, eval_episodes=args.eval_episodes,
-        rounds=0, max_steps=args.max_steps, max_seconds=args.max_seconds)
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-    log_dir.mkdir(parents=True, exist_ok=True)
-    began = time.monotonic()
-    with open(log_dir / "control.out", "w") as output:
-        process = subprocess.Popen([sys.executable, "06_control.py"], cwd=ROOT, env=env, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            # the budget, the swarm's start-up and a last evaluation and stop
-            process.wait(timeout=args.max_seconds + 300)
-        except BaseException:  # our timeout, or Ctrl-C: no swarm may outlive the study
-            process.send_signal(signal.SIGTERM)
+def swarm_settings(arm: str, seed: int, args: argparse.Namespace, log_dir: Path) -> SwarmSettings:
+    environ = {**ARMS[arm], **dict(args.set), "SWARM_SEED": str(seed), "SWARM_MAX_STEPS": str(args.max_steps),
+               "SWARM_MAX_SECONDS": str(args.max_seconds), "SWARM_LOG_DIR": str(log_dir)}
+    return SwarmSettings.from_env(environ)
+
+
+def summarise_swarm(arm: str, seed: int, result: dict) -> dict:
+    spreads = [row["fitness_spread"] for row in result["history"] if row["fitness_spread"] is not None]
+    return dict(arm=arm, seed=seed, solved=result["solved"], steps=result["steps"], seconds=result["seconds"],
+                spread=float(np.median(spreads)) if spreads else None,
+                curve=[(row["steps"], row["eval_mean"]) for row in result["history"]])
+
+
+def progress(arm: str, seed: int, args: argparse.Namespace):
+    """With --verbose, every round's line, prefixed with its arm and seed."""
+    return (lambda line: print(f"    [{arm} {seed}] {line.strip()}", flush=True)) if args.verbose else (lambda line: None)
+
+
+def run_in_process(arm: str, seed: int, args: argparse.Namespace) -> dict:
+    from swarm.local import LocalSwarm
+
+    with tempfile.TemporaryDirectory(prefix="study-") as log_dir:
+        settings = swarm_settings(arm, seed, args, Path(log_dir))
+        result = LocalSwarm(settings).train_until_solved(report=progress(arm, seed, args))
+    return summarise_swarm(arm, seed, result)
+
+
+def run_over_sockets(arm: str, seed: int, args: argparse.Namespace) -> dict:
+    """`python 06_control.py` with the arm's settings on a free port. The control stops its own
+    swarm on every exit; on our timeout or Ctrl-C we stop the control and wait for it."""
+    with tempfile.TemporaryDirectory(prefix="study-") as log_dir:
+        settings = swarm_settings(arm, seed, args, Path(log_dir)).replace(port=free_port())
+        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        with open(Path(log_dir) / "control.out", "w") as output:
+            process = subprocess.Popen([sys.executable, str(PROJECT_DIR / "06_control.py")], cwd=log_dir, env=env,
+                                       stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            raise
-    if process.returncode != 0:
-        raise RuntimeError(f"06_control.py exited with {process.returncode}; see {log_dir / 'control.out'}")
-    result = json.loads((log_dir / "result.json").read_text())
-    result["total_seconds"] = time.monotonic() - began  # with the swarm's start and stop
-    result["curve"] = [(row["steps"], row["eval_mean"]) for row in result["history"]]
-    return result
+                process.wait(timeout=args.max_seconds + 600)  # the budget, the start, a last evaluation
+            except BaseException:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                raise
+        if process.returncode != 0:
+            raise RuntimeError(f"06_control.py exited with {process.returncode}:\n"
+                               f"{(Path(log_dir) / 'control.out').read_text()[-2000:]}")
+        result = json.loads((Path(log_dir) / "result.json").read_text())
+    return summarise_swarm(arm, seed, result)
 
 
 def run_sb3(seed: int, args: argparse.Namespace) -> dict:
-    """stable-baselines3's A2C, default hyper-parameters, one environment, in this process."""
+    """stable-baselines3's A2C with its defaults, one environment, judged as the swarm is."""
     import gymnasium
     import torch
     from stable_baselines3 import A2C
@@ -77,7 +117,18 @@ def run_sb3(seed: int, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)  # one process, one core: as each swarm model
     eval_env = gymnasium.make(ENV_ID)
-    episodes = args.eval_episodes
+
+    def mean_score(model: A2C, episodes: int) -> float:
+        scores = []
+        for _ in range(episodes):
+            obs, _ = eval_env.reset()
+            score, done = 0.0, False
+            while not done:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, reward, terminated, truncated, _ = eval_env.step(action)
+                score, done = score + float(reward), terminated or truncated
+            scores.append(score)
+        return float(np.mean(scores))
 
     class EvaluateUntilSolved(BaseCallback):
         def __init__(self) -> None:
@@ -86,124 +137,166 @@ def run_sb3(seed: int, args: argparse.Namespace) -> dict:
             self.solved_at: int | None = None
 
         def _on_step(self) -> bool:
-            if self.num_timesteps % args.sb3_eval_every:
-                return time.monotonic() - began < args.max_seconds
-            scores = []
-            for episode in range(episodes):
-                obs, _ = eval_env.reset(seed=seed * 1000 + len(self.curve) * episodes + episode)
-                score, done = 0.0, False
-                while not done:
-                    action, _ = self.model.predict(obs, deterministic=True)
-                    obs, reward, terminated, truncated, _ = eval_env.step(action)
-                    score, done = score + reward, terminated or truncated
-                scores.append(score)
-            self.curve.append((self.num_timesteps, float(np.mean(scores))))
-            if np.mean(scores) >= SOLVED_AT:
-                self.solved_at = self.num_timesteps
+            if self.num_timesteps % args.sb3_eval_every == 0:
+                score = mean_score(self.model, args.eval_episodes)
+                self.curve.append((self.num_timesteps, score))
+                if score >= SOLVED_AT and mean_score(self.model, CONFIRM_EPISODES) >= SOLVED_AT:
+                    self.solved_at = self.num_timesteps
             return self.solved_at is None and time.monotonic() - began < args.max_seconds
 
     began = time.monotonic()
+    eval_env.reset(seed=seed + 10_000)  # the evaluation episodes: their own seed
     model = A2C("MlpPolicy", ENV_ID, seed=seed, device="cpu")
     callback = EvaluateUntilSolved()
     model.learn(total_timesteps=args.max_steps, callback=callback)
-    seconds = time.monotonic() - began
-    return dict(solved=callback.solved_at is not None, steps=callback.solved_at or model.num_timesteps,
-                seconds=seconds, total_seconds=seconds, curve=callback.curve)
+    return dict(arm="sb3-a2c", seed=seed, solved=callback.solved_at is not None,
+                steps=callback.solved_at or model.num_timesteps, seconds=time.monotonic() - began, spread=None,
+                curve=callback.curve)
 
 
-def summary_rows(results: list[dict]) -> list[str]:
-    lines = [f"{'variant':<22} {'seed':>4} {'solved':>6} {'train steps':>11} {'wall s':>7} {'with start':>10}"]
-    for r in results:
-        lines.append(f"{r['variant']:<22} {r['seed']:>4} {'yes' if r['solved'] else 'NO':>6} {r['steps']:>11,}"
-                     f" {r['seconds']:>7.0f} {r['total_seconds']:>10.0f}")
+def run(arm: str, seed: int, args: argparse.Namespace) -> dict:
+    """One run, in a worker process."""
+    import logging
+    logging.disable(logging.WARNING)  # a component's skipped messages would flood the study's output
+    if arm == "sb3-a2c":
+        return run_sb3(seed, args)
+    return (run_over_sockets if args.sockets else run_in_process)(arm, seed, args)
+
+
+# --------------------------------------------------------------------------- summary
+def arm_summary(runs: list[dict], budget: int) -> dict:
+    """Unsolved runs count as the budget in the step medians."""
+    steps = np.array([r["steps"] if r["solved"] else budget for r in runs])
+    seconds = np.array([r["seconds"] for r in runs])
+    spreads = [r["spread"] for r in runs if r["spread"] is not None]
+    return dict(runs=len(runs), solved=sum(r["solved"] for r in runs), median_steps=float(np.median(steps)),
+                iqr_steps=[float(np.percentile(steps, 25)), float(np.percentile(steps, 75))],
+                median_seconds=float(np.median(seconds)),
+                iqr_seconds=[float(np.percentile(seconds, 25)), float(np.percentile(seconds, 75))],
+                median_spread=float(np.median(spreads)) if spreads else None)
+
+
+def p_value(results: list[dict], budget: int, a: str = "swarm", b: str = "swarm-no-evolution") -> float | None:
+    """Two-sided Mann-Whitney U test of steps to solve, arm `a` against arm `b`."""
+    from scipy.stats import mannwhitneyu
+
+    steps = {arm: [r["steps"] if r["solved"] else budget for r in results if r["arm"] == arm] for arm in (a, b)}
+    if min(len(v) for v in steps.values()) < 2:
+        return None
+    return float(mannwhitneyu(steps[a], steps[b], alternative="two-sided").pvalue)
+
+
+def table(results: list[dict], summary: dict, p: float | None) -> list[str]:
+    lines = ["| arm | runs | solved | median steps [IQR] | median wall s [IQR] | median fitness spread |",
+             "| --- | ---: | ---: | --- | --- | ---: |"]
+    for arm, s in summary.items():
+        spread = "-" if s["median_spread"] is None else f"{s['median_spread']:.1%}"
+        lines.append(f"| {arm} | {s['runs']} | {s['solved']} | {s['median_steps']:,.0f} "
+                     f"[{s['iqr_steps'][0]:,.0f}, {s['iqr_steps'][1]:,.0f}] | {s['median_seconds']:.0f} "
+                     f"[{s['iqr_seconds'][0]:.0f}, {s['iqr_seconds'][1]:.0f}] | {spread} |")
     lines.append("")
-    lines.append(f"{'variant':<22} {'solved':>6} {'median steps':>12} {'median wall s':>13}  (of the solved runs)")
-    for variant in dict.fromkeys(r["variant"] for r in results):
-        runs = [r for r in results if r["variant"] == variant]
-        solved = [r for r in runs if r["solved"]]
-        median_steps = f"{np.median([r['steps'] for r in solved]):,.0f}" if solved else "-"
-        median_wall = f"{np.median([r['seconds'] for r in solved]):.0f}" if solved else "-"
-        lines.append(f"{variant:<22} {len(solved)}/{len(runs):<4} {median_steps:>12} {median_wall:>13}")
+    lines.append("Mann-Whitney U, swarm against swarm-no-evolution (steps to solve, two-sided): "
+                 + ("n/a" if p is None else f"p = {p:.3g}"))
+    lines.append("")
+    lines.append("| arm | seed | solved | training steps | wall s |")
+    lines.append("| --- | ---: | --- | ---: | ---: |")
+    for r in sorted(results, key=lambda r: (list(summary).index(r["arm"]), r["seed"])):
+        lines.append(f"| {r['arm']} | {r['seed']} | {'yes' if r['solved'] else 'no'} | {r['steps']:,} | "
+                     f"{r['seconds']:.0f} |")
     return lines
 
 
-def plot(results: list[dict], path: Path, title: str) -> None:
+def plot(results: list[dict], summary: dict, budget: int, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = list(dict.fromkeys(r["variant"] for r in results))
-    fig, axes = plt.subplots(1, len(variants), figsize=(4.4 * len(variants), 3.8), sharex=True, sharey=True,
-                             squeeze=False)
-    axes = axes[0]
-    for ax, variant in zip(axes, variants):
-        for r in (r for r in results if r["variant"] == variant):
-            steps, means = zip(*r["curve"]) if r["curve"] else ((), ())
-            ax.plot(steps, means, ".-", ms=3, label=f"seed {r['seed']}" + ("" if r["solved"] else " (not solved)"))
-        ax.axhline(SOLVED_AT, ls=":", color="grey")
-        ax.set(title=variant, xlabel="training environment steps", ylim=(0, 510))
-        ax.legend(loc="lower right", fontsize=8)
-    axes[0].set_ylabel("evaluation mean (deterministic)")
-    fig.suptitle(title, fontsize=10)
+    arms = list(summary)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw=dict(width_ratios=[1, 1.4]))
+    rng = np.random.default_rng(0)
+    for i, arm in enumerate(arms):
+        runs = [r for r in results if r["arm"] == arm]
+        steps = np.array([r["steps"] if r["solved"] else budget for r in runs])
+        solved = np.array([r["solved"] for r in runs])
+        x = i + rng.uniform(-0.15, 0.15, len(runs))
+        left.scatter(x[solved], steps[solved], s=16, color=f"C{i}")
+        left.scatter(x[~solved], steps[~solved], s=16, facecolors="none", edgecolors=f"C{i}")
+        left.hlines(np.median(steps), i - 0.3, i + 0.3, color="black")
+        for r in runs:
+            if r["curve"]:
+                right.plot(*zip(*r["curve"]), color=f"C{i}", alpha=0.35, lw=1, label=arm if r is runs[0] else None)
+    left.set(xticks=range(len(arms)), xticklabels=arms, ylabel="training steps to solve (open: not solved)",
+             title="steps to solve, per seed (line: median)")
+    right.axhline(SOLVED_AT, ls=":", color="grey")
+    right.set(xlabel="training environment steps", ylabel="evaluation mean (10 episodes)", ylim=(0, 510),
+              title="evaluations, every seed")
+    right.legend(loc="lower right")
+    fig.suptitle(title)
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
+# --------------------------------------------------------------------------- command line
+def seed_range(text: str) -> list[int]:
+    first, _, last = text.partition("-")
+    return list(range(int(first), int(last or first) + 1))
+
+
+def setting(text: str) -> tuple[str, str]:
+    name, _, value = text.partition("=")
+    if not name.startswith("SWARM_") or not value:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SWARM_NAME=VALUE")
+    return name, value
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--models", type=int, default=20)
-    parser.add_argument("--envs", type=int, default=10, help="SWARM_ENVS for the swarm")
-    parser.add_argument("--episodes", type=int, default=10, help="SWARM_EPISODES: training episodes per round")
-    parser.add_argument("--learning-rate", type=float, default=0.002,
-                        help="SWARM_LEARNING_RATE for the swarm's models (the tutorial's: 0.0007)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=seed_range, default=seed_range("0-19"), help="A-B, inclusive (default 0-19)")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
+    parser.add_argument("--sockets", action="store_true", help="the swarm arms over sockets (06_control.py)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time (default: one per CPU)")
+    parser.add_argument("--max-steps", type=int, default=100_000, help="training budget per run")
+    parser.add_argument("--max-seconds", type=float, default=1800.0, help="wall-clock budget per run")
     parser.add_argument("--eval-episodes", type=int, default=10, help="SB3's evaluation (the swarm: SWARM_EVAL_EPISODES)")
-    parser.add_argument("--max-steps", type=int, default=100_000)
-    parser.add_argument("--max-seconds", type=float, default=600.0)
-    parser.add_argument("--sb3-eval-every", type=int, default=2_000, help="environment steps between SB3's evaluations")
-    parser.add_argument("--out", type=Path, default=ROOT / "logs" / "study")
-    parser.add_argument("--variants", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
-                        help="which to run: 1 swarm + evolution, 2 swarm without, 3 SB3's A2C")
-    parser.add_argument("--replot", action="store_true", help="table and plot again from OUT/study.json; run nothing")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 2 models, 1 env, a budget of 300 steps")
+    parser.add_argument("--sb3-eval-every", type=int, default=2000, help="SB3's training steps between evaluations")
+    parser.add_argument("--set", type=setting, action="append", default=[], metavar="SWARM_NAME=VALUE",
+                        help="a setting for every swarm arm (repeatable)")
+    parser.add_argument("--out", type=Path, help="where study.json, study.md and study.png go (default: a temporary folder)")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 2 models, tiny budgets: a smoke test")
+    parser.add_argument("--verbose", action="store_true", help="every round of every in-process run")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.models, args.envs, args.episodes = args.seeds[:1], 2, 1, 2
-        args.max_steps, args.sb3_eval_every = 300, 100
+        args.seeds, args.max_steps, args.sb3_eval_every = seed_range("0-1"), 400, 200
+        args.set += [("SWARM_MODELS", "2"), ("SWARM_EVAL_EPISODES", "2"), ("SWARM_EPISODES", "2")]
+    args.out = args.out or Path(tempfile.mkdtemp(prefix="study-"))
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.replot:
-        study = json.loads((args.out / "study.json").read_text())
-        report(study["results"], args.out, study["title"])
-        return
-    options = {k: v for k, v in os.environ.items() if k in ("SWARM_FITNESS", "SWARM_NORMALIZE_ADVANTAGE")}
-    title = (f"CartPole-v1: swarm of {args.models} models, SWARM_ENVS={args.envs}, {args.episodes} episodes per round, "
-             f"learning rate {args.learning_rate:g}"
-             f"{', ' + ', '.join(f'{k}={v}' for k, v in options.items()) if options else ''}; "
-             f"budget {args.max_steps:,} steps / {args.max_seconds:.0f} s")
-    print(title, flush=True)
+    command = "python bench/study.py " + " ".join(sys.argv[1:])
+    print(f"study: arms {', '.join(args.arms)}; seeds {args.seeds[0]}-{args.seeds[-1]}; "
+          f"{'over sockets' if args.sockets else 'in process'}; {args.jobs} at a time; output in {args.out}", flush=True)
 
-    results = []
-    for seed in args.seeds:
-        for variant in (VARIANTS[i - 1] for i in args.variants):
-            print(f"seed {seed}: {variant} ...", end=" ", flush=True)
-            if variant == VARIANTS[2]:
-                result = run_sb3(seed, args)
-            else:
-                evolution = variant == VARIANTS[0]
-                result = run_swarm(seed, evolution, args, args.out / f"{'evo' if evolution else 'noevo'}-seed{seed}")
-            result.update(variant=variant, seed=seed)
-            results.append(result)
-            print(f"{'solved' if result['solved'] else 'NOT solved'}: {result['steps']:,} steps, "
-                  f"{result['seconds']:.0f} s", flush=True)
-            (args.out / "study.json").write_text(json.dumps(dict(title=title, results=results), indent=1))
+    tasks = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    results: list[dict] = []
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+        futures = {pool.submit(run, arm, seed, args): (arm, seed) for arm, seed in tasks}
+        for future in concurrent.futures.as_completed(futures):
+            r = future.result()
+            results.append(r)
+            print(f"  {r['arm']:<20} seed {r['seed']:>3}: {'solved' if r['solved'] else 'NOT solved'} "
+                  f"at {r['steps']:>7,} steps, {r['seconds']:5.0f} s ({len(results)}/{len(tasks)})", flush=True)
 
-    report(results, args.out, title)
-
-
-def report(results: list[dict], out: Path, title: str) -> None:
-    print()
-    print("\n".join(summary_rows(results)))
-    plot(results, out / "study.png", title)
-    print(f"\nplot: {out / 'study.png'}; numbers: {out / 'study.json'}")
+    summary = {arm: arm_summary([r for r in results if r["arm"] == arm], args.max_steps) for arm in args.arms}
+    p = p_value(results, args.max_steps) if {"swarm", "swarm-no-evolution"} <= set(args.arms) else None
+    lines = table(results, summary, p)
+    print("\n" + "\n".join(lines))
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    (args.out / "study.json").write_text(json.dumps(dict(command=command, machine=machine, arms=summary, p_value=p,
+                                                         runs=results), indent=1))
+    (args.out / "study.md").write_text(f"`{command}` ({machine})\n\n" + "\n".join(lines) + "\n")
+    plot(results, summary, args.max_steps, args.out / "study.png",
+         f"CartPole-v1, seeds {args.seeds[0]}-{args.seeds[-1]}, {'sockets' if args.sockets else 'in process'}")
+    print(json.dumps({"arms": {arm: {k: s[k] for k in ("runs", "solved", "median_steps", "median_seconds",
+                                                       "median_spread")} for arm, s in summary.items()},
+                      "p_value": p}))
 
 
 if __name__ == "__main__":

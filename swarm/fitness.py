@@ -23,6 +23,9 @@ class ReturnCredit:
     returns: np.ndarray | None = None  # (envs,): this episode's return so far, per copy
     finished: deque = field(default_factory=lambda: deque(maxlen=100))  # returns of the latest episodes
 
+    def start_run(self) -> None:
+        self.excess = None
+
     def add_step(self, shares: np.ndarray) -> None:
         if self.excess is None or self.excess.shape != shares.shape:
             self.excess, self.returns = np.zeros_like(shares), np.zeros(shares.shape[1])
@@ -45,5 +48,66 @@ class ReturnCredit:
 def fitness_spread(contribution: dict[str, float], models: Iterable[str]) -> float:
     """(best - worst) / mean size of the models' fitness: how much there was to select on."""
     fitness = np.array([contribution.get(model_id, 0.0) for model_id in sorted(models)])  # one order, one sum
+    if len(fitness) < 2:
+        return 0.0
     size = np.abs(fitness).mean()  # a fitness that credits returns can be negative
     return float((fitness.max() - fitness.min()) / size) if size > 0 else 0.0
+
+
+@dataclass
+class LeadCredit:
+    """SWARM_FITNESS=lead: every training episode of every environment copy is led by one member,
+    and the copy takes that member's own sampled action; a member's fitness is the mean return of
+    the last `window` episodes it led, once it has led that many since it last changed.
+
+    Sampling a member and then its action is what the tutorial's summed probabilities do at every
+    step; here the member is drawn once per episode, so an episode's return is one member's doing.
+    Leadership goes round the members in the order of their ids; every member still learns from
+    every step. An episode cut off by the end of a run counts for no one.
+    """
+    window: int = 3
+    leaders: list[int] | None = None  # per copy: the index of the member leading its episode
+    returns: np.ndarray | None = None  # per copy: the return so far of the episode in progress
+    turn: int = 0  # the next member to lead
+    led: dict[str, deque] = field(default_factory=dict)  # model id -> returns of its latest led episodes
+
+    def next_leader(self, members: int) -> int:
+        self.turn = (self.turn + 1) % members
+        return self.turn
+
+    def start_run(self) -> None:
+        self.leaders, self.returns = None, None
+
+    def actions(self, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One action per copy, drawn from its leader's distribution; `probs` is (models, envs, actions)."""
+        members, envs = probs.shape[:2]
+        if self.leaders is None or len(self.leaders) != envs:
+            self.leaders = [self.next_leader(members) for _ in range(envs)]
+            self.returns = np.zeros(envs)
+        leading = probs[np.array(self.leaders) % members, np.arange(envs)]  # (envs, actions)
+        cumulative = np.cumsum(leading, axis=-1)
+        draws = rng.random((envs, 1))
+        return np.minimum((cumulative < draws).sum(axis=-1), probs.shape[-1] - 1)
+
+    def add_outcome(self, rewards: np.ndarray, dones: np.ndarray, model_ids: list[str]) -> None:
+        """The outcome of the last actions (the models echo REWARD and DONE): a finished episode
+        credits its leader, and the copy's next episode gets the next member."""
+        if self.leaders is None:
+            return  # a run's first observation: no step of ours yet
+        self.returns += rewards
+        for copy in np.flatnonzero(dones):
+            leader = model_ids[self.leaders[copy] % len(model_ids)]
+            self.led.setdefault(leader, deque(maxlen=self.window)).append(float(self.returns[copy]))
+            self.returns[copy] = 0.0
+            self.leaders[copy] = self.next_leader(len(model_ids))
+
+    def fitness(self) -> dict[str, float]:
+        """The members that led `window` episodes since they last changed, with their mean led
+        return: a member is ranked on a few episodes of its own, not on one lucky one."""
+        return {model_id: float(np.mean(returns)) for model_id, returns in self.led.items()
+                if len(returns) == self.window}
+
+    def forget(self, model_ids: Iterable[str]) -> None:
+        """These members have new weights: what they led before is not theirs any more."""
+        for model_id in model_ids:
+            self.led.pop(model_id, None)

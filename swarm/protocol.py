@@ -52,6 +52,8 @@ PONG = "PONG"
 COMPONENT = "COMPONENT"
 ERROR = "ERROR"  # STATUS ERROR: a component tells the control why a run cannot go on
 MISSING = "MISSING"  # in an ERROR: the model ids that did not answer
+HYPERPARAMETERS = "HYPERPARAMETERS"  # with WEIGHTS: a model's own ({LEARNING_RATE: x}); in a SET: by model id
+LEARNING_RATE = "LEARNING_RATE"
 
 # --------------------------------------------------------------------------- statuses and commands
 ENV_DONE = "ENV_DONE"

@@ -102,6 +102,12 @@ def setting(env: str, default: Any, kind: Kind, meaning: str) -> Any:
 
 S = TypeVar("S", bound="RuntimeSettings")
 
+# SWARM_PRESET: the defaults a preset gives; a variable that is set wins over its preset.
+PRESETS: dict[str, dict[str, Any]] = {
+    "swarm": {},  # the field defaults below
+    "tutorial": dict(envs=1, episodes=20, learning_rate=7e-4, fitness="contribution", operators="genetic"),
+}
+
 
 @dataclass(frozen=True)
 class RuntimeSettings:
@@ -129,6 +135,9 @@ class RuntimeSettings:
         """The settings from `environ` (default: os.environ); a SettingsError lists every bad value."""
         environ = os.environ if environ is None else environ
         values, problems = {}, []
+        preset_field = next((f for f in cls.fields() if f.name == "preset"), None)
+        if preset_field is not None and environ.get("SWARM_PRESET", "").strip() in PRESETS:
+            values.update(PRESETS[environ["SWARM_PRESET"].strip()])  # checked again with the others below
         for f in cls.fields():
             env, kind = f.metadata["env"], f.metadata["kind"]
             raw = environ.get(env, "")
@@ -161,8 +170,11 @@ class RuntimeSettings:
         rows = ["| variable | default | allowed | meaning |", "| --- | --- | --- | --- |"]
         for f in cls.fields():
             default = f.metadata["kind"].show(f.default)
-            rows.append(f"| `{f.metadata['env']}` | {f'`{default}`' if default else '(empty)'} "
-                        f"| {f.metadata['kind'].allowed} | {f.metadata['meaning']} |")
+            tutorial = PRESETS["tutorial"].get(f.name)
+            shown = f"`{default}`" if default else "(empty)"
+            if tutorial is not None:
+                shown += f" (tutorial: `{f.metadata['kind'].show(tutorial)}`)"
+            rows.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['kind'].allowed} | {f.metadata['meaning']} |")
         return "\n".join(rows)
 
 
@@ -170,10 +182,12 @@ class RuntimeSettings:
 class SwarmSettings(RuntimeSettings):
     """The RL swarm's settings: its size, its rounds and budget, and the learning options."""
 
+    preset: str = setting("SWARM_PRESET", "swarm", choice(*PRESETS),
+                          "the defaults of the settings below: this project's measured best, or the tutorial's")
     models: int = setting("SWARM_MODELS", 20, whole(1), "model processes; the aggregation and evolution wait for this many")
     rounds: int = setting("SWARM_ROUNDS", 0, whole(0), "most rounds of the control loop (0: until solved or out of budget)")
-    episodes: int = setting("SWARM_EPISODES", 20, whole(1), "training episodes per round")
-    envs: int = setting("SWARM_ENVS", 1, whole(1), "CartPole copies stepped together (1: the tutorial)")
+    episodes: int = setting("SWARM_EPISODES", 10, whole(1), "training episodes per round")
+    envs: int = setting("SWARM_ENVS", 10, whole(1), "CartPole copies stepped together")
     eval_episodes: int = setting("SWARM_EVAL_EPISODES", 10, whole(1),
                                  "deterministic episodes per evaluation, rounded up to a whole number per copy")
     max_steps: int = setting("SWARM_MAX_STEPS", 100_000, whole(0),
@@ -181,9 +195,14 @@ class SwarmSettings(RuntimeSettings):
     max_seconds: float = setting("SWARM_MAX_SECONDS", 600.0, number(0),
                                  "training budget in wall-clock seconds from the first round (0: none)")
     evolution: bool = setting("SWARM_EVOLUTION", True, switch(), "evolve the population after every round")
-    fitness: str = setting("SWARM_FITNESS", "contribution", choice("contribution", "return"),
-                           "the evolution's fitness: the tutorial's contribution, or credit for returns")
-    learning_rate: float = setting("SWARM_LEARNING_RATE", 7e-4, number(0, above=True), "the models' Adam learning rate")
+    fitness: str = setting("SWARM_FITNESS", "lead", choice("lead", "contribution", "return"),
+                           "the evolution's fitness: the returns of the episodes a member led, the tutorial's "
+                           "contribution, or credit for returns")
+    operators: str = setting("SWARM_OPERATORS", "pbt", choice("pbt", "genetic"),
+                             "the evolution: the worst quarter copy the best quarter and perturb its learning rate "
+                             "(population-based training), or the tutorial's genetic algorithm")
+    learning_rate: float = setting("SWARM_LEARNING_RATE", 0.002, number(0, above=True),
+                                   "the models' Adam learning rate (with SWARM_OPERATORS=pbt: the middle of their range)")
     normalize_advantage: bool = setting("SWARM_NORMALIZE_ADVANTAGE", False, switch(),
                                         "normalise the advantages of each A2C update")
     model_timeout: float = setting("SWARM_MODEL_TIMEOUT", 5.0, number(0, above=True),

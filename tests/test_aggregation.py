@@ -4,7 +4,7 @@ import pytest
 
 from swarm.checks import BadMessage
 from swarm.protocol import (ACTION, CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, ERROR, GET, LOGITS,
-                            MISSING, PONG, REWARD, ROOT_ID, SET, STATUS, ModelRegistry)
+                            MISSING, PONG, REWARD, ROOT_ID, SET, STATUS, WEIGHTS, ModelRegistry)
 from tests.helpers import load_script
 
 aggregation = load_script("03_aggregation.py")
@@ -251,3 +251,59 @@ def test_return_credit_ignores_evaluations_and_a_bad_echo_changes_nothing(monkey
         aggregate({**logits_message("a", 0.9, False), REWARD: "1", DONE: True}, memory, fitness,
                               models, 1, credit)
     assert memory.logits == {} and fitness == {}
+
+
+# --------------------------------------------------------------------------- SWARM_FITNESS=lead
+def lead_step(memory, models, credit, done=None, deterministic=False, rng=None):
+    """One step of models a (sure of action 0) and b (sure of action 1); `done`: the echo."""
+    echo = {} if done is None else {REWARD: 1.0, DONE: done}
+    reply = None
+    for model_id, p0 in (("a", 0.999), ("b", 0.001)):
+        msg = {**logits_message(model_id, p0, deterministic=deterministic), **echo}
+        reply = aggregation.aggregate(msg, memory, {}, models, 1, rng or np.random.default_rng(0),
+                                      lead_credit=credit) or reply
+    return reply[ACTION][0]
+
+
+def test_each_episode_follows_its_leader_and_its_return_is_the_leaders_fitness():
+    memory, models, credit = aggregation.StepLogits(), ModelRegistry(2), aggregation.LeadCredit(window=1)
+    taken = [lead_step(memory, models, credit)]  # a run's first observation: no echo
+    taken += [lead_step(memory, models, credit, done=False) for _ in range(2)]
+    taken.append(lead_step(memory, models, credit, done=True))  # the first episode ends after 3 steps
+    taken += [lead_step(memory, models, credit, done=False) for _ in range(6)]
+    lead_step(memory, models, credit, done=True)  # the second ends after 7
+    first, second = taken[:3], taken[3:10]
+    assert len(set(first)) == 1 and len(set(second)) == 1 and first[0] != second[0], "one leader per episode"
+    leader_of = {0: "a", 1: "b"}
+    assert credit.fitness() == {leader_of[first[0]]: 3.0, leader_of[second[0]]: 7.0}
+
+
+def test_evaluations_use_the_summed_probabilities_and_credit_no_one():
+    memory, models, credit = aggregation.StepLogits(), ModelRegistry(2), aggregation.LeadCredit()
+    for _ in range(3):
+        lead_step(memory, models, credit, done=True, deterministic=True)
+    assert credit.fitness() == {} and credit.leaders is None
+
+
+def test_members_given_new_weights_lose_their_record_and_get_reports_the_latest():
+    memory, models, credit = aggregation.StepLogits(), ModelRegistry(2), aggregation.LeadCredit(window=2)
+    lead_step(memory, models, credit)
+    for done in [True, False, True, True, False, False, True]:
+        lead_step(memory, models, credit, done=done)
+    before = credit.fitness()
+    assert set(before) == {"a", "b"}
+    assert aggregation.send_contribution({CMD: GET}, {}, credit) == {CONTRIBUTION: before}
+    assert aggregation.send_contribution({CMD: GET}, {}, credit) == {CONTRIBUTION: before}, "a record, not a tally"
+    aggregation.forget_replaced({CMD: SET, WEIGHTS: {"a": [0.0]}}, credit)
+    assert credit.fitness() == {"b": before["b"]}
+
+
+def test_a_member_is_ranked_once_it_has_led_a_full_window():
+    memory, models, credit = aggregation.StepLogits(), ModelRegistry(2), aggregation.LeadCredit(window=3)
+    lead_step(memory, models, credit)
+    for _ in range(4):  # four one-step episodes: two led by each member
+        lead_step(memory, models, credit, done=True)
+    assert credit.fitness() == {}
+    for _ in range(2):
+        lead_step(memory, models, credit, done=True)
+    assert credit.fitness() == {"a": 1.0, "b": 1.0}

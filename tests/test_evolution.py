@@ -6,6 +6,7 @@ import pytest
 
 from swarm.checks import BadMessage
 from swarm.protocol import (CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, ERROR, EVO_DONE, EVOLUTION, FITNESS_SPREAD, GET,
+                            HYPERPARAMETERS, LEARNING_RATE,
                             MISSING, NR_OF_EPISODE, PONG, ROOT_ID, SET, STATUS, WEIGHTS)
 from tests.helpers import load_script
 
@@ -146,3 +147,62 @@ def test_evo_done_says_how_much_there_was_to_select_on():
     _, dones = feed(evolution, answers(get[ROOT_ID], population(3, 5, seed=5), contribution))
     assert dones[0][FITNESS_SPREAD] == pytest.approx(0.2)
     assert evolution_script.fitness_spread({}, ["model0"]) == 0.0  # no contribution yet: nothing to select on
+
+
+# --------------------------------------------------------------------------- population-based training
+def ladder(n=8, length=5):
+    return {f"m{i}": np.full(length, float(i)) for i in range(n)}
+
+
+def test_pbt_the_worst_quarter_copy_whole_vectors_of_the_best_quarter():
+    weights = ladder(8)
+    fitness = {f"m{i}": float(i) for i in range(8)}  # m0, m1 worst; m6, m7 best
+    rates = {f"m{i}": 0.001 * (i + 1) for i in range(8)}
+    new_weights, new_rates = evolution_script.exploit_and_explore(weights, fitness, rates, random.Random(0))
+    assert set(new_weights) == set(new_rates) == {"m0", "m1"}
+    for loser, vector in new_weights.items():
+        source = int(vector[0])
+        assert source in (6, 7) and vector == weights[f"m{source}"].tolist(), "a whole vector of a top member"
+        assert new_rates[loser][LEARNING_RATE] in (pytest.approx(rates[f"m{source}"] * 0.8),
+                                                   pytest.approx(rates[f"m{source}"] * 1.2))
+
+
+def test_pbt_keeps_learning_rates_within_bounds():
+    low, high = evolution_script.LEARNING_RATE_BOUNDS
+    for rate in (low, high):
+        rates = {f"m{i}": rate for i in range(8)}
+        for seed in range(20):
+            _, new_rates = evolution_script.exploit_and_explore(ladder(8), {f"m{i}": float(i) for i in range(8)},
+                                                                rates, random.Random(seed))
+            assert all(low <= r[LEARNING_RATE] <= high for r in new_rates.values())
+
+
+def test_pbt_ranks_only_members_with_a_fitness_and_waits_for_enough():
+    weights = ladder(8)
+    _, none = evolution_script.exploit_and_explore(weights, {"m0": 1.0, "m1": 2.0, "m2": 3.0}, {}, random.Random(0))
+    assert none == {}, "three ranked members cannot fill two quarters of eight"
+    fitness = {"m0": 9.0, "m1": 1.0, "m2": 5.0, "m3": 0.0}  # m4..m7 have led nothing yet
+    rates = {m: 0.001 for m in weights}
+    new_weights, _ = evolution_script.exploit_and_explore(weights, fitness, rates, random.Random(0))
+    assert set(new_weights) == {"m3", "m1"} and all(int(v[0]) in (0, 2) for v in new_weights.values())
+
+
+def test_a_pbt_evolution_sets_only_the_members_that_change():
+    evolution = evolution_script.Evolution(nr_of_models=4, operators="pbt")
+    evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "request"}, evolution)
+    root = evolution.root_id
+    for i in range(4):
+        evolution_script.collect({ROOT_ID: root, COMPONENT_ID: f"m{i}", WEIGHTS: [float(i)] * 3,
+                                  HYPERPARAMETERS: {LEARNING_RATE: 0.002}}, evolution)
+    reply = evolution_script.collect({ROOT_ID: root, CONTRIBUTION: {f"m{i}": 10.0 * i for i in range(4)}}, evolution)
+    assert reply[CMD] == SET and list(reply[WEIGHTS]) == ["m0"] and reply[WEIGHTS]["m0"] == [3.0] * 3
+    assert list(reply[HYPERPARAMETERS]) == ["m0"]
+    assert evolution.report[FITNESS_SPREAD] == pytest.approx(30.0 / 15.0)
+
+
+def test_a_pbt_answer_without_a_learning_rate_is_refused():
+    evolution = evolution_script.Evolution(nr_of_models=2, operators="pbt")
+    evolution_script.start_evolution({EVOLUTION: True}, evolution)
+    with pytest.raises(BadMessage):
+        evolution_script.collect({ROOT_ID: evolution.root_id, COMPONENT_ID: "m0", WEIGHTS: [0.0]}, evolution)
+    assert evolution.weights == {}

@@ -7,8 +7,8 @@ import pytest
 from swergio_toolbox.objects import MutableBool
 
 from swarm.checks import BadMessage
-from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, FINAL_OBSERVATION, GET, LOGITS, OBSERVATION,
-                            REWARD, SET, TRUNCATED, WEIGHTS)
+from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, FINAL_OBSERVATION, GET, HYPERPARAMETERS,
+                            LEARNING_RATE, LOGITS, OBSERVATION, REWARD, SET, TRUNCATED, WEIGHTS)
 from swarm.scripts import load_script
 
 model = load_script("02_model.py")
@@ -192,7 +192,6 @@ def test_set_starts_the_optimizer_and_the_rollout_afresh(parts):
 
 @pytest.mark.parametrize("weights", [
     "not a dict",
-    {"someone-else": [0.0] * 755},
     {"ME": [0.0] * 754},
     {"ME": [0.0] * 754 + [float("nan")]},
     {"ME": [0.0] * 754 + ["x"]},
@@ -206,6 +205,49 @@ def test_a_bad_set_leaves_the_weights_as_they_were(parts, weights):
         handle(model.set_weights, {CMD: SET, WEIGHTS: weights}, parts)
     assert np.array_equal(parts["policy"].parameters_to_vector(), before)
     assert parts["training_enabled"].value is False, "a bad SET must not resume training either"
+
+
+def test_a_set_for_other_models_resumes_training_and_changes_nothing_else(parts):
+    """Population-based training copies weights into a few members only; the rest keep theirs,
+    their Adam moments and their rollout."""
+    model.forward(observation_message(), **parts)
+    for step in range(1, 7):
+        model.forward(observation_message(step), **parts)
+    before, moments = parts["policy"].parameters_to_vector().copy(), len(parts["policy"].optimizer.state)
+    stored = parts["rollout_buffer"].pos
+    parts["training_enabled"].set(False)
+    handle(model.set_weights, {CMD: SET, WEIGHTS: {"someone-else": [0.0] * 755}}, parts)
+    assert parts["training_enabled"].value is True
+    assert np.array_equal(parts["policy"].parameters_to_vector(), before)
+    assert len(parts["policy"].optimizer.state) == moments > 0 and parts["rollout_buffer"].pos == stored > 0
+
+
+def test_get_reports_and_set_changes_the_learning_rate(parts):
+    reply = model.send_weights({CMD: GET}, parts["policy"], parts["training_enabled"], MODEL_ID)
+    assert reply[HYPERPARAMETERS] == {LEARNING_RATE: pytest.approx(7e-4)}
+    handle(model.set_weights, {CMD: SET, WEIGHTS: {}, HYPERPARAMETERS: {MODEL_ID: {LEARNING_RATE: 0.003}}}, parts)
+    assert [group["lr"] for group in parts["policy"].optimizer.param_groups] == [0.003]
+    assert parts["training_enabled"].value is True
+
+
+@pytest.mark.parametrize("hyper", [{LEARNING_RATE: -1.0}, {LEARNING_RATE: "fast"}, {}, "0.1"])
+def test_a_bad_learning_rate_changes_nothing(parts, hyper):
+    vector = np.zeros(755, dtype=np.float32)
+    parts["training_enabled"].set(False)
+    with pytest.raises(BadMessage):
+        handle(model.set_weights, {CMD: SET, WEIGHTS: {MODEL_ID: vector.tolist()},
+                                   HYPERPARAMETERS: {MODEL_ID: hyper}}, parts)
+    assert not np.array_equal(parts["policy"].parameters_to_vector(), vector)
+    assert parts["policy"].optimizer.param_groups[0]["lr"] == pytest.approx(7e-4)
+    assert parts["training_enabled"].value is False
+
+
+def test_population_based_training_spreads_the_initial_learning_rates():
+    from swarm.settings import SwarmSettings
+    settings = SwarmSettings(learning_rate=0.002, operators="pbt")
+    rates = [model.initial_learning_rate(settings, seed) for seed in range(50)]
+    assert all(0.001 <= rate <= 0.004 for rate in rates) and np.std(np.log2(rates)) > 0.4
+    assert model.initial_learning_rate(settings.replace(operators="genetic"), 3) == 0.002
 
 
 @pytest.mark.parametrize("broken", [

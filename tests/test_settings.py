@@ -118,11 +118,22 @@ def test_to_env_reproduces_every_setting_in_a_child(field):
     changed = {"host": "localhost", "port": 9001, "log_dir": Path("elsewhere"), "log_level": "DEBUG", "seed": 7,
                "start_timeout": 1.5, "reply_timeout": 2.5, "models": 3, "rounds": 4, "episodes": 5, "envs": 6,
                "eval_episodes": 7, "max_steps": 8, "max_seconds": 9.5, "evolution": False, "fitness": "return",
+               "preset": "tutorial", "operators": "genetic",
                "learning_rate": 0.002, "normalize_advantage": True, "model_timeout": 0.5}
     assert set(changed) == {f.name for f in FIELDS}
     settings = SwarmSettings(**changed)
     assert getattr(SwarmSettings.from_env(settings.to_env()), field.name) == changed[field.name]
     assert getattr(SwarmSettings.from_env({}), field.name) == field.default
+
+
+def test_a_preset_gives_defaults_and_a_set_variable_wins():
+    tutorial = SwarmSettings.from_env({"SWARM_PRESET": "tutorial"})
+    assert (tutorial.envs, tutorial.episodes, tutorial.learning_rate, tutorial.fitness, tutorial.operators) == (
+        1, 20, 7e-4, "contribution", "genetic")
+    assert SwarmSettings.from_env({"SWARM_PRESET": "tutorial", "SWARM_ENVS": "4"}).envs == 4
+    assert SwarmSettings.from_env({"SWARM_PRESET": "swarm"}) == SwarmSettings()
+    with pytest.raises(SettingsError, match="SWARM_PRESET='best' is not allowed: one of swarm, tutorial"):
+        SwarmSettings.from_env({"SWARM_PRESET": "best"})
 
 
 def test_on_off_settings_read_the_usual_words():

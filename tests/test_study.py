@@ -1,29 +1,50 @@
-"""bench/study.py runs every variant end to end and reports them (the figures themselves come from
-running the study, not from tests: they take minutes and vary with the machine)."""
+"""bench/study.py: its arms run end to end and it reports them (the figures themselves come from
+running the study: they take an hour and vary with the machine)."""
 import json
 import subprocess
 import sys
 
-from tests.helpers import ROOT, processes_with_log_dir
+import pytest
+
+from tests.helpers import ROOT, load_script
+
+study = load_script("bench/study.py")
 
 
-def test_the_quick_study_runs_every_variant_and_writes_table_numbers_and_plot(tmp_path):
-    out = tmp_path / "study"
-    result = subprocess.run([sys.executable, "bench/study.py", "--quick", "--seeds", "3", "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=400)
+def run_study(*options, timeout=600):
+    result = subprocess.run([sys.executable, "bench/study.py", "--quick", *options], cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout + result.stderr
-    study = json.loads((out / "study.json").read_text())
-    runs = {r["variant"]: r for r in study["results"]}
-    assert list(runs) == ["swarm + evolution", "swarm, no evolution", "SB3 A2C, one process"]
-    for variant, run in runs.items():
-        assert run["seed"] == 3 and run["solved"] is False, variant  # 300 steps: far too few to solve
-        assert run["steps"] >= 300 and run["seconds"] > 0 and run["curve"], variant
-    # the swarm variants ran the real control, with and without evolution, on their own seed
-    assert runs["swarm + evolution"]["evolution"] is True and runs["swarm, no evolution"]["evolution"] is False
-    assert runs["swarm + evolution"]["seed"] == 3 and runs["swarm + evolution"]["models"] == 2
-    evo_log = (out / "evo-seed3" / "control.out").read_text()
-    assert "evolved (fitness spread" in evo_log and "evolved" not in (out / "noevo-seed3" / "control.out").read_text()
-    assert "SB3 A2C, one process      3     NO" in result.stdout  # the table
-    assert (out / "study.png").stat().st_size > 5000
-    for run_dir in ("evo-seed3", "noevo-seed3"):
-        assert not processes_with_log_dir(out / run_dir), f"{run_dir}: the study left its swarm running"
+    return result.stdout, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_quick_study_runs_every_default_arm_and_writes_table_numbers_and_plot(tmp_path):
+    output, last = run_study("--out", str(tmp_path), "--jobs", "2")
+    assert list(last["arms"]) == ["swarm", "swarm-no-evolution", "sb3-a2c"]
+    for arm, figures in last["arms"].items():
+        assert figures["runs"] == 2 and figures["solved"] == 0, arm  # 400 steps: far too few to solve
+        assert figures["median_steps"] == 400, arm  # unsolved: the budget
+    assert last["arms"]["swarm"]["median_spread"] > 0 and last["arms"]["swarm-no-evolution"]["median_spread"] is None
+    assert 0 < last["p_value"] <= 1
+    written = json.loads((tmp_path / "study.json").read_text())
+    assert sorted((r["arm"], r["seed"]) for r in written["runs"]) == sorted(
+        (arm, seed) for arm in last["arms"] for seed in (0, 1))
+    assert all(r["curve"] for r in written["runs"])
+    assert "| swarm | 2 | 0 |" in (tmp_path / "study.md").read_text() and "| swarm | 2 | 0 |" in output
+    assert (tmp_path / "study.png").stat().st_size > 5000
+
+
+def test_the_study_runs_the_real_swarm_over_sockets(tmp_path):
+    _, last = run_study("--sockets", "--seeds", "0", "--arms", "swarm", "--out", str(tmp_path), "--jobs", "1")
+    run = json.loads((tmp_path / "study.json").read_text())["runs"][0]
+    assert last["arms"]["swarm"]["runs"] == 1 and run["steps"] >= 400 and run["spread"] is not None
+
+
+def test_unsolved_runs_count_as_the_budget_and_the_rank_test_tells_arms_apart():
+    runs = [dict(arm="swarm", seed=s, solved=True, steps=1000 + s, seconds=1.0, spread=0.1) for s in range(8)]
+    runs += [dict(arm="swarm-no-evolution", seed=s, solved=s < 4, steps=5000 + s, seconds=2.0, spread=None)
+             for s in range(8)]
+    summary = study.arm_summary([r for r in runs if r["arm"] == "swarm-no-evolution"], budget=100_000)
+    assert summary["solved"] == 4 and summary["median_steps"] == pytest.approx((5003 + 100_000) / 2)
+    assert study.p_value(runs, budget=100_000) < 0.001
+    assert study.p_value(runs[:1] + runs[8:], budget=100_000) is None, "one run is no sample"
