@@ -250,7 +250,7 @@ def setting(text: str) -> tuple[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=seed_range, default=seed_range("0-19"), help="A-B, inclusive (default 0-19)")
+    parser.add_argument("--seeds", type=seed_range, help="A-B, inclusive (default 0-19; 0-1 with --quick)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
     parser.add_argument("--sockets", action="store_true", help="the swarm arms over sockets (06_control.py)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time (default: one per CPU)")
@@ -264,8 +264,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 seeds, 2 models, tiny budgets: a smoke test")
     parser.add_argument("--verbose", action="store_true", help="every round of every in-process run")
     args = parser.parse_args()
+    args.seeds = args.seeds or seed_range("0-1" if args.quick else "0-19")
     if args.quick:
-        args.seeds, args.max_steps, args.sb3_eval_every = seed_range("0-1"), 400, 200
+        args.max_steps, args.sb3_eval_every = 400, 200
         args.set += [("SWARM_MODELS", "2"), ("SWARM_EVAL_EPISODES", "2"), ("SWARM_EPISODES", "2")]
     args.out = args.out or Path(tempfile.mkdtemp(prefix="study-"))
     args.out.mkdir(parents=True, exist_ok=True)
