@@ -21,8 +21,9 @@ def swarm_env(tmp_path, monkeypatch) -> SwarmSettings:
     monkeypatch.setenv("SWERGIO_HOST", "127.0.0.1")
     monkeypatch.setenv("SWERGIO_PORT", str(free_port()))
     monkeypatch.setenv("SWARM_LOG_DIR", str(log_dir))
-    # One CartPole: the tutorial's message format, which the tests' hand-made messages speak.
-    monkeypatch.setenv("SWARM_ENVS", "1")
+    # The tutorial's algorithm and message format (one CartPole), which the tests' hand-made
+    # messages speak; tests of the defaults say SWARM_PRESET=swarm.
+    monkeypatch.setenv("SWARM_PRESET", "tutorial")
     monkeypatch.setenv("SWARM_START_TIMEOUT", "120")
     monkeypatch.setenv("SWARM_REPLY_TIMEOUT", "60")
     yield SwarmSettings.from_env()

@@ -15,22 +15,23 @@ def test_in_process_and_over_sockets_a_seeded_swarm_plays_the_same_rounds(swarm_
     and the same evolution. The fitness spread is a sum of float shares of the models' outputs, and
     a matrix product may round its last bit differently in another process: it agrees to 1e-6
     (1e-9 absolute: identical members differ by rounding alone)."""
-    env = {"SWARM_SEED": "5", "SWARM_MODELS": "3", "SWARM_ENVS": "2", "SWARM_EPISODES": "3", "SWARM_ROUNDS": "3",
-           "SWARM_EVAL_EPISODES": "2"}
+    env = {"SWARM_PRESET": "swarm", "SWARM_SEED": "5", "SWARM_MODELS": "4", "SWARM_ENVS": "2", "SWARM_EPISODES": "4",
+           "SWARM_ROUNDS": "4", "SWARM_EVAL_EPISODES": "2"}
     process = run_control(env)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
     over_sockets = json.loads((swarm_env.log_dir / "result.json").read_text())["history"]
 
     in_process = LocalSwarm(SwarmSettings.from_env(env)).train_until_solved(report=lambda line: None)["history"]
-    assert len(in_process) == len(over_sockets) == 3
+    assert len(in_process) == len(over_sockets) == 4
     for here, there in zip(in_process, over_sockets):
         assert {k: here[k] for k in EXACT} == {k: there[k] for k in EXACT}
         if there["fitness_spread"] is None:  # the last round does not evolve
             assert here["fitness_spread"] is None
         else:
             assert here["fitness_spread"] == pytest.approx(there["fitness_spread"], rel=1e-6, abs=1e-9)
-    assert in_process[0]["fitness_spread"] > 0 and in_process[-1]["steps"] > in_process[0]["steps"]
+    assert any(row["fitness_spread"] for row in in_process), "no evolution ranked the members"
+    assert in_process[-1]["steps"] > in_process[0]["steps"]
 
 
 def test_different_seeds_play_different_rounds():
