@@ -192,7 +192,7 @@ class SwarmSettings(RuntimeSettings):
                                  "deterministic episodes per evaluation, rounded up to a whole number per copy")
     max_steps: int = setting("SWARM_MAX_STEPS", 100_000, whole(0),
                              "training budget in environment steps, checked after each round (0: none)")
-    max_seconds: float = setting("SWARM_MAX_SECONDS", 600.0, number(0),
+    max_seconds: float = setting("SWARM_MAX_SECONDS", 1200.0, number(0),
                                  "training budget in wall-clock seconds from the first round (0: none)")
     evolution: bool = setting("SWARM_EVOLUTION", True, switch(), "evolve the population after every round")
     fitness: str = setting("SWARM_FITNESS", "lead", choice("lead", "contribution", "return"),
