@@ -50,6 +50,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One action per row of `probs` (rows sum to 1), every row at once (inverse CDF)."""
+    cumulative = np.cumsum(probs, axis=-1)
+    draws = rng.random((len(probs), 1))
+    return np.minimum((cumulative < draws).sum(axis=-1), probs.shape[-1] - 1)
+
+
 def get_action(logits_by_model: dict[str, np.ndarray], rng: np.random.Generator,
                deterministic: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One action per environment from the summed probabilities, and each model's share of each
@@ -61,10 +68,8 @@ def get_action(logits_by_model: dict[str, np.ndarray], rng: np.random.Generator,
     summed = all_probs.sum(axis=0)  # (envs, actions)
     if deterministic:
         actions = summed.argmax(axis=-1)
-    else:  # sample every environment's action at once (inverse CDF)
-        cumulative = np.cumsum(summed / summed.sum(axis=-1, keepdims=True), axis=-1)
-        draws = rng.random((len(summed), 1))
-        actions = np.minimum((cumulative < draws).sum(axis=-1), summed.shape[-1] - 1)
+    else:
+        actions = sample(summed / summed.sum(axis=-1, keepdims=True), rng)
     rows = np.arange(len(summed))
     return actions, all_probs[:, rows, actions] / summed[rows, actions]
 
@@ -81,7 +86,7 @@ def aggregate(msg, memory, contribution_memory, models, envs, rng, return_credit
     logits = as_batch(require(msg, LOGITS), LOGITS, envs)
     deterministic = get_bool(msg, DETERMINISTIC)
     outcome = None  # what came of the previous step, echoed by the model (SWARM_FITNESS=return)
-    if (return_credit or lead_credit) is not None and DONE in msg:  # checked now: a bad echo must not stall the step
+    if (return_credit is not None or lead_credit is not None) and DONE in msg:  # a bad echo must not stall the step
         outcome = get_per_env(msg, REWARD, envs, float), get_per_env(msg, DONE, envs, bool)
     models.admit(model_id)
     root_id = msg.get(ROOT_ID)
@@ -105,7 +110,7 @@ def aggregate(msg, memory, contribution_memory, models, envs, rng, return_credit
     if lead_credit is not None and not deterministic:  # each copy follows the member leading its episode
         if outcome is not None:
             lead_credit.add_outcome(*outcome, list(by_model))
-        return {ACTION: lead_credit.actions(softmax(np.stack(list(by_model.values()))), rng).tolist()}
+        return {ACTION: sample(lead_credit.leading(softmax(np.stack(list(by_model.values())))), rng).tolist()}
     actions, shares = get_action(by_model, rng, deterministic)
     if not deterministic:  # an evaluation shows what the swarm can do; it earns no one fitness
         if return_credit is None:

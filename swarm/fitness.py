@@ -78,16 +78,14 @@ class LeadCredit:
     def start_run(self) -> None:
         self.leaders, self.returns = None, None
 
-    def actions(self, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One action per copy, drawn from its leader's distribution; `probs` is (models, envs, actions)."""
+    def leading(self, probs: np.ndarray) -> np.ndarray:
+        """Each copy's leader's action distribution, (envs, actions), from all members' `probs`,
+        (models, envs, actions); a run's first step gives every copy a leader."""
         members, envs = probs.shape[:2]
         if self.leaders is None or len(self.leaders) != envs:
             self.leaders = [self.next_leader(members) for _ in range(envs)]
             self.returns = np.zeros(envs)
-        leading = probs[np.array(self.leaders) % members, np.arange(envs)]  # (envs, actions)
-        cumulative = np.cumsum(leading, axis=-1)
-        draws = rng.random((envs, 1))
-        return np.minimum((cumulative < draws).sum(axis=-1), probs.shape[-1] - 1)
+        return probs[np.array(self.leaders) % members, np.arange(envs)]
 
     def add_outcome(self, rewards: np.ndarray, dones: np.ndarray, model_ids: list[str]) -> None:
         """The outcome of the last actions (the models echo REWARD and DONE): a finished episode
