@@ -134,10 +134,7 @@ class RuntimeSettings:
     def from_env(cls: type[S], environ: Mapping[str, str] | None = None) -> S:
         """The settings from `environ` (default: os.environ); a SettingsError lists every bad value."""
         environ = os.environ if environ is None else environ
-        values, problems = {}, []
-        preset_field = next((f for f in cls.fields() if f.name == "preset"), None)
-        if preset_field is not None and environ.get("SWARM_PRESET", "").strip() in PRESETS:
-            values.update(PRESETS[environ["SWARM_PRESET"].strip()])  # checked again with the others below
+        values, problems = cls.defaults(environ), []
         for f in cls.fields():
             env, kind = f.metadata["env"], f.metadata["kind"]
             raw = environ.get(env, "")
@@ -150,6 +147,11 @@ class RuntimeSettings:
         if problems:
             raise SettingsError(problems)
         return cls(**values)
+
+    @classmethod
+    def defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:
+        """Defaults that differ from the fields' own, before the variables that are set."""
+        return {}
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that reproduce these settings in a child process."""
@@ -207,6 +209,11 @@ class SwarmSettings(RuntimeSettings):
                                         "normalise the advantages of each A2C update")
     model_timeout: float = setting("SWARM_MODEL_TIMEOUT", 5.0, number(0, above=True),
                                    "seconds the aggregation and evolution wait for the last model's answer")
+
+    @classmethod
+    def defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:
+        """SWARM_PRESET's values (an unknown preset is reported with the other bad values)."""
+        return dict(PRESETS.get(environ.get("SWARM_PRESET", "").strip(), {}))
 
 
 def load_settings(cls: type[S] = SwarmSettings, environ: Mapping[str, str] | None = None) -> S:  # type: ignore[assignment]
