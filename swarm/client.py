@@ -239,7 +239,7 @@ class Handlers:
 
     A handler's arguments after `msg` are the client's keyword arguments of the same names.
     """
-    entries: list[tuple[str, Callable, dict[str, Any]]] = field(default_factory=list)
+    entries: list[Callable[[SwarmClient], None]] = field(default_factory=list)  # each adds one to a client
 
     def on(self, room: str, reply_to: str | None = None, join_reply_room: bool = True,
            message_type: MessageTypeSetting = CUSTOM, reply_type: MessageTypeSetting | None = None) -> Callable:
@@ -247,25 +247,20 @@ class Handlers:
         `reply_to` as `reply_type` (default: the type it answers). `join_reply_room=False` sends
         replies there without receiving that room's traffic."""
         def register(function: Callable) -> Callable:
-            self.entries.append(("message", function, dict(
-                room=room, reply_to=reply_to, join=join_reply_room, type=message_type,
-                reply_type=reply_type or message_type)))
+            self.entries.append(lambda client: client.add_eventHandler(
+                function, reply_type or message_type, responseRooms=reply_to, trigger=Trigger(message_type, room),
+                listen_to_response_rooms=join_reply_room))
             return function
         return register
 
     def every(self, seconds: float, reply_to: str) -> Callable:
         """Call the function every `seconds` while listening; what it returns goes to `reply_to`."""
         def register(function: Callable) -> Callable:
-            self.entries.append(("timer", function, dict(seconds=seconds, reply_to=reply_to)))
+            self.entries.append(lambda client: client.add_timer(function, seconds, responseRooms=reply_to))
             return function
         return register
 
     def wire(self, client: SwarmClient) -> SwarmClient:
-        for kind, function, options in self.entries:
-            if kind == "timer":
-                client.add_timer(function, options["seconds"], responseRooms=options["reply_to"])
-            else:
-                client.add_eventHandler(function, options["reply_type"], responseRooms=options["reply_to"],
-                                        trigger=Trigger(options["type"], options["room"]),
-                                        listen_to_response_rooms=options["join"])
+        for add_to in self.entries:
+            add_to(client)
         return client
