@@ -164,9 +164,13 @@ def run(arm: str, seed: int, args: argparse.Namespace) -> dict:
 
 
 # --------------------------------------------------------------------------- summary
+def counted_steps(run: dict, budget: int) -> int:
+    """A run's steps to solve; an unsolved run counts as the budget."""
+    return run["steps"] if run["solved"] else budget
+
+
 def arm_summary(runs: list[dict], budget: int) -> dict:
-    """Unsolved runs count as the budget in the step medians."""
-    steps = np.array([r["steps"] if r["solved"] else budget for r in runs])
+    steps = np.array([counted_steps(r, budget) for r in runs])
     seconds = np.array([r["seconds"] for r in runs])
     spreads = [r["spread"] for r in runs if r["spread"] is not None]
     return dict(runs=len(runs), solved=sum(r["solved"] for r in runs), median_steps=float(np.median(steps)),
@@ -180,7 +184,7 @@ def p_value(results: list[dict], budget: int, a: str = "swarm", b: str = "swarm-
     """Two-sided Mann-Whitney U test of steps to solve, arm `a` against arm `b`."""
     from scipy.stats import mannwhitneyu
 
-    steps = {arm: [r["steps"] if r["solved"] else budget for r in results if r["arm"] == arm] for arm in (a, b)}
+    steps = {arm: [counted_steps(r, budget) for r in results if r["arm"] == arm] for arm in (a, b)}
     if min(len(v) for v in steps.values()) < 2:
         return None
     return float(mannwhitneyu(steps[a], steps[b], alternative="two-sided").pvalue)
@@ -216,7 +220,7 @@ def plot(results: list[dict], summary: dict, budget: int, path: Path, title: str
     rng = np.random.default_rng(0)
     for i, arm in enumerate(arms):
         runs = [r for r in results if r["arm"] == arm]
-        steps = np.array([r["steps"] if r["solved"] else budget for r in runs])
+        steps = np.array([counted_steps(r, budget) for r in runs])
         solved = np.array([r["solved"] for r in runs])
         x = i + rng.uniform(-0.15, 0.15, len(runs))
         left.scatter(x[solved], steps[solved], s=16, color=f"C{i}")
