@@ -45,18 +45,8 @@ def processes_with_log_dir(log_dir: Path) -> list[psutil.Process]:
 def assert_all_gone(pids, within: float = 0.0) -> None:
     """None of `pids` is still running after at most `within` seconds (a reaped or zombie
     process counts as gone)."""
-    def alive() -> list[int]:
-        found = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    found.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        return found
-
     deadline = time.monotonic() + within
-    while (still := alive()) and time.monotonic() < deadline:
+    while (still := [pid for pid in pids if _running(pid)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not still, f"still running: {still}"
 
