@@ -97,7 +97,7 @@ def forward(msg, policy, rollout_buffer, memory, training_enabled, component_id,
     obs_tensor = torch.as_tensor(observation, dtype=torch.float32)
     if deterministic:
         memory.clear()  # an evaluation step is no one's next step
-        return reply(policy_heads(policy, obs_tensor)[0], deterministic, component_id)
+        return reply(action_logits(policy, obs_tensor), deterministic, component_id)
 
     logits, values = policy_heads(policy, obs_tensor)
     if is_step and "obs" in memory:
@@ -128,10 +128,17 @@ def forward(msg, policy, rollout_buffer, memory, training_enabled, component_id,
 
 
 def policy_heads(policy: ActorCriticPolicy, obs_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Action logits and state values of a batch of observations, in one pass through the network."""
+    """Action logits and state values of a batch of observations, in one pass through the network
+    (a Box observation needs no feature extractor: stable-baselines3's flattens what is flat already)."""
     with torch.no_grad():
-        latent_pi, latent_vf = policy.mlp_extractor(policy.extract_features(obs_tensor))
-        return policy.action_net(latent_pi), policy.value_net(latent_vf)
+        extractor = policy.mlp_extractor
+        return policy.action_net(extractor.policy_net(obs_tensor)), policy.value_net(extractor.value_net(obs_tensor))
+
+
+def action_logits(policy: ActorCriticPolicy, obs_tensor: torch.Tensor) -> torch.Tensor:
+    """The action logits alone: an evaluation step needs no state value."""
+    with torch.no_grad():
+        return policy.action_net(policy.mlp_extractor.policy_net(obs_tensor))
 
 
 def reply(logits: torch.Tensor, deterministic: bool, component_id: str) -> dict:

@@ -42,6 +42,14 @@ class _Timer:
     due: float = field(default_factory=time.monotonic)
 
 
+def _trigger_sets(trigger: Trigger | None) -> tuple[frozenset[str], frozenset[str]]:
+    """The type ids and rooms a swergio Trigger fires on, for a message sent to a room (a Trigger
+    without rooms fires only on direct messages, which no handler here takes)."""
+    if trigger is None or trigger.rooms is None:
+        return frozenset(), frozenset()
+    return frozenset(t.id for t in trigger.types), frozenset(trigger.rooms)
+
+
 class SwarmClient(Client):
     """swergio's Client with the failures of 0.0.2 fixed.
 
@@ -52,6 +60,8 @@ class SwarmClient(Client):
       returning False (0.0.2's listen() then disconnects the whole component).
     - listen: handlers run in the order they were added (0.0.2 keeps them in a set), and a
       handler that raises is logged, its message skipped, and the component keeps serving.
+    - a handler's trigger is checked against sets of type ids and rooms made once (0.0.2 looks the
+      message type up among every type's class attributes, for every handler and every message).
     - every client answers PING in the `ping` room, so launchers can tell when it is ready.
     """
 
@@ -150,7 +160,7 @@ class SwarmClient(Client):
         if not listen_to_response_rooms:
             handler.responseRooms = responseRooms if isinstance(responseRooms, list) else [responseRooms]
         wanted = inspect.getfullargspec(handleFunction).args
-        self.handlers.append((handler, [k for k in self.kwargs if k in wanted]))
+        self.handlers.append((handler, [k for k in self.kwargs if k in wanted], *_trigger_sets(handler.trigger)))
 
     def responses(self, handler, message: dict[str, Any], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         """What swergio's EventHandler.handle returns, without its deep copy of every response
@@ -173,10 +183,11 @@ class SwarmClient(Client):
             # without TO_ROOM (a direct message), so it is not for us.
             log.warning("%s: skipped a message without a valid TYPE/TO_ROOM: %.200r", self.name, message)
             return
-        for handler, argument_names in self.handlers:
+        kind, room = message["TYPE"], message["TO_ROOM"]
+        for handler, argument_names, type_ids, rooms in self.handlers:
+            if kind not in type_ids or room not in rooms:
+                continue
             try:
-                if not handler.is_triggered(message):
-                    continue
                 for response in self.responses(handler, message, {k: self.kwargs[k] for k in argument_names}):
                     self.send(response)
             except BadMessage as error:
