@@ -9,6 +9,11 @@ same requests as `06_control.py`.
 A seeded swarm takes the same actions here as over sockets: every handler is deterministic given
 its messages, and the aggregation orders the models by id, not by arrival.
 
+Evaluations (deterministic runs) skip the messages: the environment's own handlers step its
+copies, and every model's `action_logits` and the aggregation's `get_action` choose the actions
+(`LocalSwarm.play`). They train nothing and hold no one's state, so they give the same scores as
+the messages would (a test holds them to it), and they are most of a study's environment steps.
+
     runner = LocalSwarm(settings)
     result = runner.train_until_solved()
 """
@@ -21,14 +26,15 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from swergio import MESSAGE_TYPE
 
 from swarm import rounds
 from swarm.client import SwarmClient
 from swarm.launcher import SwarmError
-from swarm.protocol import (DETERMINISTIC, ENV_DONE, ERROR, EVO_DONE, EVOLUTION, FITNESS_SPREAD, NR_OF_EPISODE, PING,
-                            ROOM_CONTROL, ROOM_PING, ROOT_ID, STATUS, custom_message)
+from swarm.protocol import (ACTION, DETERMINISTIC, ENV_DONE, ERROR, EVO_DONE, EVOLUTION, FITNESS_SPREAD, NR_OF_EPISODE,
+                            OBSERVATION, PING, ROOM_CONTROL, ROOM_PING, ROOT_ID, STATUS, custom_message)
 from swarm.scripts import load_script
 from swarm.settings import SwarmSettings
 
@@ -100,14 +106,15 @@ class LocalSwarm:
     def __init__(self, settings: SwarmSettings) -> None:
         torch.set_num_threads(1)  # as every model process
         self.settings, self.hub = settings, LocalHub()
+        self.components = {}
         for script in ("03_aggregation.py", "04_environment.py", "05_evolution.py"):
             module = load_script(script)
-            module.handlers.wire(LocalClient(self.hub, module.COMPONENT_NAME, settings,
-                                             **module.arguments(settings, module.COMPONENT_NAME)))
+            self.components[script] = module.handlers.wire(LocalClient(
+                self.hub, module.COMPONENT_NAME, settings, **module.arguments(settings, module.COMPONENT_NAME)))
         model = load_script("02_model.py")
-        for index in range(settings.models):
-            model.handlers.wire(LocalClient(self.hub, model.COMPONENT_NAME, settings,
-                                            **model.arguments(settings, f"model{index}")))
+        self.models = [model.handlers.wire(LocalClient(self.hub, model.COMPONENT_NAME, settings,
+                                                       **model.arguments(settings, f"model{index}")))
+                       for index in range(settings.models)]
         self.control = LocalClient(self.hub, "control", settings, serve=False)
         self.control.join_room(ROOM_CONTROL)
         self.control.send(custom_message(ROOM_PING, {PING: uuid.uuid4().hex}))  # the models introduce themselves
@@ -129,7 +136,37 @@ class LocalSwarm:
         raise SwarmError(f"no {until} after {sorted(payload)}: the swarm fell silent")
 
     def start(self, nr_of_episodes: int = 1, deterministic: bool = False) -> dict[str, Any]:
+        if deterministic:
+            return self.play(nr_of_episodes)
         return self.request({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: deterministic}, until=ENV_DONE)
+
+    def play(self, nr_of_episodes: int) -> dict[str, Any]:
+        """A deterministic run without messages; its ENV_DONE report.
+
+        What each component does with a deterministic step, done directly: the models forget their
+        previous step and answer with their logits (as floats, as they arrive from JSON), the
+        aggregation takes the argmax of their summed probabilities in the order of their ids, and
+        the environment's handlers step the copies and count the episodes.
+        """
+        model, aggregation, environment = (load_script(name) for name in
+                                           ("02_model.py", "03_aggregation.py", "04_environment.py"))
+        cartpole = self.components["04_environment.py"].kwargs["cartpole"]
+        members = sorted((client.kwargs["component_id"], client.kwargs) for client in self.models)
+        for _, state in members:
+            state["memory"].clear()
+        root_id = uuid.uuid4().hex
+        reply = environment.start_run({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: True, ROOT_ID: root_id}, cartpole)
+        while True:
+            observation = torch.as_tensor(np.asarray(reply[OBSERVATION], dtype=np.float64).reshape(self.settings.envs, -1),
+                                          dtype=torch.float32)
+            logits = {model_id: model.action_logits(state["policy"], observation).numpy().astype(np.float64)
+                      for model_id, state in members}
+            actions, _ = aggregation.get_action(logits, rng=None, deterministic=True)
+            action_message = {ACTION: actions.tolist(), ROOT_ID: root_id}
+            reply = environment.step(action_message, cartpole)
+            report = environment.report(action_message, cartpole)
+            if report is not None and report[STATUS] == ENV_DONE:
+                return report
 
     def start_evo(self) -> float:
         return self.request({EVOLUTION: True}, until=EVO_DONE)[FITNESS_SPREAD]
