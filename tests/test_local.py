@@ -51,12 +51,12 @@ def test_an_evaluation_without_messages_scores_as_the_messages_do():
     """`play` (the in-process runner's evaluations) against the same deterministic run through the
     hub, on two swarms of one seed after the same training: the same scores and steps, and the
     training after it goes on the same way (an evaluation leaves no state behind)."""
-    settings = SwarmSettings(models=3, envs=2, episodes=4, seed=3, learning_rate=0.01)
+    settings = SwarmSettings(models=3, envs=2, episodes=4, seed=5, learning_rate=0.01)
     direct, messages = LocalSwarm(settings), LocalSwarm(settings)
     for runner in (direct, messages):
         runner.start(8)
     played = direct.play(6)
     sent = messages.request({"NR_OF_EPISODE": 6, "DETERMINISTIC": True}, until="ENV_DONE")
     assert played["SCORES"] == sent["SCORES"] and played["STEPS"] == sent["STEPS"]
-    assert len(set(played["SCORES"])) > 1, "every episode alike: not a test of the actions"
+    assert min(played["SCORES"]) > 50, "episodes that end at once: not a test of the actions"
     assert direct.start(4)["SCORES"] == messages.start(4)["SCORES"]
