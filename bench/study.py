@@ -27,7 +27,6 @@ last line is one JSON object with the per-arm summary and the p-value.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import multiprocessing
 import os
@@ -36,6 +35,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -152,6 +152,20 @@ def run_sb3(seed: int, args: argparse.Namespace) -> dict:
     return dict(arm="sb3-a2c", seed=seed, solved=callback.solved_at is not None,
                 steps=callback.solved_at or model.num_timesteps, seconds=time.monotonic() - began, spread=None,
                 curve=callback.curve)
+
+
+def exit_with_parent(parent: int) -> None:
+    """A worker's initializer: end the worker when the study's process is gone."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-study", daemon=True).start()
+
+
+def run_task(task: tuple[str, int, argparse.Namespace]) -> dict:
+    return run(*task)
 
 
 def run(arm: str, seed: int, args: argparse.Namespace) -> dict:
@@ -280,11 +294,12 @@ def main() -> None:
 
     tasks = [(arm, seed) for seed in args.seeds for arm in args.arms]
     results: list[dict] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so the pool below is ended
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
-        futures = {pool.submit(run, arm, seed, args): (arm, seed) for arm, seed in tasks}
-        for future in concurrent.futures.as_completed(futures):
-            r = future.result()
+    # Leaving the block (done, error, Ctrl-C, SIGTERM) terminates the workers; a SIGKILLed study
+    # leaves none either: each worker watches its parent.
+    with context.Pool(args.jobs, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+        for r in pool.imap_unordered(run_task, [(arm, seed, args) for arm, seed in tasks]):
             results.append(r)
             print(f"  {r['arm']:<20} seed {r['seed']:>3}: {'solved' if r['solved'] else 'NOT solved'} "
                   f"at {r['steps']:>7,} steps, {r['seconds']:5.0f} s ({len(results)}/{len(tasks)})", flush=True)

@@ -1,12 +1,15 @@
 """bench/study.py: its arms run end to end and it reports them (the figures themselves come from
 running the study: they take an hour and vary with the machine)."""
 import json
+import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
-from tests.helpers import ROOT, load_script
+from tests.helpers import ROOT, assert_all_gone, kill_all, load_script
 
 study = load_script("bench/study.py")
 
@@ -48,3 +51,22 @@ def test_unsolved_runs_count_as_the_budget_and_the_rank_test_tells_arms_apart():
     assert summary["solved"] == 4 and summary["median_steps"] == pytest.approx((5003 + 100_000) / 2)
     assert study.p_value(runs, budget=100_000) < 0.001
     assert study.p_value(runs[:1] + runs[8:], budget=100_000) is None, "one run is no sample"
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_study_leaves_no_worker_behind(tmp_path, how):
+    """Its runs go in worker processes: stopping the study, politely or not, ends them too."""
+    process = subprocess.Popen([sys.executable, "bench/study.py", "--seeds", "0-1", "--arms", "swarm", "--jobs", "2",
+                                "--set", "SWARM_MODELS=2", "--out", str(tmp_path)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    study_process = psutil.Process(process.pid)
+    deadline = time.monotonic() + 60
+    while len(workers := [p for p in study_process.children() if "spawn_main" in " ".join(p.cmdline())]) < 2:
+        assert time.monotonic() < deadline and process.poll() is None, "the study started no workers"
+        time.sleep(0.2)
+    try:
+        process.send_signal(getattr(signal, how))
+        process.wait(timeout=30)
+        assert_all_gone([p.pid for p in workers], within=15)
+    finally:
+        kill_all([study_process, *workers])
