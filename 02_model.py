@@ -19,9 +19,9 @@ from swarm.adam import Adam
 from swarm.checks import BadMessage, as_batch, as_vector, get_actions, get_bool, get_float, get_per_env, require, unbatch
 from swarm.client import Handlers, SwarmClient
 from swarm.component import component_name, new_component_id, setup_component, yield_to_the_critical_path
-from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, FINAL_OBSERVATION, GET, HYPERPARAMETERS,
-                            LEARNING_RATE, LOGITS, OBSERVATION, REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION,
-                            SET, TRUNCATED, WEIGHTS)
+from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, GET,
+                            HYPERPARAMETERS, LEARNING_RATE, LOGITS, OBSERVATION, OPTIMIZER, REWARD, ROOM_EVOLUTION,
+                            ROOM_LOGITS, ROOM_OBSERVATION, SET, STEP, TRUNCATED, WEIGHTS)
 from swarm.settings import ENV_ID, SwarmSettings
 
 COMPONENT_NAME = "model"
@@ -147,31 +147,32 @@ def reply(logits: torch.Tensor, deterministic: bool, component_id: str) -> dict:
 
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
 def send_weights(msg, policy, training_enabled, component_id):
-    """GET: answer with the weight vector and the learning rate, and pause training until the
-    evolution's SET arrives."""
+    """GET: answer with the weight vector, the learning rate and Adam's state, and pause training
+    until the evolution's SET arrives."""
     if msg.get(CMD) != GET:
         return None
     training_enabled.set(False)
     return {WEIGHTS: policy.parameters_to_vector().tolist(), COMPONENT_ID: component_id,
-            HYPERPARAMETERS: {LEARNING_RATE: learning_rate(policy)}}
+            HYPERPARAMETERS: {LEARNING_RATE: learning_rate(policy)}, OPTIMIZER: optimizer_state(policy)}
 
 
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
 def set_weights(msg, policy, rollout_buffer, memory, training_enabled, component_id):
-    """SET: load this model's new vector and learning rate, if the SET has them, and resume
-    training. It is checked first: a bad SET changes nothing (the weights stay, and so does the
-    pause of a GET).
+    """SET: load this model's new vector, learning rate and Adam state, if the SET has them, and
+    resume training. It is checked first: a bad SET changes nothing (the weights stay, and so does
+    the pause of a GET).
 
     What old weights leave behind goes with them: Adam's moment estimates (they would push the new
-    weights along the old ones' gradients) and the steps stored with the old policy's values. A
-    SET without this model's id leaves the model as it is (an evolution that kept it).
+    weights along the old ones' gradients; a SET that brings the state of the weights' owner
+    loads that instead) and the steps stored with the old policy's values. A SET without this
+    model's id leaves the model as it is (an evolution that kept it).
     """
     if msg.get(CMD) != SET:
         return None
-    all_weights, all_hyper = require(msg, WEIGHTS), msg.get(HYPERPARAMETERS, {})
-    if not isinstance(all_weights, dict) or not isinstance(all_hyper, dict):
-        raise BadMessage(f"{WEIGHTS} and {HYPERPARAMETERS} must map model ids to values; weights unchanged")
-    vector = rate = None
+    all_weights, all_hyper, all_optimizers = require(msg, WEIGHTS), msg.get(HYPERPARAMETERS, {}), msg.get(OPTIMIZER, {})
+    if not all(isinstance(part, dict) for part in (all_weights, all_hyper, all_optimizers)):
+        raise BadMessage(f"{WEIGHTS}, {HYPERPARAMETERS} and {OPTIMIZER} must map model ids to values; weights unchanged")
+    vector = rate = adam = None
     if component_id in all_weights:
         size = sum(p.numel() for p in policy.parameters())
         try:
@@ -183,9 +184,13 @@ def set_weights(msg, policy, rollout_buffer, memory, training_enabled, component
         rate = get_float(mine, LEARNING_RATE) if isinstance(mine, dict) else None
         if rate is None or rate <= 0:
             raise BadMessage(f"{HYPERPARAMETERS}[{component_id}] needs a {LEARNING_RATE} > 0; weights unchanged")
+    if all_optimizers.get(component_id) is not None:
+        adam = checked_optimizer_state(all_optimizers[component_id], policy)
     if vector is not None:
         policy.load_from_vector(vector)
-        policy.optimizer.state.clear()  # Adam starts afresh: lazily, at the next step
+        policy.optimizer.state.clear()  # Adam starts afresh (lazily, at the next step), unless:
+        if adam is not None:
+            load_optimizer_state(policy, *adam)
         rollout_buffer.reset()
         memory.clear()
     if rate is not None:
@@ -193,6 +198,44 @@ def set_weights(msg, policy, rollout_buffer, memory, training_enabled, component
             group["lr"] = rate
     training_enabled.set(True)
     return None
+
+
+def optimizer_state(policy: ActorCriticPolicy) -> dict | None:
+    """Adam's step count and moment estimates, flattened in the order of the weight vector; None
+    before the first update."""
+    parameters, state = list(policy.parameters()), policy.optimizer.state
+    if not all(p in state for p in parameters):
+        return None
+    return {STEP: float(state[parameters[0]]["step"]),
+            EXP_AVG: torch.cat([state[p]["exp_avg"].flatten() for p in parameters]).tolist(),
+            EXP_AVG_SQ: torch.cat([state[p]["exp_avg_sq"].flatten() for p in parameters]).tolist()}
+
+
+def checked_optimizer_state(saved, policy: ActorCriticPolicy) -> tuple[float, np.ndarray, np.ndarray]:
+    """An OPTIMIZER entry as (step, first moments, second moments); a BadMessage if it does not fit."""
+    if not isinstance(saved, dict):
+        raise BadMessage(f"{OPTIMIZER} must map {STEP}, {EXP_AVG} and {EXP_AVG_SQ}; weights unchanged")
+    size = sum(p.numel() for p in policy.parameters())
+    try:
+        step = get_float(saved, STEP)
+        exp_avg, exp_avg_sq = (as_vector(require(saved, key), f"{OPTIMIZER}[{key}]", size) for key in (EXP_AVG, EXP_AVG_SQ))
+    except BadMessage as error:
+        raise BadMessage(f"{error}; weights unchanged") from None
+    if step < 1 or (exp_avg_sq < 0).any():
+        raise BadMessage(f"{OPTIMIZER} needs {STEP} >= 1 and {EXP_AVG_SQ} >= 0; weights unchanged")
+    return step, exp_avg, exp_avg_sq
+
+
+def load_optimizer_state(policy: ActorCriticPolicy, step: float, exp_avg: np.ndarray, exp_avg_sq: np.ndarray) -> None:
+    """Adam's state from flat vectors, as Adam itself keeps it (fused: a float32 step per weight)."""
+    offset = 0
+    for parameter in policy.parameters():
+        size = parameter.numel()
+        policy.optimizer.state[parameter] = {
+            "step": torch.tensor(step, dtype=torch.float32),
+            "exp_avg": torch.as_tensor(exp_avg[offset:offset + size], dtype=parameter.dtype).view_as(parameter).clone(),
+            "exp_avg_sq": torch.as_tensor(exp_avg_sq[offset:offset + size], dtype=parameter.dtype).view_as(parameter).clone()}
+        offset += size
 
 
 def learning_rate(policy: ActorCriticPolicy) -> float:

@@ -54,6 +54,8 @@ ERROR = "ERROR"  # STATUS ERROR: a component tells the control why a run cannot 
 MISSING = "MISSING"  # in an ERROR: the model ids that did not answer
 HYPERPARAMETERS = "HYPERPARAMETERS"  # with WEIGHTS: a model's own ({LEARNING_RATE: x}); in a SET: by model id
 LEARNING_RATE = "LEARNING_RATE"
+OPTIMIZER = "OPTIMIZER"  # with WEIGHTS: a model's Adam state ({STEP, EXP_AVG, EXP_AVG_SQ}); in a SET: by model id
+STEP, EXP_AVG, EXP_AVG_SQ = "STEP", "EXP_AVG", "EXP_AVG_SQ"  # Adam's step count and moments, flat as the weights
 
 # --------------------------------------------------------------------------- statuses and commands
 ENV_DONE = "ENV_DONE"

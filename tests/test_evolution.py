@@ -6,7 +6,7 @@ import pytest
 
 from swarm.checks import BadMessage
 from swarm.protocol import (CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, ERROR, EVO_DONE, EVOLUTION, FITNESS_SPREAD, GET,
-                            HYPERPARAMETERS, LEARNING_RATE,
+                            HYPERPARAMETERS, LEARNING_RATE, OPTIMIZER,
                             MISSING, NR_OF_EPISODE, PONG, ROOT_ID, SET, STATUS, WEIGHTS)
 from tests.helpers import load_script
 
@@ -154,50 +154,60 @@ def ladder(n=8, length=5):
     return {f"m{i}": np.full(length, float(i)) for i in range(n)}
 
 
-def test_pbt_the_worst_quarter_copy_whole_vectors_of_the_best_quarter():
-    weights = ladder(8)
+def test_pbt_the_worst_quarter_copy_members_of_the_best_quarter():
+    members = [f"m{i}" for i in range(8)]
     fitness = {f"m{i}": float(i) for i in range(8)}  # m0, m1 worst; m6, m7 best
     rates = {f"m{i}": 0.001 * (i + 1) for i in range(8)}
-    new_weights, new_rates = evolution_script.exploit_and_explore(weights, fitness, rates, random.Random(0))
-    assert set(new_weights) == set(new_rates) == {"m0", "m1"}
-    for loser, vector in new_weights.items():
-        source = int(vector[0])
-        assert source in (6, 7) and vector == weights[f"m{source}"].tolist(), "a whole vector of a top member"
-        assert new_rates[loser][LEARNING_RATE] in (pytest.approx(rates[f"m{source}"] * 0.8),
-                                                   pytest.approx(rates[f"m{source}"] * 1.2))
+    choices = evolution_script.exploit_and_explore(members, fitness, rates, random.Random(0))
+    assert set(choices) == {"m0", "m1"}
+    for winner, rate in choices.values():
+        assert winner in ("m6", "m7")
+        assert rate in (pytest.approx(rates[winner] * 0.8), pytest.approx(rates[winner] * 1.2))
 
 
 def test_pbt_keeps_learning_rates_within_bounds():
     low, high = evolution_script.LEARNING_RATE_BOUNDS
+    members = [f"m{i}" for i in range(8)]
     for rate in (low, high):
-        rates = {f"m{i}": rate for i in range(8)}
+        rates = {member: rate for member in members}
         for seed in range(20):
-            _, new_rates = evolution_script.exploit_and_explore(ladder(8), {f"m{i}": float(i) for i in range(8)},
-                                                                rates, random.Random(seed))
-            assert all(low <= r[LEARNING_RATE] <= high for r in new_rates.values())
+            choices = evolution_script.exploit_and_explore(members, {f"m{i}": float(i) for i in range(8)},
+                                                           rates, random.Random(seed))
+            assert all(low <= new_rate <= high for _, new_rate in choices.values())
 
 
 def test_pbt_ranks_only_members_with_a_fitness_and_waits_for_enough():
-    weights = ladder(8)
-    _, none = evolution_script.exploit_and_explore(weights, {"m0": 1.0, "m1": 2.0, "m2": 3.0}, {}, random.Random(0))
+    members = [f"m{i}" for i in range(8)]
+    none = evolution_script.exploit_and_explore(members, {"m0": 1.0, "m1": 2.0, "m2": 3.0}, {}, random.Random(0))
     assert none == {}, "three ranked members cannot fill two quarters of eight"
     fitness = {"m0": 9.0, "m1": 1.0, "m2": 5.0, "m3": 0.0}  # m4..m7 have led nothing yet
-    rates = {m: 0.001 for m in weights}
-    new_weights, _ = evolution_script.exploit_and_explore(weights, fitness, rates, random.Random(0))
-    assert set(new_weights) == {"m3", "m1"} and all(int(v[0]) in (0, 2) for v in new_weights.values())
+    choices = evolution_script.exploit_and_explore(members, fitness, {m: 0.001 for m in members}, random.Random(0))
+    assert set(choices) == {"m3", "m1"} and all(winner in ("m0", "m2") for winner, _ in choices.values())
 
 
-def test_a_pbt_evolution_sets_only_the_members_that_change():
+def test_a_pbt_evolution_sets_only_the_members_that_change_with_the_winners_vector_and_adam_state():
     evolution = evolution_script.Evolution(nr_of_models=4, operators="pbt")
     evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "request"}, evolution)
     root = evolution.root_id
     for i in range(4):
         evolution_script.collect({ROOT_ID: root, COMPONENT_ID: f"m{i}", WEIGHTS: [float(i)] * 3,
-                                  HYPERPARAMETERS: {LEARNING_RATE: 0.002}}, evolution)
+                                  HYPERPARAMETERS: {LEARNING_RATE: 0.002}, OPTIMIZER: {"STEP": float(i)}}, evolution)
     reply = evolution_script.collect({ROOT_ID: root, CONTRIBUTION: {f"m{i}": 10.0 * i for i in range(4)}}, evolution)
     assert reply[CMD] == SET and list(reply[WEIGHTS]) == ["m0"] and reply[WEIGHTS]["m0"] == [3.0] * 3
     assert list(reply[HYPERPARAMETERS]) == ["m0"]
+    assert reply[OPTIMIZER] == {"m0": {"STEP": 3.0}}, "the loser takes the Adam state of the vector it copies"
     assert evolution.report[FITNESS_SPREAD] == pytest.approx(30.0 / 15.0)
+
+
+def test_a_winner_without_adam_state_sends_none():
+    evolution = evolution_script.Evolution(nr_of_models=4, operators="pbt")
+    evolution_script.start_evolution({EVOLUTION: True}, evolution)
+    for i in range(4):
+        evolution_script.collect({ROOT_ID: evolution.root_id, COMPONENT_ID: f"m{i}", WEIGHTS: [float(i)],
+                                  HYPERPARAMETERS: {LEARNING_RATE: 0.002}, OPTIMIZER: None}, evolution)
+    reply = evolution_script.collect({ROOT_ID: evolution.root_id, CONTRIBUTION: {f"m{i}": float(i) for i in range(4)}},
+                                     evolution)
+    assert list(reply[WEIGHTS]) == ["m0"] and reply[OPTIMIZER] == {}
 
 
 def test_a_pbt_answer_without_a_learning_rate_is_refused():

@@ -7,8 +7,9 @@ import pytest
 from swergio_toolbox.objects import MutableBool
 
 from swarm.checks import BadMessage
-from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, FINAL_OBSERVATION, GET, HYPERPARAMETERS,
-                            LEARNING_RATE, LOGITS, OBSERVATION, REWARD, SET, TRUNCATED, WEIGHTS)
+from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, GET,
+                            HYPERPARAMETERS, LEARNING_RATE, LOGITS, OBSERVATION, OPTIMIZER, REWARD, SET, STEP, TRUNCATED,
+                            WEIGHTS)
 from swarm.scripts import load_script
 
 model = load_script("02_model.py")
@@ -188,6 +189,45 @@ def test_set_starts_the_optimizer_and_the_rollout_afresh(parts):
         model.forward(observation_message(step), **parts)
     assert not np.array_equal(parts["policy"].parameters_to_vector(), vector)
     assert all(state["step"].item() == 1 for state in parts["policy"].optimizer.state.values())
+
+
+def train_steps(parts, steps):
+    model.forward(observation_message(), **parts)
+    for step in range(1, steps + 1):
+        model.forward(observation_message(step), **parts)
+
+
+def test_weights_with_their_adam_state_make_a_twin_that_learns_alike(parts):
+    """GET carries Adam's state; a SET that brings it along makes another model a twin: the same
+    steps then give both exactly the same weights (with fresh moments they would differ). The
+    buffer hands out its samples in a random order: the same order for each, or sums round apart."""
+    train_steps(parts, 10)  # two updates
+    reply = model.send_weights({CMD: GET}, parts["policy"], parts["training_enabled"], MODEL_ID)
+    assert reply[OPTIMIZER][STEP] == 2 and len(reply[OPTIMIZER][EXP_AVG]) == len(reply[OPTIMIZER][EXP_AVG_SQ]) == 755
+    parts["training_enabled"].set(True)
+    twin, fresh = new_parts(), new_parts()
+    handle(model.set_weights, {CMD: SET, WEIGHTS: {MODEL_ID: reply[WEIGHTS]}, OPTIMIZER: {MODEL_ID: reply[OPTIMIZER]}}, twin)
+    handle(model.set_weights, {CMD: SET, WEIGHTS: {MODEL_ID: reply[WEIGHTS]}}, fresh)
+    for each in (parts, twin, fresh):
+        np.random.seed(0)
+        train_steps(each, 5)
+    assert np.array_equal(twin["policy"].parameters_to_vector(), parts["policy"].parameters_to_vector())
+    assert not np.array_equal(fresh["policy"].parameters_to_vector(), parts["policy"].parameters_to_vector())
+
+
+def test_an_untrained_model_has_no_adam_state_to_give(parts):
+    assert model.send_weights({CMD: GET}, parts["policy"], parts["training_enabled"], MODEL_ID)[OPTIMIZER] is None
+
+
+@pytest.mark.parametrize("adam", ["not a dict", {STEP: 1, EXP_AVG: [0.0] * 755},
+                                  {STEP: 0, EXP_AVG: [0.0] * 755, EXP_AVG_SQ: [0.0] * 755},
+                                  {STEP: 1, EXP_AVG: [0.0] * 755, EXP_AVG_SQ: [-1.0] * 755},
+                                  {STEP: 1, EXP_AVG: [0.0] * 754, EXP_AVG_SQ: [0.0] * 755}])
+def test_a_bad_adam_state_leaves_the_weights_as_they_were(parts, adam):
+    before = parts["policy"].parameters_to_vector().copy()
+    with pytest.raises(BadMessage, match="weights unchanged"):
+        handle(model.set_weights, {CMD: SET, WEIGHTS: {MODEL_ID: [0.0] * 755}, OPTIMIZER: {MODEL_ID: adam}}, parts)
+    assert np.array_equal(parts["policy"].parameters_to_vector(), before)
 
 
 @pytest.mark.parametrize("weights", [
