@@ -21,7 +21,7 @@ from swarm.client import Handlers, SwarmClient
 from swarm.component import component_name, new_component_id, setup_component, yield_to_the_critical_path
 from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, GET,
                             HYPERPARAMETERS, LEARNING_RATE, LOGITS, OBSERVATION, OPTIMIZER, REWARD, ROOM_EVOLUTION,
-                            ROOM_LOGITS, ROOM_OBSERVATION, SET, STEP, TRUNCATED, WEIGHTS)
+                            ROOM_LOGITS, ROOM_OBSERVATION, SET, STATE, STEP, TRUNCATED, WEIGHTS)
 from swarm.settings import ENV_ID, SwarmSettings
 
 COMPONENT_NAME = "model"
@@ -148,10 +148,11 @@ def reply(logits: torch.Tensor, deterministic: bool, component_id: str) -> dict:
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
 def send_weights(msg, policy, training_enabled, component_id):
     """GET: answer with the weight vector, the learning rate and Adam's state, and pause training
-    until the evolution's SET arrives."""
-    if msg.get(CMD) != GET:
+    until the evolution's SET arrives. STATE (for a checkpoint): the same answer; training goes on."""
+    if msg.get(CMD) not in (GET, STATE):
         return None
-    training_enabled.set(False)
+    if msg[CMD] == GET:
+        training_enabled.set(False)
     return {WEIGHTS: policy.parameters_to_vector().tolist(), COMPONENT_ID: component_id,
             HYPERPARAMETERS: {LEARNING_RATE: learning_rate(policy)}, OPTIMIZER: optimizer_state(policy)}
 

@@ -24,17 +24,19 @@ import logging
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from swergio import MESSAGE_TYPE
 
-from swarm import rounds
+from swarm import checkpoint, rounds
 from swarm.client import SwarmClient
 from swarm.launcher import SwarmError
-from swarm.protocol import (ACTION, DETERMINISTIC, ENV_DONE, ERROR, EVO_DONE, EVOLUTION, FITNESS_SPREAD, NR_OF_EPISODE,
-                            OBSERVATION, PING, ROOM_CONTROL, ROOM_PING, ROOT_ID, STATUS, custom_message)
+from swarm.protocol import (ACTION, CMD, DETERMINISTIC, ENV_DONE, ERROR, EVO_DONE, EVOLUTION,
+                            FITNESS_SPREAD, NR_OF_EPISODE, OBSERVATION, PING, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING,
+                            ROOT_ID, STATE, STATUS, WEIGHTS, custom_message)
 from swarm.scripts import load_script
 from swarm.settings import SwarmSettings
 
@@ -117,6 +119,7 @@ class LocalSwarm:
                        for index in range(settings.models)]
         self.control = LocalClient(self.hub, "control", settings, serve=False)
         self.control.join_room(ROOM_CONTROL)
+        self.control.join_room(ROOM_EVOLUTION)  # the models' answers to STATE
         self.control.send(custom_message(ROOM_PING, {PING: uuid.uuid4().hex}))  # the models introduce themselves
         self.hub.pump()
         self.control.inbox.clear()
@@ -171,5 +174,28 @@ class LocalSwarm:
     def start_evo(self) -> float:
         return self.request({EVOLUTION: True}, until=EVO_DONE)[FITNESS_SPREAD]
 
-    def train_until_solved(self, report: Callable[[str], None] = print) -> dict[str, Any]:
-        return rounds.train_until_solved(self.start, self.start_evo, self.settings, report)
+    def state(self) -> list[dict[str, Any]]:
+        """Every model's answer to STATE: its weights, learning rate and Adam state."""
+        root_id = uuid.uuid4().hex
+        self.control.send(custom_message(ROOM_EVOLUTION, {CMD: STATE}, root_id))
+        self.hub.pump()
+        answers = [m for m in self.control.inbox if m.get(ROOT_ID) == root_id and WEIGHTS in m]
+        self.control.inbox.clear()
+        if len(answers) != self.settings.models:
+            raise SwarmError(f"{len(answers)} of {self.settings.models} models answered STATE")
+        return answers
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Give the models a checkpoint's members (the same SET the control sends over sockets)."""
+        model_ids = [client.kwargs["component_id"] for client in self.models]
+        self.control.send(custom_message(ROOM_EVOLUTION, checkpoint.restore_message(saved, model_ids)))
+        self.hub.pump()
+        self.control.inbox.clear()
+
+    def train_until_solved(self, report: Callable[[str], None] = print,
+                           checkpoint_path: Path | None = None) -> dict[str, Any]:
+        """The control's loop; with `checkpoint_path`, the swarm is saved there after every round."""
+        def save(history: list[dict[str, Any]]) -> None:
+            checkpoint.save(checkpoint_path, self.state(), self.settings, history)
+        return rounds.train_until_solved(self.start, self.start_evo, self.settings, report,
+                                         after_round=save if checkpoint_path else None)

@@ -63,6 +63,7 @@ ENV_PROGRESS = "ENV_PROGRESS"
 EVO_DONE = "EVO_DONE"
 GET = "GET"
 SET = "SET"
+STATE = "STATE"  # ours: every model answers as to GET, and goes on training (a checkpoint)
 
 
 def custom_message(room: str, payload: dict[str, Any], root_id: str | None = None) -> dict[str, Any]:

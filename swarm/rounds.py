@@ -63,12 +63,21 @@ def evaluate(start: Start, episodes: int, envs: int) -> tuple[float, float]:
 
 
 def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
-                       report: Callable[[str], None] = print, threshold: float = SOLVED_AT) -> dict[str, Any]:
-    """Rounds until solved (confirmed over 100 episodes) or out of budget; every round's figures."""
-    history: list[Round] = []
-    steps, training_seconds, began = 0, 0.0, time.monotonic()
+                       report: Callable[[str], None] = print, threshold: float = SOLVED_AT,
+                       after_round: Callable[[list[dict[str, Any]]], None] | None = None,
+                       earlier: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Rounds until solved (confirmed over 100 episodes) or out of budget; every round's figures.
+
+    `after_round` is given the history after every round (to checkpoint it). `earlier` is the
+    history of a resumed swarm: rounds, steps and seconds go on from its last round, and the
+    budget counts them.
+    """
+    history = [Round(**row) for row in earlier or []]
+    steps = history[-1].steps if history else 0
+    seconds_before = history[-1].seconds if history else 0.0
+    training_seconds, began = 0.0, time.monotonic() - seconds_before
     solved = False
-    for round_nr in itertools.count(1):
+    for round_nr in itertools.count(len(history) + 1):
         report(f"ROUND {round_nr}" + (f"/{settings.rounds}" if settings.rounds else ""))
         training_began = time.monotonic()
         reply = start(settings.episodes, False)
@@ -81,17 +90,20 @@ def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
             solved = row.confirm_mean >= threshold
         out_of_budget = bool((settings.max_steps and steps >= settings.max_steps)
                              or (settings.max_seconds and time.monotonic() - began >= settings.max_seconds)
-                             or round_nr == settings.rounds)
+                             or bool(settings.rounds and round_nr >= settings.rounds))
         if settings.evolution and not solved and not out_of_budget:
             row.fitness_spread = start_evo()
             row.after_mean, row.after_std = evaluate(start, settings.eval_episodes, settings.envs)
         row.seconds = time.monotonic() - began
         history.append(row)
         report(row.line())
+        if after_round is not None:
+            after_round([asdict(row) for row in history])
         if solved or out_of_budget:
             break
     seconds = time.monotonic() - began
+    trained = steps - (earlier[-1]["steps"] if earlier else 0)
     report(f"{'solved' if solved else 'NOT solved'} after {len(history)} rounds: {steps:,} training steps, "
-           f"{seconds:.0f} s wall ({steps / max(training_seconds, 1e-9):.0f} training steps/s)")
+           f"{seconds:.0f} s wall ({trained / max(training_seconds, 1e-9):.0f} training steps/s)")
     return dict(solved=solved, steps=steps, seconds=seconds, training_seconds=training_seconds,
                 history=[asdict(row) for row in history])

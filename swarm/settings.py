@@ -90,6 +90,14 @@ def folder() -> Kind:
     return Kind(Path, "a folder that can be created and written")
 
 
+def existing_file() -> Kind:
+    def parse(value: str) -> Path:
+        if not Path(value).is_file():
+            raise ValueError
+        return Path(value)
+    return Kind(parse, "the path of an existing file")
+
+
 def optional(kind: Kind) -> Kind:
     """Unset or empty means None."""
     return Kind(kind.parse, f"empty or {kind.allowed}", lambda value: "" if value is None else kind.show(value))
@@ -209,6 +217,8 @@ class SwarmSettings(RuntimeSettings):
                                         "normalise the advantages of each A2C update")
     model_timeout: float = setting("SWARM_MODEL_TIMEOUT", 5.0, number(0, above=True),
                                    "seconds the aggregation and evolution wait for the last model's answer")
+    resume: Path | None = setting("SWARM_RESUME", None, optional(existing_file()),
+                                  "a checkpoint (swarm.pt) to start from: its models, and its history goes on")
 
     @classmethod
     def defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:

@@ -1,0 +1,83 @@
+"""Checkpoints: a whole swarm in one file, written after every round, read to resume or to watch.
+
+A checkpoint (`swarm.pt` in SWARM_LOG_DIR) holds every model's weight vector, learning rate and
+Adam state, as the models send them in answer to STATE, with the environment id, the settings and
+the round history. It is written to a temporary file and renamed over the old one, so a crash at
+any moment leaves the last complete checkpoint, never half of one.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from swarm.checks import BadMessage, as_vector, get_float, get_str, require
+from swarm.protocol import (CMD, COMPONENT_ID, EXP_AVG, EXP_AVG_SQ, HYPERPARAMETERS, LEARNING_RATE, OPTIMIZER, SET,
+                            STEP, WEIGHTS)
+from swarm.settings import ENV_ID, SettingsError, SwarmSettings
+
+FILE_NAME = "swarm.pt"
+FORMAT = 1
+
+
+def member(answer: dict[str, Any]) -> dict[str, Any]:
+    """One model's answer to STATE (or GET), as a checkpoint keeps it: tensors, not JSON lists."""
+    adam = answer.get(OPTIMIZER)
+    return {"model_id": get_str(answer, COMPONENT_ID),
+            "weights": torch.as_tensor(as_vector(require(answer, WEIGHTS), WEIGHTS), dtype=torch.float32),
+            "learning_rate": get_float(require(answer, HYPERPARAMETERS), LEARNING_RATE),
+            "optimizer": None if adam is None else {
+                "step": get_float(adam, STEP),
+                "exp_avg": torch.as_tensor(as_vector(require(adam, EXP_AVG), EXP_AVG), dtype=torch.float32),
+                "exp_avg_sq": torch.as_tensor(as_vector(require(adam, EXP_AVG_SQ), EXP_AVG_SQ), dtype=torch.float32)}}
+
+
+def save(path: Path, answers: list[dict[str, Any]], settings: SwarmSettings, history: list[dict[str, Any]]) -> int:
+    """Write the checkpoint atomically; its size in bytes."""
+    members = sorted((member(answer) for answer in answers), key=lambda m: m["model_id"])
+    if len(members) != settings.models:
+        raise BadMessage(f"a checkpoint needs all {settings.models} models, got {len(members)}")
+    content = {"format": FORMAT, "env_id": ENV_ID, "models": settings.models, "members": members,
+               "settings": settings.to_env(), "history": history}
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(content, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path.stat().st_size
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A checkpoint, or a SettingsError that says why `path` is not one."""
+    try:
+        content = torch.load(path, weights_only=True)
+    except Exception as error:  # torch raises several kinds for a file that is not a checkpoint
+        raise SettingsError([f"{path} is not a swarm checkpoint: {error}"]) from None
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise SettingsError([f"{path} is not a swarm checkpoint (format {FORMAT})"])
+    return content
+
+
+def check_fits(checkpoint: dict[str, Any], settings: SwarmSettings, path: Path) -> None:
+    """Refuse a checkpoint of another environment or another number of models, saying which."""
+    problems = []
+    if checkpoint["env_id"] != ENV_ID:
+        problems.append(f"{path} is a swarm of {checkpoint['env_id']}, this one plays {ENV_ID}")
+    if checkpoint["models"] != settings.models:
+        problems.append(f"{path} holds {checkpoint['models']} models, SWARM_MODELS is {settings.models}")
+    if problems:
+        raise SettingsError(problems)
+
+
+def restore_message(checkpoint: dict[str, Any], model_ids: list[str]) -> dict[str, Any]:
+    """The SET that gives the running models the checkpoint's members, in the order of their ids."""
+    pairs = list(zip(sorted(model_ids), checkpoint["members"], strict=True))
+    return {CMD: SET,
+            WEIGHTS: {model_id: saved["weights"].tolist() for model_id, saved in pairs},
+            HYPERPARAMETERS: {model_id: {LEARNING_RATE: saved["learning_rate"]} for model_id, saved in pairs},
+            OPTIMIZER: {model_id: {STEP: saved["optimizer"]["step"], EXP_AVG: saved["optimizer"]["exp_avg"].tolist(),
+                                   EXP_AVG_SQ: saved["optimizer"]["exp_avg_sq"].tolist()}
+                        for model_id, saved in pairs if saved["optimizer"] is not None}}

@@ -1,0 +1,100 @@
+"""Checkpoints: a swarm saved after a round, loaded into another swarm, plays and learns as the original."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from swarm import checkpoint
+from swarm.local import LocalSwarm
+from swarm.scripts import load_script
+from swarm.settings import SettingsError, SwarmSettings
+
+model = load_script("02_model.py")
+SETTINGS = SwarmSettings(models=3, envs=2, episodes=4, seed=5, learning_rate=0.01, rounds=2)
+
+
+def weights_and_actions(runner, observations):
+    members = sorted((client.kwargs["component_id"], client.kwargs["policy"]) for client in runner.models)
+    weights = [policy.parameters_to_vector() for _, policy in members]
+    actions = [model.action_logits(policy, observations).argmax(-1).numpy() for _, policy in members]
+    return weights, actions
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A swarm after two rounds, checkpointed after each."""
+    path = tmp_path_factory.mktemp("checkpoint") / checkpoint.FILE_NAME
+    runner = LocalSwarm(SETTINGS)
+    result = runner.train_until_solved(report=lambda line: None, checkpoint_path=path)
+    return runner, result, path
+
+
+def test_a_loaded_checkpoint_has_the_same_weights_and_takes_the_same_actions(trained):
+    runner, result, path = trained
+    saved = checkpoint.load(path)
+    assert saved["history"] == result["history"] and saved["env_id"] == "CartPole-v1" and saved["models"] == 3
+    other = LocalSwarm(SETTINGS.replace(seed=99))  # other initial weights and ids
+    observations = torch.as_tensor(np.random.default_rng(0).normal(0, 0.5, (200, 4)), dtype=torch.float32)
+    before = weights_and_actions(other, observations)
+    other.restore(saved)
+    after, original = weights_and_actions(other, observations), weights_and_actions(runner, observations)
+    assert all(np.array_equal(a, b) for a, b in zip(after[0], original[0]))
+    assert all(np.array_equal(a, b) for a, b in zip(after[1], original[1]))
+    assert not all(np.array_equal(a, b) for a, b in zip(before[0], original[0])), "the restore changed nothing"
+
+
+def train_five_steps(state):
+    """One A2C update of one model on five made-up steps (two copies)."""
+    names = ("policy", "rollout_buffer", "memory", "training_enabled", "component_id", "normalize_advantage")
+    observation = np.random.default_rng(2).normal(0, 0.05, (2, 4)).tolist()
+    model.forward({"OBSERVATION": observation, "DETERMINISTIC": False}, **{k: state[k] for k in names})
+    for step in range(1, 6):
+        model.forward({"OBSERVATION": observation, "DETERMINISTIC": False, "REWARD": [1.0, 1.0],
+                       "DONE": [False, False], "ACTION": [step % 2, 0]}, **{k: state[k] for k in names})
+
+
+def test_a_restored_swarm_learns_as_the_original_would(trained):
+    """Weights, learning rates and Adam's moments all come back: the same steps give the same
+    update, to float32 rounding (Adam's fused kernel may round a last bit differently for tensors it
+    did not allocate); without the moments the update differs by about the learning rate.
+    A checkpoint keeps no half-filled rollout: a restored model starts an empty one."""
+    runner, _, path = trained
+    saved = checkpoint.load(path)
+    twin, forgetful = LocalSwarm(SETTINGS.replace(seed=99)), LocalSwarm(SETTINGS.replace(seed=99))
+    twin.restore(saved)
+    forgetful.restore({**saved, "members": [{**m, "optimizer": None} for m in saved["members"]]})
+    for swarm in (runner, twin, forgetful):
+        for _, state in sorted((c.kwargs["component_id"], c.kwargs) for c in swarm.models):
+            state["rollout_buffer"].reset()
+            np.random.seed(1)  # the buffer hands out its samples in a random order: the same for all
+            train_five_steps(state)
+    original, restored, fresh = (weights_and_actions(s, torch.zeros(1, 4))[0] for s in (runner, twin, forgetful))
+    assert max(np.abs(a - b).max() for a, b in zip(original, restored)) < 1e-6
+    assert min(np.abs(a - b).max() for a, b in zip(original, fresh)) > 1e-4
+
+
+def test_a_checkpoint_is_written_whole_or_not_at_all(trained, tmp_path, monkeypatch):
+    runner, result, path = trained
+    target = tmp_path / checkpoint.FILE_NAME
+    target.write_bytes(path.read_bytes())
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        checkpoint.save(target, runner.state(), SETTINGS, result["history"])
+    assert checkpoint.load(target)["history"] == result["history"]  # the last complete one is intact
+    assert os.listdir(tmp_path) == [checkpoint.FILE_NAME]  # and nothing half-written is left
+
+
+def test_a_checkpoint_of_another_size_or_environment_is_refused(trained, tmp_path):
+    _, _, path = trained
+    saved = checkpoint.load(path)
+    with pytest.raises(SettingsError, match="holds 3 models, SWARM_MODELS is 4"):
+        checkpoint.check_fits(saved, SETTINGS.replace(models=4), path)
+    with pytest.raises(SettingsError, match="a swarm of Acrobot-v1"):
+        checkpoint.check_fits({**saved, "env_id": "Acrobot-v1"}, SETTINGS, path)
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(SettingsError, match="is not a swarm checkpoint"):
+        checkpoint.load(junk)
