@@ -96,6 +96,8 @@ def bad_values(field) -> list[str]:
         return ["something-else"]
     if "text" in allowed:
         return ["   "]
+    if "existing file" in allowed:
+        return ["/no/such/checkpoint.pt", "/tmp"]
     return []
 
 
