@@ -121,7 +121,7 @@ def test_to_env_reproduces_every_setting_in_a_child(field):
                "start_timeout": 1.5, "reply_timeout": 2.5, "models": 3, "rounds": 4, "episodes": 5, "envs": 6,
                "eval_episodes": 7, "max_steps": 8, "max_seconds": 9.5, "evolution": False, "fitness": "return",
                "preset": "tutorial", "operators": "genetic",
-               "learning_rate": 0.002, "normalize_advantage": True, "model_timeout": 0.5}
+               "learning_rate": 0.002, "normalize_advantage": True, "model_timeout": 0.5, "resume": Path(__file__)}
     assert set(changed) == {f.name for f in FIELDS}
     settings = SwarmSettings(**changed)
     assert getattr(SwarmSettings.from_env(settings.to_env()), field.name) == changed[field.name]
