@@ -32,13 +32,16 @@ import json
 import matplotlib.pyplot as plt
 import numpy as np
 
+from swarm import checkpoint
 from swarm.control import ControlClient
 from swarm.launcher import ManagedSwarm
-from swarm.protocol import DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, FITNESS_SPREAD, NR_OF_EPISODE
+from swarm.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, FITNESS_SPREAD,
+                            NR_OF_EPISODE, ROOM_EVOLUTION, STATE, WEIGHTS, custom_message)
 from swarm.rounds import train_until_solved
 from swarm.settings import SOLVED_AT, load_settings
 
 settings = load_settings()
+resumed = checkpoint.resume(settings)  # SWARM_RESUME's swarm; one of another size or game is refused here
 
 # %% [markdown]
 # Start the server, aggregation, environment and evolution from `swarm.yaml`, then the models:
@@ -61,6 +64,22 @@ for i in range(settings.models):
 control = ControlClient(swarm)
 ready_s = swarm.wait_ready(control, ["aggregation", "environment", "evolution"], settings.models)
 print(f"swarm ready: {settings.models} models and 4 components in {ready_s:.1f} s", flush=True)
+
+# %% [markdown]
+# With `SWARM_RESUME=<checkpoint>` the models take the checkpoint's weights, learning rates and
+# Adam state before the first round, and the rounds go on from its history.
+
+# %%
+def model_states():
+    """Every model's weights, learning rate and Adam state (they answer STATE and train on)."""
+    return control.gather(ROOM_EVOLUTION, {CMD: STATE}, settings.models, key=WEIGHTS)
+
+
+if resumed is not None:
+    model_ids = [answer[COMPONENT_ID] for answer in model_states()]
+    control.send(custom_message(ROOM_EVOLUTION, checkpoint.restore_message(resumed, model_ids)))
+    print(f"resumed from {settings.resume}: round {len(resumed['history'])}, "
+          f"{resumed['history'][-1]['steps'] if resumed['history'] else 0:,} training steps", flush=True)
 
 # %% [markdown]
 # `start` runs episodes and returns the environment's report (their scores and steps); with
@@ -87,7 +106,18 @@ def start_evo():
 # in-process runner (`swarm.local`) that the study uses.
 
 # %%
-result = train_until_solved(start, start_evo, settings, report=lambda line: print(line, flush=True))
+checkpoint_path = settings.log_dir / checkpoint.FILE_NAME
+
+
+def save_round(history):
+    """After every round: the swarm to swarm.pt, the rounds so far to result.json."""
+    checkpoint.save(checkpoint_path, model_states(), settings, history)
+    (settings.log_dir / "result.json").write_text(json.dumps(dict(history=history), indent=1))
+
+
+result = train_until_solved(start, start_evo, settings, report=lambda line: print(line, flush=True),
+                            after_round=save_round, earlier=resumed["history"] if resumed else None)
+print(f"checkpoint: {checkpoint_path}")
 
 # %% [markdown]
 # The scores against training steps (the plot is saved next to the logs, with every round's

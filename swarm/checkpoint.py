@@ -16,7 +16,7 @@ import torch
 from swarm.checks import BadMessage, as_vector, get_float, get_str, require
 from swarm.protocol import (CMD, COMPONENT_ID, EXP_AVG, EXP_AVG_SQ, HYPERPARAMETERS, LEARNING_RATE, OPTIMIZER, SET,
                             STEP, WEIGHTS)
-from swarm.settings import ENV_ID, SettingsError, SwarmSettings
+from swarm.settings import ENV_ID, SettingsError, SwarmSettings, refuse
 
 FILE_NAME = "swarm.pt"
 FORMAT = 1
@@ -81,3 +81,16 @@ def restore_message(checkpoint: dict[str, Any], model_ids: list[str]) -> dict[st
             OPTIMIZER: {model_id: {STEP: saved["optimizer"]["step"], EXP_AVG: saved["optimizer"]["exp_avg"].tolist(),
                                    EXP_AVG_SQ: saved["optimizer"]["exp_avg_sq"].tolist()}
                         for model_id, saved in pairs if saved["optimizer"] is not None}}
+
+
+def resume(settings: SwarmSettings) -> dict[str, Any] | None:
+    """SWARM_RESUME's checkpoint, checked against these settings before anything starts; a
+    checkpoint that cannot be resumed is refused as a bad setting is."""
+    if settings.resume is None:
+        return None
+    try:
+        saved = load(settings.resume)
+        check_fits(saved, settings, settings.resume)
+    except SettingsError as error:
+        refuse([f"SWARM_RESUME: {problem}" for problem in error.problems])
+    return saved

@@ -9,7 +9,7 @@ from typing import Any
 
 from swarm.client import ConnectionClosed, SwarmClient
 from swarm.launcher import ManagedSwarm, SwarmError
-from swarm.protocol import ERROR, ROOM_CONTROL, ROOT_ID, STATUS, custom_message
+from swarm.protocol import COMPONENT_ID, ERROR, ROOM_CONTROL, ROOM_EVOLUTION, ROOT_ID, STATUS, custom_message
 
 
 class ControlClient(SwarmClient):
@@ -24,6 +24,7 @@ class ControlClient(SwarmClient):
         with self._stop_swarm_on_failure():
             super().__init__(name, swarm.settings if swarm else None, **kwargs)
             self.join_room(ROOM_CONTROL)
+            self.join_room(ROOM_EVOLUTION)  # the models' answers to STATE (checkpoints)
 
     def _stop_swarm_on_failure(self) -> contextlib.AbstractContextManager:
         return self.swarm.stop_on_failure() if self.swarm is not None else contextlib.nullcontext()
@@ -73,3 +74,28 @@ class ControlClient(SwarmClient):
                 if message.get(STATUS) == until or (progress is not None and progress(message)):
                     return message
                 deadline = time.monotonic() + timeout
+
+    def gather(self, room: str, payload: dict[str, Any], count: int, key: str,
+               timeout: float | None = None) -> list[dict[str, Any]]:
+        """Send `payload` into `room`; return the `count` answers to it that carry `key` (one per
+        COMPONENT_ID), or fail after `timeout` seconds naming how many came."""
+        timeout = self.settings.reply_timeout if timeout is None else timeout
+        root_id, answers = uuid.uuid4().hex, {}
+        with self._stop_swarm_on_failure():
+            self.send(custom_message(room, payload, root_id))
+            deadline = time.monotonic() + timeout
+            while len(answers) < count:
+                if self.swarm is not None:
+                    self.swarm.raise_if_dead()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SwarmError(f"{len(answers)} of {count} answers with {key} within {timeout:g} s after "
+                                     f"{sorted(payload)} in {room}; see the logs in {self.settings.log_dir}")
+                try:
+                    message = self.receive(timeout=min(1.0, left))
+                except ConnectionClosed as lost:
+                    self._name_the_dead(within=2.0)
+                    raise SwarmError(f"{lost} (server {self.settings.host}:{self.settings.port})") from None
+                if message is not None and message.get(ROOT_ID) == root_id and key in message:
+                    answers[message.get(COMPONENT_ID)] = message
+        return list(answers.values())

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 ENV_ID = "CartPole-v1"  # the RL swarm's environment
 SOLVED_AT = 475.0  # gymnasium's reward_threshold for CartPole-v1
@@ -241,8 +241,14 @@ def load_settings(cls: type[S] = SwarmSettings, environ: Mapping[str, str] | Non
     log_dir = settings.log_dir if settings else Path(environ.get("SWARM_LOG_DIR") or "logs")
     if (problem := folder_problem(log_dir)) is not None:
         problems.append(f"SWARM_LOG_DIR={str(log_dir)!r} is not allowed: {problem}")
-    if not problems:
-        return settings
+    if problems:
+        refuse(problems)
+    return settings
+
+
+def refuse(problems: list[str]) -> NoReturn:
+    """Stop before anything starts: in a shell, one line per problem and exit status 2; in a
+    notebook, a SettingsError with the same lines."""
     if in_notebook():
         raise SettingsError(problems)
     print("bad settings:\n" + "\n".join(problems), file=sys.stderr)

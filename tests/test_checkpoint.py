@@ -1,5 +1,7 @@
 """Checkpoints: a swarm saved after a round, loaded into another swarm, plays and learns as the original."""
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from swarm import checkpoint
 from swarm.local import LocalSwarm
 from swarm.scripts import load_script
 from swarm.settings import SettingsError, SwarmSettings
+from tests.helpers import run_control, wait_for_line
 
 model = load_script("02_model.py")
 SETTINGS = SwarmSettings(models=3, envs=2, episodes=4, seed=5, learning_rate=0.01, rounds=2)
@@ -98,3 +101,41 @@ def test_a_checkpoint_of_another_size_or_environment_is_refused(trained, tmp_pat
     junk.write_text("not a checkpoint")
     with pytest.raises(SettingsError, match="is not a swarm checkpoint"):
         checkpoint.load(junk)
+
+
+# --------------------------------------------------------------------------- over sockets: 06_control.py
+def test_the_control_checkpoints_every_round_and_a_resumed_swarm_goes_on(swarm_env, tmp_path):
+    process = run_control({"SWARM_ROUNDS": "2"})
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    saved = checkpoint.load(swarm_env.log_dir / checkpoint.FILE_NAME)
+    assert [row["round"] for row in saved["history"]] == [1, 2] and len(saved["members"]) == 2
+    first_run = json.loads((swarm_env.log_dir / "result.json").read_text())["history"]
+    kept = tmp_path / "kept.pt"
+    shutil.copy(swarm_env.log_dir / checkpoint.FILE_NAME, kept)
+
+    process = run_control({"SWARM_ROUNDS": "3", "SWARM_RESUME": str(kept)})
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert f"resumed from {kept}: round 2" in output and "ROUND 3/3" in output and "ROUND 1/" not in output
+    history = json.loads((swarm_env.log_dir / "result.json").read_text())["history"]
+    assert history[:2] == first_run and history[2]["round"] == 3 and history[2]["steps"] > history[1]["steps"]
+    assert len(checkpoint.load(swarm_env.log_dir / checkpoint.FILE_NAME)["history"]) == 3
+
+
+def test_a_checkpoint_of_another_size_is_refused_before_anything_starts(swarm_env, trained):
+    _, _, path = trained  # 3 models; the control below runs 2
+    process = run_control({"SWARM_RESUME": str(path)})
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2, output
+    assert "SWARM_RESUME:" in output and "holds 3 models, SWARM_MODELS is 2" in output
+    assert "swarm ready" not in output and not (swarm_env.log_dir / "server.log").exists()
+
+
+def test_a_killed_control_leaves_the_checkpoint_of_its_last_finished_round(swarm_env):
+    process = run_control({"SWARM_ROUNDS": "0", "SWARM_MAX_SECONDS": "0", "SWARM_EPISODES": "1"})
+    wait_for_line(process, "ROUND 3")  # two rounds finished, and checkpointed
+    process.kill()
+    process.communicate(timeout=30)
+    saved = checkpoint.load(swarm_env.log_dir / checkpoint.FILE_NAME)
+    assert [row["round"] for row in saved["history"]][:2] == [1, 2] and len(saved["members"]) == 2
