@@ -117,6 +117,7 @@ class LocalSwarm:
         self.models = [model.handlers.wire(LocalClient(self.hub, model.COMPONENT_NAME, settings,
                                                        **model.arguments(settings, f"model{index}")))
                        for index in range(settings.models)]
+        self.observation_width = self.models[0].kwargs["policy"].observation_space.shape[0]
         self.control = LocalClient(self.hub, "control", settings, serve=False)
         self.control.join_room(ROOM_CONTROL)
         self.control.join_room(ROOM_EVOLUTION)  # the models' answers to STATE
@@ -143,36 +144,43 @@ class LocalSwarm:
             return self.play(nr_of_episodes)
         return self.request({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: deterministic}, until=ENV_DONE)
 
+    def start_evo(self) -> float:
+        return self.request({EVOLUTION: True}, until=EVO_DONE)[FITNESS_SPREAD]
+
+    def actions(self, observations: list) -> np.ndarray:
+        """The swarm's deterministic action for each row of `observations`, as the messages would
+        choose it: every model's logits (as floats, as they arrive from JSON), summed as
+        probabilities by the aggregation in the order of the model ids, argmax."""
+        model, aggregation = load_script("02_model.py"), load_script("03_aggregation.py")
+        rows = torch.as_tensor(np.asarray(observations, dtype=np.float64).reshape(-1, self.observation_width),
+                               dtype=torch.float32)
+        logits = {model_id: model.action_logits(state["policy"], rows).numpy().astype(np.float64)
+                  for model_id, state in self.members()}
+        return aggregation.get_action(logits, rng=None, deterministic=True)[0]
+
+    def members(self) -> list[tuple[str, dict[str, Any]]]:
+        """(model id, handler state) of every model, in the order of the ids."""
+        return sorted((client.kwargs["component_id"], client.kwargs) for client in self.models)
+
     def play(self, nr_of_episodes: int) -> dict[str, Any]:
         """A deterministic run without messages; its ENV_DONE report.
 
         What each component does with a deterministic step, done directly: the models forget their
-        previous step and answer with their logits (as floats, as they arrive from JSON), the
-        aggregation takes the argmax of their summed probabilities in the order of their ids, and
-        the environment's handlers step the copies and count the episodes.
+        previous step, the swarm chooses its actions (`actions`), and the environment's handlers
+        step the copies and count the episodes.
         """
-        model, aggregation, environment = (load_script(name) for name in
-                                           ("02_model.py", "03_aggregation.py", "04_environment.py"))
+        environment = load_script("04_environment.py")
         cartpole = self.components["04_environment.py"].kwargs["cartpole"]
-        members = sorted((client.kwargs["component_id"], client.kwargs) for client in self.models)
-        for _, state in members:
+        for _, state in self.members():
             state["memory"].clear()
         root_id = uuid.uuid4().hex
         reply = environment.start_run({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: True, ROOT_ID: root_id}, cartpole)
         while True:
-            observation = torch.as_tensor(np.asarray(reply[OBSERVATION], dtype=np.float64).reshape(self.settings.envs, -1),
-                                          dtype=torch.float32)
-            logits = {model_id: model.action_logits(state["policy"], observation).numpy().astype(np.float64)
-                      for model_id, state in members}
-            actions, _ = aggregation.get_action(logits, rng=None, deterministic=True)
-            action_message = {ACTION: actions.tolist(), ROOT_ID: root_id}
+            action_message = {ACTION: self.actions(reply[OBSERVATION]).tolist(), ROOT_ID: root_id}
             reply = environment.step(action_message, cartpole)
             report = environment.report(action_message, cartpole)
             if report is not None and report[STATUS] == ENV_DONE:
                 return report
-
-    def start_evo(self) -> float:
-        return self.request({EVOLUTION: True}, until=EVO_DONE)[FITNESS_SPREAD]
 
     def state(self) -> list[dict[str, Any]]:
         """Every model's answer to STATE: its weights, learning rate and Adam state."""

@@ -2,16 +2,19 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from swarm import checkpoint
 from swarm.local import LocalSwarm
 from swarm.scripts import load_script
 from swarm.settings import SettingsError, SwarmSettings
-from tests.helpers import run_control, wait_for_line
+from tests.helpers import ROOT, run_control, wait_for_line
 
 model = load_script("02_model.py")
 SETTINGS = SwarmSettings(models=3, envs=2, episodes=4, seed=5, learning_rate=0.01, rounds=2)
@@ -139,3 +142,29 @@ def test_a_killed_control_leaves_the_checkpoint_of_its_last_finished_round(swarm
     process.communicate(timeout=30)
     saved = checkpoint.load(swarm_env.log_dir / checkpoint.FILE_NAME)
     assert [row["round"] for row in saved["history"]][:2] == [1, 2] and len(saved["members"]) == 2
+
+
+# --------------------------------------------------------------------------- 07_watch.py
+def watch(*args):
+    return subprocess.run([sys.executable, str(ROOT / "07_watch.py"), *map(str, args)], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+
+
+def test_watch_plays_the_checkpoint_and_saves_an_animation(trained, tmp_path):
+    _, _, path = trained
+    result = watch(path, "--episodes", "4", "--seed", "3", "--render", tmp_path / "episode.gif")
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.splitlines()[0]
+    assert line.startswith("CartPole-v1, 3 models (after 2 rounds,") and "over 4 episodes" in line
+    # the same swarm and the same starting states as a swarm built here from the checkpoint
+    watched = load_script("07_watch.py").load_swarm(path, seed=3)
+    expected = np.array(watched.play(4)["SCORES"])
+    assert f"{expected.mean():.1f} ± {expected.std():.1f} over 4 episodes" in line
+    with Image.open(tmp_path / "episode.gif") as animation:
+        assert animation.n_frames > 5 and animation.size == (300, 200)
+    assert "saved to" in result.stdout
+
+
+def test_watch_without_a_checkpoint_says_how_to_get_one(tmp_path):
+    result = watch(tmp_path / "none.pt")
+    assert result.returncode == 2 and "train one with `python 06_control.py` first" in result.stderr

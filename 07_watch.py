@@ -1,0 +1,87 @@
+"""07_watch.py: a trained swarm, playing.
+
+    python 07_watch.py                                 # logs/swarm.pt (SWARM_LOG_DIR), 10 episodes
+    python 07_watch.py path/to/swarm.pt --episodes 100
+    python 07_watch.py path/to/swarm.pt --render cartpole.gif
+
+The checkpoint's swarm is built in this one process, without a server (`swarm.local`: the scripts'
+own handlers), given the checkpoint's members, and plays deterministic episodes with the swarm's
+own aggregation: the argmax of the members' summed probabilities. It prints their mean and
+standard deviation; with --render it also saves one episode as an animated GIF.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+
+from swarm import checkpoint
+from swarm.local import LocalSwarm
+from swarm.protocol import SCORES
+from swarm.settings import ENV_ID, RuntimeSettings, SettingsError, SwarmSettings
+
+FRAME_EVERY = 2  # CartPole runs at 50 frames a second; every other frame is smooth enough, and half the file
+
+
+def load_swarm(path: Path, seed: int | None) -> LocalSwarm:
+    """The checkpoint's swarm, in this process: its models hold the checkpoint's weights."""
+    saved = checkpoint.load(path)
+    settings = SwarmSettings.from_env(saved["settings"]).replace(seed=seed, envs=1, evolution=False)
+    checkpoint.check_fits(saved, settings, path)
+    swarm = LocalSwarm(settings)
+    swarm.restore(saved)
+    return swarm
+
+
+def render(swarm: LocalSwarm, path: Path, seed: int | None) -> int:
+    """Play one episode on a rendering CartPole and save it as a GIF; the episode's score."""
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # no screen needed: pygame draws into memory
+    from PIL import Image
+
+    env = gymnasium.make(ENV_ID, render_mode="rgb_array")
+    observation, _ = env.reset(seed=seed)
+    frames, score, done = [env.render()], 0.0, False
+    while not done:
+        observation, reward, terminated, truncated, _ = env.step(int(swarm.actions([observation.tolist()])[0]))
+        score += float(reward)
+        done = terminated or truncated
+        frames.append(env.render())
+    env.close()
+    images = [Image.fromarray(frame).reduce(2) for frame in frames[::FRAME_EVERY]]
+    fps = env.metadata.get("render_fps", 50) / FRAME_EVERY
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return int(score)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, nargs="?",
+                        default=RuntimeSettings.from_env().log_dir / checkpoint.FILE_NAME,
+                        help="a swarm.pt written by 06_control.py (default: swarm.pt in SWARM_LOG_DIR)")
+    parser.add_argument("--episodes", type=int, default=10, help="deterministic episodes to play (default 10)")
+    parser.add_argument("--render", type=Path, metavar="FILE.gif", help="also save one episode as an animation")
+    parser.add_argument("--seed", type=int, help="the episodes' starting states (default: fresh ones)")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error("--episodes must be at least 1")
+    if not args.checkpoint.is_file():
+        parser.error(f"no checkpoint at {args.checkpoint}: train one with `python 06_control.py` first")
+    try:
+        swarm = load_swarm(args.checkpoint, args.seed)
+    except SettingsError as error:
+        sys.exit(f"{error}")
+    history = checkpoint.load(args.checkpoint)["history"]
+    trained = f"after {len(history)} rounds, {history[-1]['steps']:,} training steps" if history else "untrained"
+    scores = np.array(swarm.play(args.episodes)[SCORES])
+    print(f"{ENV_ID}, {len(swarm.models)} models ({trained}): {scores.mean():.1f} ± {scores.std():.1f} "
+          f"over {args.episodes} episodes (min {scores.min():g}, max {scores.max():g})")
+    if args.render:
+        score = render(swarm, args.render, args.seed)
+        print(f"one episode ({score} steps) saved to {args.render}")
+
+
+if __name__ == "__main__":
+    main()
