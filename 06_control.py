@@ -36,9 +36,10 @@ from swarm import checkpoint
 from swarm.control import ControlClient
 from swarm.launcher import ManagedSwarm
 from swarm.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, FITNESS_SPREAD,
-                            NR_OF_EPISODE, ROOM_EVOLUTION, STATE, WEIGHTS, custom_message)
+                            NR_OF_EPISODE, ROOM_EVOLUTION, SCORES, STATE, WEIGHTS, custom_message)
 from swarm.rounds import train_until_solved
-from swarm.settings import SOLVED_AT, load_settings
+from swarm.scripts import load_script
+from swarm.settings import SOLVED_AT, in_notebook, load_settings
 
 settings = load_settings()
 resumed = checkpoint.resume(settings)  # SWARM_RESUME's swarm; one of another size or game is refused here
@@ -154,3 +155,19 @@ print(f"plot saved to {plot_path}")
 # %%
 swarm.stop()
 print("swarm stopped")
+
+# %% [markdown]
+# The trained swarm, playing: `07_watch.py` loads the checkpoint into this process (no server),
+# plays deterministic episodes with the swarm's own aggregation, and saves one as an animation.
+# From a shell: `python 07_watch.py logs/swarm.pt --render cartpole.gif`.
+
+# %%
+watch = load_script("07_watch.py")
+watched = watch.load_swarm(checkpoint_path, settings.seed)
+scores = np.array(watched.play(10)[SCORES])
+print(f"the trained swarm: {scores.mean():.1f} ± {scores.std():.1f} over 10 deterministic episodes")
+animation = settings.log_dir / "swarm.gif"
+print(f"one episode ({watch.render(watched, animation, settings.seed)} steps) saved to {animation}")
+if in_notebook():
+    from IPython.display import Image, display
+    display(Image(filename=str(animation)))

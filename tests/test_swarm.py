@@ -147,6 +147,9 @@ def test_the_control_script_runs_the_tutorial_loop(swarm_env):
     assert result["steps"] == second["steps"]
     assert all(row["eval_mean"] >= 8 and row["eval_std"] >= 0 for row in result["history"])
     assert "[BROADCAST]" not in output, "server chatter reached the console"
+    # and the notebook's last cell: the checkpoint, watched
+    assert "the trained swarm:" in output and "over 10 deterministic episodes" in output
+    assert (swarm_env.log_dir / "swarm.pt").is_file() and (swarm_env.log_dir / "swarm.gif").stat().st_size > 1000
 
 
 def test_a_stopped_swarm_says_so_and_can_start_again(swarm_env, tmp_path):
