@@ -147,14 +147,17 @@ def reply(logits: torch.Tensor, deterministic: bool, component_id: str) -> dict:
 
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
 def send_weights(msg, policy, training_enabled, component_id):
-    """GET: answer with the weight vector, the learning rate and Adam's state, and pause training
-    until the evolution's SET arrives. STATE (for a checkpoint): the same answer; training goes on."""
+    """GET: answer with the weight vector and the learning rate, and pause training until the
+    evolution's SET arrives. STATE (for a checkpoint): the same, with Adam's state; training goes on."""
     if msg.get(CMD) not in (GET, STATE):
         return None
+    answer = {WEIGHTS: policy.parameters_to_vector().tolist(), COMPONENT_ID: component_id,
+              HYPERPARAMETERS: {LEARNING_RATE: learning_rate(policy)}}
     if msg[CMD] == GET:
         training_enabled.set(False)
-    return {WEIGHTS: policy.parameters_to_vector().tolist(), COMPONENT_ID: component_id,
-            HYPERPARAMETERS: {LEARNING_RATE: learning_rate(policy)}, OPTIMIZER: optimizer_state(policy)}
+    else:
+        answer[OPTIMIZER] = optimizer_state(policy)
+    return answer
 
 
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)

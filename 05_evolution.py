@@ -6,8 +6,7 @@ tells the control EVO_DONE. Two sets of operators (SWARM_OPERATORS):
 - `genetic`, the tutorial's: deap's tournaments of 3, two-point crossover and Gaussian mutation
   over the whole population;
 - `pbt`, population-based training's exploit and explore: the worst quarter copy the whole vector
-  of a member of the best quarter, with its Adam state, and its learning rate, multiplied by 0.8
-  or 1.2.
+  of a member of the best quarter, and its learning rate, multiplied by 0.8 or 1.2.
 
 Every request starts from fresh data and gives exactly one evolution and one EVO_DONE, or, when
 answers are missing after SWARM_MODEL_TIMEOUT seconds, an ERROR naming who did not answer.
@@ -26,7 +25,7 @@ from swarm.client import Handlers, SwarmClient
 from swarm.component import setup_component
 from swarm.fitness import fitness_spread
 from swarm.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, EVO_DONE, EVOLUTION, FITNESS_SPREAD, GET, HYPERPARAMETERS,
-                            LEARNING_RATE, OPTIMIZER, ROOM_CONTROL,
+                            LEARNING_RATE, ROOM_CONTROL,
                             ROOM_EVOLUTION, ROOM_PING, ROOT_ID, SET, STATUS, WEIGHTS, ModelRegistry, error_report,
                             register_model)
 from swarm.settings import SwarmSettings
@@ -74,9 +73,13 @@ LEARNING_RATE_BOUNDS = (1e-4, 1e-2)
 def exploit_and_explore(members: list[str], fitness: dict[str, float], learning_rates: dict[str, float],
                         rng: random.Random) -> dict[str, tuple[str, float]]:
     """Who changes, and how: each of the worst quarter (of the members with a fitness) takes a
-    random member of the best quarter, whose whole vector and Adam state it copies, and that
-    member's learning rate times 0.8 or 1.2: {loser: (winner, new rate)}. Nothing changes while
-    fewer than two quarters have a fitness."""
+    random member of the best quarter, whose whole vector it copies, and that member's learning
+    rate times 0.8 or 1.2: {loser: (winner, new rate)}. Nothing changes while fewer than two
+    quarters have a fitness.
+
+    The copy starts with fresh Adam moments. Copying the winner's moments as well made it a
+    clone that, learning from the same steps, stayed one, and the population lost the variety
+    selection needs: it solved later (docs/learning.md)."""
     ranked = sorted((model_id for model_id in members if model_id in fitness), key=lambda m: (fitness[m], m))
     quarter = int(len(members) * QUARTER)
     if quarter == 0 or len(ranked) < 2 * quarter:
@@ -99,7 +102,6 @@ class Evolution:
     request_id: str | None = None  # of the control's EVOLUTION: EVO_DONE carries it back
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     learning_rates: dict[str, float] = field(default_factory=dict)
-    optimizers: dict[str, dict | None] = field(default_factory=dict)  # each model's Adam state, as it sent it
     contribution: dict[str, float] | None = None
     report: dict | None = None
     started_at: float = 0.0  # when our GET went out (time.monotonic)
@@ -114,8 +116,7 @@ def start_evolution(msg, evolution):
     if EVOLUTION not in msg or not get_bool(msg, EVOLUTION):
         return None
     evolution.root_id, evolution.request_id = uuid.uuid4().hex, msg.get(ROOT_ID)
-    evolution.weights, evolution.learning_rates, evolution.optimizers = {}, {}, {}
-    evolution.contribution, evolution.report = None, None
+    evolution.weights, evolution.learning_rates, evolution.contribution, evolution.report = {}, {}, None, None
     evolution.started_at = time.monotonic()
     return {CMD: GET, ROOT_ID: evolution.root_id}
 
@@ -133,7 +134,6 @@ def collect(msg, evolution):
         if evolution.operators == "pbt":  # checked before anything is kept: a bad answer changes nothing
             evolution.learning_rates[model_id] = get_float(require(msg, HYPERPARAMETERS), LEARNING_RATE)
         evolution.weights[model_id] = weights
-        evolution.optimizers[model_id] = msg.get(OPTIMIZER)  # the model checks it, if it is ever sent back
     elif CONTRIBUTION in msg:
         contribution = require(msg, CONTRIBUTION)
         if not isinstance(contribution, dict):
@@ -145,9 +145,7 @@ def collect(msg, evolution):
         choices = exploit_and_explore(list(evolution.weights), evolution.contribution, evolution.learning_rates, random)
         message = {CMD: SET,
                    WEIGHTS: {loser: evolution.weights[winner].tolist() for loser, (winner, _) in choices.items()},
-                   HYPERPARAMETERS: {loser: {LEARNING_RATE: rate} for loser, (_, rate) in choices.items()},
-                   OPTIMIZER: {loser: evolution.optimizers[winner] for loser, (winner, _) in choices.items()
-                               if evolution.optimizers.get(winner) is not None}}
+                   HYPERPARAMETERS: {loser: {LEARNING_RATE: rate} for loser, (_, rate) in choices.items()}}
     else:
         message = {CMD: SET, WEIGHTS: evolve(evolution.weights, evolution.contribution)}
     ranked = [model_id for model_id in evolution.weights if model_id in evolution.contribution]

@@ -64,8 +64,12 @@ class LeadCredit:
     step; here the member is drawn once per episode, so an episode's return is one member's doing.
     Leadership goes round the members in the order of their ids; every member still learns from
     every step. An episode cut off by the end of a run counts for no one.
+
+    The default window is one episode: with 20 members and 10 episodes a round each member leads
+    one episode every other round, so a window of 3 ranked a member only every sixth round, long
+    after the learning had moved on (docs/learning.md measures both).
     """
-    window: int = 3
+    window: int = 1
     leaders: list[int] | None = None  # per copy: the index of the member leading its episode
     returns: np.ndarray | None = None  # per copy: the return so far of the episode in progress
     turn: int = 0  # the next member to lead

@@ -185,29 +185,18 @@ def test_pbt_ranks_only_members_with_a_fitness_and_waits_for_enough():
     assert set(choices) == {"m3", "m1"} and all(winner in ("m0", "m2") for winner, _ in choices.values())
 
 
-def test_a_pbt_evolution_sets_only_the_members_that_change_with_the_winners_vector_and_adam_state():
+def test_a_pbt_evolution_sets_only_the_members_that_change():
     evolution = evolution_script.Evolution(nr_of_models=4, operators="pbt")
     evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "request"}, evolution)
     root = evolution.root_id
     for i in range(4):
         evolution_script.collect({ROOT_ID: root, COMPONENT_ID: f"m{i}", WEIGHTS: [float(i)] * 3,
-                                  HYPERPARAMETERS: {LEARNING_RATE: 0.002}, OPTIMIZER: {"STEP": float(i)}}, evolution)
+                                  HYPERPARAMETERS: {LEARNING_RATE: 0.002}}, evolution)
     reply = evolution_script.collect({ROOT_ID: root, CONTRIBUTION: {f"m{i}": 10.0 * i for i in range(4)}}, evolution)
     assert reply[CMD] == SET and list(reply[WEIGHTS]) == ["m0"] and reply[WEIGHTS]["m0"] == [3.0] * 3
     assert list(reply[HYPERPARAMETERS]) == ["m0"]
-    assert reply[OPTIMIZER] == {"m0": {"STEP": 3.0}}, "the loser takes the Adam state of the vector it copies"
+    assert OPTIMIZER not in reply, "a copy starts with fresh Adam moments"
     assert evolution.report[FITNESS_SPREAD] == pytest.approx(30.0 / 15.0)
-
-
-def test_a_winner_without_adam_state_sends_none():
-    evolution = evolution_script.Evolution(nr_of_models=4, operators="pbt")
-    evolution_script.start_evolution({EVOLUTION: True}, evolution)
-    for i in range(4):
-        evolution_script.collect({ROOT_ID: evolution.root_id, COMPONENT_ID: f"m{i}", WEIGHTS: [float(i)],
-                                  HYPERPARAMETERS: {LEARNING_RATE: 0.002}, OPTIMIZER: None}, evolution)
-    reply = evolution_script.collect({ROOT_ID: evolution.root_id, CONTRIBUTION: {f"m{i}": float(i) for i in range(4)}},
-                                     evolution)
-    assert list(reply[WEIGHTS]) == ["m0"] and reply[OPTIMIZER] == {}
 
 
 def test_a_pbt_answer_without_a_learning_rate_is_refused():

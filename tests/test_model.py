@@ -8,8 +8,8 @@ from swergio_toolbox.objects import MutableBool
 
 from swarm.checks import BadMessage
 from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, GET,
-                            HYPERPARAMETERS, LEARNING_RATE, LOGITS, OBSERVATION, OPTIMIZER, REWARD, SET, STEP, TRUNCATED,
-                            WEIGHTS)
+                            HYPERPARAMETERS, LEARNING_RATE, LOGITS, OBSERVATION, OPTIMIZER, REWARD, SET, STATE, STEP,
+                            TRUNCATED, WEIGHTS)
 from swarm.scripts import load_script
 
 model = load_script("02_model.py")
@@ -198,11 +198,13 @@ def train_steps(parts, steps):
 
 
 def test_weights_with_their_adam_state_make_a_twin_that_learns_alike(parts):
-    """GET carries Adam's state; a SET that brings it along makes another model a twin: the same
+    """STATE carries Adam's state; a SET that brings it along makes another model a twin: the same
     steps then give both exactly the same weights (with fresh moments they would differ). The
     buffer hands out its samples in a random order: the same order for each, or sums round apart."""
     train_steps(parts, 10)  # two updates
-    reply = model.send_weights({CMD: GET}, parts["policy"], parts["training_enabled"], MODEL_ID)
+    reply = model.send_weights({CMD: STATE}, parts["policy"], parts["training_enabled"], MODEL_ID)
+    assert parts["training_enabled"].value is True, "STATE does not pause training"
+    assert OPTIMIZER not in model.send_weights({CMD: GET}, parts["policy"], parts["training_enabled"], MODEL_ID)
     assert reply[OPTIMIZER][STEP] == 2 and len(reply[OPTIMIZER][EXP_AVG]) == len(reply[OPTIMIZER][EXP_AVG_SQ]) == 755
     parts["training_enabled"].set(True)
     twin, fresh = new_parts(), new_parts()
@@ -216,7 +218,7 @@ def test_weights_with_their_adam_state_make_a_twin_that_learns_alike(parts):
 
 
 def test_an_untrained_model_has_no_adam_state_to_give(parts):
-    assert model.send_weights({CMD: GET}, parts["policy"], parts["training_enabled"], MODEL_ID)[OPTIMIZER] is None
+    assert model.send_weights({CMD: STATE}, parts["policy"], parts["training_enabled"], MODEL_ID)[OPTIMIZER] is None
 
 
 @pytest.mark.parametrize("adam", ["not a dict", {STEP: 1, EXP_AVG: [0.0] * 755},
