@@ -23,11 +23,13 @@
 # The control starts every component with swergio-toolbox's `Swarm`, waits until all of them
 # answer, then trains the swarm round by round until it solves CartPole-v1: a round is training
 # episodes, an evaluation (deterministic episodes, nothing learned) and an evolution step. It
-# stops everything at the end. Settings come from the environment (README, "Configuration"), and
-# every one is checked before anything starts: a bad value is named, with what is allowed.
+# stops everything at the end. Settings come from the environment (README, "Configuration") or,
+# from a shell, from options (`python 06_control.py --help` lists them), and every one is checked
+# before anything starts: a bad value is named, with what is allowed.
 
 # %%
 import json
+import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -41,7 +43,7 @@ from swarm.rounds import train_until_solved
 from swarm.scripts import load_script
 from swarm.settings import SOLVED_AT, in_notebook, load_settings
 
-settings = load_settings()
+settings = load_settings(argv=sys.argv[1:], description="Train the RL swarm until it solves CartPole-v1.")
 resumed = checkpoint.resume(settings)  # SWARM_RESUME's swarm; one of another size or game is refused here
 
 # %% [markdown]

@@ -9,6 +9,7 @@ names each bad one in a line of its own.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -226,13 +227,36 @@ class SwarmSettings(RuntimeSettings):
         return dict(PRESETS.get(environ.get("SWARM_PRESET", "").strip(), {}))
 
 
-def load_settings(cls: type[S] = SwarmSettings, environ: Mapping[str, str] | None = None) -> S:  # type: ignore[assignment]
+def option_name(field: dataclasses.Field) -> str:
+    """SWARM_MAX_STEPS -> --max-steps, SWERGIO_PORT -> --port."""
+    return "--" + field.metadata["env"].split("_", 1)[1].lower().replace("_", "-")
+
+
+def command_line(cls: type[RuntimeSettings], argv: list[str], description: str | None = None) -> dict[str, str]:
+    """The settings given as options (`--models 4`), as the environment variables they stand for;
+    `--help` lists every setting with its variable and default. The values are checked with the
+    environment's, by `from_env`."""
+    parser = argparse.ArgumentParser(description=description,
+                                     epilog="Every option can also be set by its environment variable; an option wins.")
+    for f in cls.fields():
+        default = f.metadata["kind"].show(f.default) or "empty"
+        parser.add_argument(option_name(f), dest=f.metadata["env"], metavar="VALUE",
+                            help=f"{f.metadata['meaning']} ({f.metadata['env']}; default {default}; "
+                                 f"{f.metadata['kind'].allowed})".replace("%", "%%"))
+    return {env: value for env, value in vars(parser.parse_args(argv)).items() if value is not None}
+
+
+def load_settings(cls: type[S] = SwarmSettings, environ: Mapping[str, str] | None = None,  # type: ignore[assignment]
+                  argv: list[str] | None = None, description: str | None = None) -> S:
     """The settings, checked, with the log folder created: what every script calls first.
 
+    `argv` (a script's command line; never a notebook's) overrides the environment variables.
     From a shell every bad setting is printed in a line of its own and the script exits with
     status 2; in a notebook one SettingsError with the same lines is raised.
     """
     environ = os.environ if environ is None else environ
+    if argv is not None and not in_notebook():
+        environ = {**environ, **command_line(cls, argv, description)}
     problems, settings = [], None
     try:
         settings = cls.from_env(environ)

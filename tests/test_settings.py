@@ -9,7 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from swarm.settings import RuntimeSettings, SettingsError, SwarmSettings, load_settings, readme_with_table
+from swarm.settings import (RuntimeSettings, SettingsError, SwarmSettings, load_settings, option_name,
+                            readme_with_table)
 from tests.helpers import ROOT, processes_with_log_dir
 
 CONTROL = ROOT / "06_control.py"
@@ -154,3 +155,21 @@ def test_the_readme_table_is_the_generated_one():
     assert readme_with_table(readme) == readme, "run: python -m swarm.settings --readme"
     for f in FIELDS:
         assert f"`{f.metadata['env']}`" in readme
+
+
+def test_the_control_lists_every_setting_as_an_option(tmp_path):
+    result = subprocess.run([sys.executable, str(CONTROL), "--help"], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    help_text = " ".join(result.stdout.split())  # argparse wraps lines
+    for f in SwarmSettings.fields():
+        assert f.metadata["env"] in help_text and option_name(f) in help_text
+    assert "--max-steps VALUE" in help_text and "default 100000" in help_text
+    assert not list(tmp_path.iterdir()), "--help started something"
+
+
+def test_an_option_wins_over_its_environment_variable(tmp_path):
+    result = subprocess.run([sys.executable, str(CONTROL), "--models", "0", "--envs", "x"], capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path, env={**os.environ, "SWARM_MODELS": "3"})
+    assert result.returncode == 2
+    assert "SWARM_MODELS='0' is not allowed" in result.stderr and "SWARM_ENVS='x' is not allowed" in result.stderr
