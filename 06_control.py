@@ -28,6 +28,7 @@
 # before anything starts: a bad value is named, with what is allowed.
 
 # %%
+import csv
 import json
 import sys
 
@@ -37,8 +38,8 @@ import numpy as np
 from swarm import checkpoint
 from swarm.control import ControlClient
 from swarm.launcher import ManagedSwarm
-from swarm.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, FITNESS_SPREAD,
-                            NR_OF_EPISODE, ROOM_EVOLUTION, SCORES, STATE, WEIGHTS, custom_message)
+from swarm.protocol import (AVG_SCORE, CMD, COMPONENT_ID, DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION,
+                            FITNESS_SPREAD, NR_OF_EPISODE, ROOM_EVOLUTION, SCORES, STATE, WEIGHTS, custom_message)
 from swarm.rounds import train_until_solved
 from swarm.scripts import load_script
 from swarm.settings import SOLVED_AT, in_notebook, load_settings
@@ -86,13 +87,29 @@ if resumed is not None:
 
 # %% [markdown]
 # `start` runs episodes and returns the environment's report (their scores and steps); with
-# `deterministic=True` the models neither learn from them nor earn contribution. `start_evo` runs
-# one evolution step and returns its fitness spread. Each waits, bounded, for the reply to its
-# own request.
+# `deterministic=True` the models neither learn from them nor earn contribution. While it waits,
+# a line shows the episodes done so far and their mean score (in a terminal or the notebook).
+# `start_evo` runs one evolution step and returns its fitness spread. Each waits, bounded, for
+# the reply to its own request.
 
 # %%
+live = sys.stdout.isatty() or in_notebook()  # a line that rewrites itself; not in a log file
+
+
 def start(nr_of_episodes=1, deterministic=False):
-    return control.request({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: deterministic}, until=ENV_DONE)
+    phase = "evaluation" if deterministic else "training"
+
+    def show_progress(message):  # each ENV_PROGRESS: episodes done of asked, their mean score
+        if live:
+            print(f"\r  {phase}: {message[EPISODE]}/{nr_of_episodes} episodes, mean score {message[AVG_SCORE]:.1f}  ",
+                  end="", flush=True)
+        return False  # not the reply: keep waiting for ENV_DONE
+
+    reply = control.request({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: deterministic}, until=ENV_DONE,
+                            progress=show_progress)
+    if live:
+        print("\r\033[K", end="", flush=True)  # rub the progress line out
+    return reply
 
 
 def start_evo():
@@ -112,10 +129,39 @@ def start_evo():
 checkpoint_path = settings.log_dir / checkpoint.FILE_NAME
 
 
+def plot_scores(history):
+    """Training and evaluation scores against training steps."""
+    steps = [row["steps"] for row in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [row["train_mean"] for row in history], "o-", ms=3,
+            label=f"training ({settings.episodes} episodes, mean)")
+    eval_mean = np.array([row["eval_mean"] for row in history])
+    eval_std = np.array([row["eval_std"] for row in history])
+    ax.plot(steps, eval_mean, "s-", ms=3, label="evaluation (deterministic, mean ± sd)")
+    ax.fill_between(steps, eval_mean - eval_std, eval_mean + eval_std, alpha=0.2, color="C1")
+    after = [(row["steps"], row["after_mean"]) for row in history if row["after_mean"] is not None]
+    if after:
+        ax.plot(*zip(*after), "x", ms=4, color="C2", label="evaluation after the evolution step")
+    ax.axhline(SOLVED_AT, ls=":", color="grey", label=f"solved ({SOLVED_AT:g})")
+    ax.set(xlabel="training environment steps", ylabel="score (steps balanced)", ylim=(0, 510),
+           title=f"CartPole-v1, {settings.models} models, {settings.envs} env(s)"
+                 + (", evolution" if settings.evolution else ", no evolution"))
+    ax.legend(loc="upper left")
+    return fig
+
+
 def save_round(history):
-    """After every round: the swarm to swarm.pt, the rounds so far to result.json."""
+    """After every round, so that a run stopped by an error or Ctrl-C keeps what it did: the swarm
+    (swarm.pt), the rounds (result.json, rounds.csv) and the plot (scores.png)."""
     checkpoint.save(checkpoint_path, model_states(), settings, history)
     (settings.log_dir / "result.json").write_text(json.dumps(dict(history=history), indent=1))
+    with open(settings.log_dir / "rounds.csv", "w", newline="") as table:
+        writer = csv.DictWriter(table, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    fig = plot_scores(history)
+    fig.savefig(settings.log_dir / "scores.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 result = train_until_solved(start, start_evo, settings, report=lambda line: print(line, flush=True),
@@ -123,33 +169,15 @@ result = train_until_solved(start, start_evo, settings, report=lambda line: prin
 print(f"checkpoint: {checkpoint_path}")
 
 # %% [markdown]
-# The scores against training steps (the plot is saved next to the logs, with every round's
-# numbers in `result.json`).
+# The scores against training steps. Every round's numbers are in `result.json` and `rounds.csv`,
+# and the plot in `scores.png`, next to the logs.
 
 # %%
 result.update(ready_s=ready_s, models=settings.models, envs=settings.envs, evolution=settings.evolution,
               seed=settings.seed)
 (settings.log_dir / "result.json").write_text(json.dumps(result, indent=1))
-
-history = result["history"]
-steps = [row["steps"] for row in history]
-fig, ax = plt.subplots(figsize=(7, 4))
-ax.plot(steps, [row["train_mean"] for row in history], "o-", ms=3, label=f"training ({settings.episodes} episodes, mean)")
-eval_mean = np.array([row["eval_mean"] for row in history])
-eval_std = np.array([row["eval_std"] for row in history])
-ax.plot(steps, eval_mean, "s-", ms=3, label="evaluation (deterministic, mean ± sd)")
-ax.fill_between(steps, eval_mean - eval_std, eval_mean + eval_std, alpha=0.2, color="C1")
-after = [(row["steps"], row["after_mean"]) for row in history if row["after_mean"] is not None]
-if after:
-    ax.plot(*zip(*after), "x", ms=4, color="C2", label="evaluation after the evolution step")
-ax.axhline(SOLVED_AT, ls=":", color="grey", label=f"solved ({SOLVED_AT:g})")
-ax.set(xlabel="training environment steps", ylabel="score (steps balanced)", ylim=(0, 510),
-       title=f"CartPole-v1, {settings.models} models, {settings.envs} env(s)"
-             + (", evolution" if settings.evolution else ", no evolution"))
-ax.legend(loc="upper left")
-plot_path = settings.log_dir / "scores.png"
-fig.savefig(plot_path, dpi=100, bbox_inches="tight")
-print(f"plot saved to {plot_path}")
+plot_scores(result["history"])
+print(f"plot saved to {settings.log_dir / 'scores.png'}")
 
 # %% [markdown]
 # Stop every process of the swarm (and wait until they are gone).

@@ -125,9 +125,8 @@ def run_control(env_overrides, **popen):
     # Ctrl-C must reach the control as in a terminal, even when the tests themselves run as a
     # background job (a non-interactive shell starts those with SIGINT ignored, and the
     # children would inherit that).
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, **popen}
     return subprocess.Popen([sys.executable, str(ROOT / "06_control.py")], cwd=tempfile.gettempdir(), env=env,
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 

@@ -1,4 +1,5 @@
 """Checkpoints: a swarm saved after a round, loaded into another swarm, plays and learns as the original."""
+import csv
 import json
 import os
 import shutil
@@ -168,3 +169,28 @@ def test_watch_plays_the_checkpoint_and_saves_an_animation(trained, tmp_path):
 def test_watch_without_a_checkpoint_says_how_to_get_one(tmp_path):
     result = watch(tmp_path / "none.pt")
     assert result.returncode == 2 and "train one with `python 06_control.py` first" in result.stderr
+
+
+def test_the_control_shows_progress_in_a_terminal_and_keeps_its_records_every_round(swarm_env):
+    """In a terminal a line counts the episodes of the phase in progress; the rounds' CSV, the
+    results and the plot are written as the run goes."""
+    controller, terminal = os.openpty()
+    process = run_control({"SWARM_ROUNDS": "2", "SWARM_EPISODES": "3"}, stdout=terminal)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closes when the control exits
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    assert process.wait(timeout=300) == 0, output.decode(errors="replace")
+    text = output.decode(errors="replace")
+    assert "\r  training: 1/3 episodes, mean score" in text and "\r  training: 2/3 episodes" in text
+    assert "\r  evaluation: 1/" in text
+    with open(swarm_env.log_dir / "rounds.csv") as table:
+        rows = list(csv.DictReader(table))
+    assert [int(row["round"]) for row in rows] == [1, 2] and (swarm_env.log_dir / "scores.png").stat().st_size > 1000
