@@ -34,6 +34,14 @@ def test_in_process_and_over_sockets_a_seeded_swarm_plays_the_same_rounds(swarm_
     assert in_process[-1]["steps"] > in_process[0]["steps"]
 
 
+def test_the_same_seed_plays_the_same_rounds():
+    """SWARM_SEED reproduces a run: every round's steps and scores, and the evolution's ranking."""
+    settings = SwarmSettings(models=3, envs=2, episodes=3, rounds=3, seed=8)
+    first, second = (LocalSwarm(settings).train_until_solved(report=lambda line: None)["history"] for _ in range(2))
+    assert [{k: row[k] for k in (*EXACT, "fitness_spread")} for row in first] == [
+        {k: row[k] for k in (*EXACT, "fitness_spread")} for row in second]
+
+
 def test_different_seeds_play_different_rounds():
     """The agreement above is not a runner that ignores its models: another seed plays otherwise."""
     histories = [LocalSwarm(SwarmSettings(models=3, envs=2, episodes=3, rounds=2, seed=seed))
