@@ -8,7 +8,6 @@ the policy's weights as one flat vector.
 import gc
 import secrets
 
-import gymnasium
 import numpy as np
 import torch
 from stable_baselines3.common.buffers import RolloutBuffer
@@ -22,20 +21,14 @@ from swarm.component import component_name, new_component_id, setup_component, y
 from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, GET,
                             HYPERPARAMETERS, LEARNING_RATE, LOGITS, OBSERVATION, OPTIMIZER, REWARD, ROOM_EVOLUTION,
                             ROOM_LOGITS, ROOM_OBSERVATION, SET, STATE, STEP, TRUNCATED, WEIGHTS)
-from swarm.settings import ENV_ID, SwarmSettings
+from swarm.environments import spaces
+from swarm.settings import SwarmSettings
 
 COMPONENT_NAME = "model"
 N_STEPS = 5  # rollout length: the policy trains every 5 environment steps
 ENT_COEF, VF_COEF, MAX_GRAD_NORM = 0.0, 0.5, 0.5  # stable-baselines3's A2C defaults, as the tutorial
 
 handlers = Handlers()
-
-
-def spaces(env_id: str = ENV_ID) -> tuple[gymnasium.spaces.Box, gymnasium.spaces.Discrete]:
-    """The observation and action spaces, from the environment itself instead of written out by hand."""
-    env = gymnasium.make(env_id)
-    env.close()
-    return env.observation_space, env.action_space
 
 
 def make_policy(observation_space, action_space, learning_rate: float) -> ActorCriticPolicy:
@@ -258,7 +251,7 @@ def arguments(settings: SwarmSettings, name: str) -> dict:
     """Model `name`'s identity and state, which its handlers receive by name."""
     seed = settings.component_seed(name)
     torch.manual_seed(secrets.randbits(63) if seed is None else seed)  # each model its own initial weights
-    policy = make_policy(*spaces(), initial_learning_rate(settings, seed))
+    policy = make_policy(*spaces(settings.env_id), initial_learning_rate(settings, seed))
     return dict(component_id=new_component_id(name, seed), policy=policy,
                 rollout_buffer=make_rollout_buffer(policy, settings.envs), memory={},
                 training_enabled=MutableBool(True), normalize_advantage=settings.normalize_advantage)

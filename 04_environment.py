@@ -1,4 +1,4 @@
-"""04_environment.py: CartPole-v1, stepped with the swarm's aggregated action.
+"""04_environment.py: the game (CartPole-v1, or SWARM_ENV_ID), stepped with the swarm's aggregated action.
 
 The control asks for a number of episodes (a "run"). The environment resets, sends the first
 observation, and then answers every ACTION with the next observation, the reward and whether
@@ -17,7 +17,7 @@ from swarm.component import setup_component
 from swarm.protocol import (ACTION, AVG_SCORE, DETERMINISTIC, DONE, ENV_DONE, ENV_PROGRESS, EPISODE, FINAL_OBSERVATION,
                             NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL, ROOM_OBSERVATION, ROOT_ID,
                             SCORE, SCORES, STATUS, STEPS, TRUNCATED)
-from swarm.settings import ENV_ID, SwarmSettings
+from swarm.settings import SwarmSettings
 
 COMPONENT_NAME = "environment"
 handlers = Handlers()
@@ -50,8 +50,8 @@ class Run:
 
 
 @dataclass
-class CartPole:
-    """SWARM_ENVS CartPole copies, stepped together. With one, messages carry a single
+class EnvironmentCopies:
+    """SWARM_ENVS copies of the environment, stepped together. With one, messages carry a single
     observation, reward and done flag, exactly as in the tutorial; with more, one per copy."""
     envs: list[gymnasium.Env]
     run: Run | None = None
@@ -69,32 +69,32 @@ class CartPole:
 
 
 @handlers.on(ROOM_CONTROL, reply_to=ROOM_OBSERVATION)
-def start_run(msg, cartpole):
+def start_run(msg, copies):
     """NR_OF_EPISODE from the control: (re)start a run, abandoning any run in progress."""
     if NR_OF_EPISODE not in msg:
         return None  # other control traffic (EVOLUTION, replies) is not ours
     episodes = get_int(msg, NR_OF_EPISODE, minimum=1)
     deterministic = get_bool(msg, DETERMINISTIC)
     root_id = msg.get(ROOT_ID) or uuid.uuid4().hex
-    cartpole.run, cartpole.report = Run(root_id, episodes, deterministic, [0.0] * len(cartpole.envs)), None
-    return {OBSERVATION: cartpole.reset(), DETERMINISTIC: deterministic, ROOT_ID: root_id}
+    copies.run, copies.report = Run(root_id, episodes, deterministic, [0.0] * len(copies.envs)), None
+    return {OBSERVATION: copies.reset(), DETERMINISTIC: deterministic, ROOT_ID: root_id}
 
 
 @handlers.on(ROOM_ACTION, reply_to=ROOM_OBSERVATION)
-def step(msg, cartpole):
+def step(msg, copies):
     """ACTION from the aggregation: step every copy, and send what happened to the models."""
-    run = cartpole.run
+    run = copies.run
     if run is None or msg.get(ROOT_ID, run.root_id) != run.root_id:
         return None  # no run, or an action that belongs to an abandoned run
     if run.finished:
         # The action for the run's last observation is taken by no one; but with it every
         # component has finished the run, so ENV_DONE goes out now and the control's next request
         # cannot overtake the run's last step (the same contributions every time, for a seed).
-        cartpole.report, run.done_report = run.done_report, None
+        copies.report, run.done_report = run.done_report, None
         return None
-    action = get_actions(msg, ACTION, len(cartpole.envs), cartpole.envs[0].action_space.n).tolist()
+    action = get_actions(msg, ACTION, len(copies.envs), copies.envs[0].action_space.n).tolist()
     observations, rewards, dones, truncations, final_observations, finished = [], [], [], [], [], []
-    for i, env in enumerate(cartpole.envs):
+    for i, env in enumerate(copies.envs):
         observation, reward, terminated, truncated, _info = env.step(action[i])
         done = bool(terminated or truncated)
         final_observations.append(observation)
@@ -109,7 +109,7 @@ def step(msg, cartpole):
         rewards.append(float(reward))
         dones.append(done)
         truncations.append(bool(truncated and not terminated))
-    run.steps += len(cartpole.envs)
+    run.steps += len(copies.envs)
     if finished:
         run.scores.extend(finished)
         report = {STATUS: ENV_DONE if run.finished else ENV_PROGRESS, EPISODE: len(run.scores),
@@ -117,28 +117,28 @@ def step(msg, cartpole):
         if run.finished:
             run.done_report = {**report, SCORES: run.scores}
         else:
-            cartpole.report = report
-    message = {OBSERVATION: unbatch(np.stack(observations)), REWARD: cartpole.per_copy(rewards),
-               DONE: cartpole.per_copy(dones), DETERMINISTIC: run.deterministic, ACTION: action,
+            copies.report = report
+    message = {OBSERVATION: unbatch(np.stack(observations)), REWARD: copies.per_copy(rewards),
+               DONE: copies.per_copy(dones), DETERMINISTIC: run.deterministic, ACTION: action,
                ROOT_ID: run.root_id}
     if any(truncations):  # the time limit, not a fall: the models bootstrap from where the pole was
-        message.update({TRUNCATED: cartpole.per_copy(truncations),
+        message.update({TRUNCATED: copies.per_copy(truncations),
                         FINAL_OBSERVATION: unbatch(np.stack(final_observations))})
     return message
 
 
 # Registered after `step`, so it sees the report of the step just taken.
 @handlers.on(ROOM_ACTION, reply_to=ROOM_CONTROL)
-def report(msg, cartpole):
+def report(msg, copies):
     """After a step that ended an episode: progress; after the run's last action: ENV_DONE with
     the average score."""
-    message, cartpole.report = cartpole.report, None
+    message, copies.report = copies.report, None
     return message
 
 
 def arguments(settings: SwarmSettings, name: str = COMPONENT_NAME) -> dict:
     """The environment copies, which its handlers receive by name."""
-    return dict(cartpole=CartPole([gymnasium.make(ENV_ID) for _ in range(settings.envs)],
+    return dict(copies=EnvironmentCopies([gymnasium.make(settings.env_id) for _ in range(settings.envs)],
                                   seed=settings.component_seed(name)))
 
 

@@ -42,7 +42,8 @@ from swarm.protocol import (AVG_SCORE, CMD, COMPONENT_ID, DETERMINISTIC, ENV_DON
                             FITNESS_SPREAD, NR_OF_EPISODE, ROOM_EVOLUTION, SCORES, STATE, WEIGHTS, custom_message)
 from swarm.rounds import train_until_solved
 from swarm.scripts import load_script
-from swarm.settings import SOLVED_AT, in_notebook, load_settings
+from swarm.environments import solved_at
+from swarm.settings import in_notebook, load_settings
 
 settings = load_settings(argv=sys.argv[1:], description="Train the RL swarm until it solves CartPole-v1.")
 resumed = checkpoint.resume(settings)  # SWARM_RESUME's swarm; one of another size or game is refused here
@@ -142,9 +143,10 @@ def plot_scores(history):
     after = [(row["steps"], row["after_mean"]) for row in history if row["after_mean"] is not None]
     if after:
         ax.plot(*zip(*after), "x", ms=4, color="C2", label="evaluation after the evolution step")
-    ax.axhline(SOLVED_AT, ls=":", color="grey", label=f"solved ({SOLVED_AT:g})")
-    ax.set(xlabel="training environment steps", ylabel="score (steps balanced)", ylim=(0, 510),
-           title=f"CartPole-v1, {settings.models} models, {settings.envs} env(s)"
+    if (threshold := solved_at(settings.env_id)) is not None:
+        ax.axhline(threshold, ls=":", color="grey", label=f"solved ({threshold:g})")
+    ax.set(xlabel="training environment steps", ylabel="score (return per episode)",
+           title=f"{settings.env_id}, {settings.models} models, {settings.envs} env(s)"
                  + (", evolution" if settings.evolution else ", no evolution"))
     ax.legend(loc="upper left")
     return fig
@@ -197,7 +199,7 @@ watched = watch.load_swarm(checkpoint_path, settings.seed)
 scores = np.array(watched.play(10)[SCORES])
 print(f"the trained swarm: {scores.mean():.1f} ± {scores.std():.1f} over 10 deterministic episodes")
 animation = settings.log_dir / "swarm.gif"
-print(f"one episode ({watch.render(watched, animation, settings.seed)} steps) saved to {animation}")
+print(f"one episode (score {watch.render(watched, animation, settings.seed):g}) saved to {animation}")
 if in_notebook():
     from IPython.display import Image, display
     display(Image(filename=str(animation)))

@@ -20,9 +20,9 @@ import numpy as np
 from swarm import checkpoint
 from swarm.local import LocalSwarm
 from swarm.protocol import SCORES
-from swarm.settings import ENV_ID, RuntimeSettings, SettingsError, SwarmSettings
+from swarm.settings import RuntimeSettings, SettingsError, SwarmSettings
 
-FRAME_EVERY = 2  # CartPole runs at 50 frames a second; every other frame is smooth enough, and half the file
+FRAME_EVERY = 2  # every other frame (CartPole: 25 a second) is smooth enough, in half the file
 
 
 def load_swarm(path: Path, seed: int | None) -> LocalSwarm:
@@ -35,12 +35,12 @@ def load_swarm(path: Path, seed: int | None) -> LocalSwarm:
     return swarm
 
 
-def render(swarm: LocalSwarm, path: Path, seed: int | None) -> int:
-    """Play one episode on a rendering CartPole and save it as a GIF; the episode's score."""
+def render(swarm: LocalSwarm, path: Path, seed: int | None) -> float:
+    """Play one episode on a rendering copy of the environment and save it as a GIF; its score."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # no screen needed: pygame draws into memory
     from PIL import Image
 
-    env = gymnasium.make(ENV_ID, render_mode="rgb_array")
+    env = gymnasium.make(swarm.settings.env_id, render_mode="rgb_array")
     observation, _ = env.reset(seed=seed)
     frames, score, done = [env.render()], 0.0, False
     while not done:
@@ -52,7 +52,7 @@ def render(swarm: LocalSwarm, path: Path, seed: int | None) -> int:
     images = [Image.fromarray(frame).reduce(2) for frame in frames[::FRAME_EVERY]]
     fps = env.metadata.get("render_fps", 50) / FRAME_EVERY
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    return int(score)
+    return score
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     history = checkpoint.load(args.checkpoint)["history"]
     trained = f"after {len(history)} rounds, {history[-1]['steps']:,} training steps" if history else "untrained"
     scores = np.array(swarm.play(args.episodes)[SCORES])
-    print(f"{ENV_ID}, {len(swarm.models)} models ({trained}): {scores.mean():.1f} ± {scores.std():.1f} "
+    print(f"{swarm.settings.env_id}, {len(swarm.models)} models ({trained}): {scores.mean():.1f} ± {scores.std():.1f} "
           f"over {args.episodes} episodes (min {scores.min():g}, max {scores.max():g})")
     if args.render:
         score = render(swarm, args.render, args.seed)
-        print(f"one episode ({score} steps) saved to {args.render}")
+        print(f"one episode (score {score:g}) saved to {args.render}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ from swarm.control import ControlClient
 from swarm.launcher import ManagedSwarm, free_port
 from swarm.protocol import (DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOT_ID, STEPS, ModelRegistry)
 from swarm.scripts import PROJECT_DIR, load_script
-from swarm.settings import ENV_ID, SwarmSettings
+from swarm.environments import DEFAULT_ENV_ID
+from swarm.settings import SwarmSettings
 
 
 def compute_only_sps(models: int, envs: int, steps: int, warmup: int) -> float:
@@ -60,7 +61,7 @@ def compute_only_sps(models: int, envs: int, steps: int, warmup: int) -> float:
                               training_enabled=MutableBool(True), component_id=f"model{index}",
                               normalize_advantage=False) for index, policy in enumerate(policies)]
     rng = np.random.default_rng()
-    cartpole = environment.CartPole([gymnasium.make(ENV_ID) for _ in range(envs)])
+    cartpole = environment.EnvironmentCopies([gymnasium.make(DEFAULT_ENV_ID) for _ in range(envs)])
     step_logits, contribution, registry = aggregation.StepLogits(), {}, ModelRegistry(models)
     message = environment.start_run({NR_OF_EPISODE: 10**9, DETERMINISTIC: False, ROOT_ID: "bench"},
                                     cartpole)

@@ -16,7 +16,7 @@ import torch
 from swarm.checks import BadMessage, as_vector, get_float, get_str, require
 from swarm.protocol import (CMD, COMPONENT_ID, EXP_AVG, EXP_AVG_SQ, HYPERPARAMETERS, LEARNING_RATE, OPTIMIZER, SET,
                             STEP, WEIGHTS)
-from swarm.settings import ENV_ID, SettingsError, SwarmSettings, refuse
+from swarm.settings import SettingsError, SwarmSettings, refuse
 
 FILE_NAME = "swarm.pt"
 FORMAT = 1
@@ -39,7 +39,7 @@ def save(path: Path, answers: list[dict[str, Any]], settings: SwarmSettings, his
     members = sorted((member(answer) for answer in answers), key=lambda m: m["model_id"])
     if len(members) != settings.models:
         raise BadMessage(f"a checkpoint needs all {settings.models} models, got {len(members)}")
-    content = {"format": FORMAT, "env_id": ENV_ID, "models": settings.models, "members": members,
+    content = {"format": FORMAT, "env_id": settings.env_id, "models": settings.models, "members": members,
                "settings": settings.to_env(), "history": history}
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -64,8 +64,8 @@ def load(path: Path) -> dict[str, Any]:
 def check_fits(checkpoint: dict[str, Any], settings: SwarmSettings, path: Path) -> None:
     """Refuse a checkpoint of another environment or another number of models, saying which."""
     problems = []
-    if checkpoint["env_id"] != ENV_ID:
-        problems.append(f"{path} is a swarm of {checkpoint['env_id']}, this one plays {ENV_ID}")
+    if checkpoint["env_id"] != settings.env_id:
+        problems.append(f"{path} is a swarm of {checkpoint['env_id']}, SWARM_ENV_ID is {settings.env_id}")
     if checkpoint["models"] != settings.models:
         problems.append(f"{path} holds {checkpoint['models']} models, SWARM_MODELS is {settings.models}")
     if problems:

@@ -170,15 +170,15 @@ class LocalSwarm:
         step the copies and count the episodes.
         """
         environment = load_script("04_environment.py")
-        cartpole = self.components["04_environment.py"].kwargs["cartpole"]
+        copies = self.components["04_environment.py"].kwargs["copies"]
         for _, state in self.members():
             state["memory"].clear()
         root_id = uuid.uuid4().hex
-        reply = environment.start_run({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: True, ROOT_ID: root_id}, cartpole)
+        reply = environment.start_run({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: True, ROOT_ID: root_id}, copies)
         while True:
             action_message = {ACTION: self.actions(reply[OBSERVATION]).tolist(), ROOT_ID: root_id}
-            reply = environment.step(action_message, cartpole)
-            report = environment.report(action_message, cartpole)
+            reply = environment.step(action_message, copies)
+            report = environment.report(action_message, copies)
             if report is not None and report[STATUS] == ENV_DONE:
                 return report
 

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from swarm.protocol import SCORES, STEPS
-from swarm.settings import SOLVED_AT, SwarmSettings
+from swarm.environments import solved_at
+from swarm.settings import SwarmSettings
 
 Start = Callable[[int, bool], dict[str, Any]]  # (episodes, deterministic) -> the run's ENV_DONE reply
 Evolve = Callable[[], float]  # one evolution step -> its fitness spread
@@ -63,7 +64,7 @@ def evaluate(start: Start, episodes: int, envs: int) -> tuple[float, float]:
 
 
 def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
-                       report: Callable[[str], None] = print, threshold: float = SOLVED_AT,
+                       report: Callable[[str], None] = print,
                        after_round: Callable[[list[dict[str, Any]]], None] | None = None,
                        earlier: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Rounds until solved (confirmed over 100 episodes) or out of budget; every round's figures.
@@ -72,6 +73,7 @@ def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
     history of a resumed swarm: rounds, steps and seconds go on from its last round, and the
     budget counts them.
     """
+    threshold = solved_at(settings.env_id)  # None: no threshold, the budget ends the run
     history = [Round(**row) for row in earlier or []]
     steps = history[-1].steps if history else 0
     seconds_before = history[-1].seconds if history else 0.0
@@ -85,7 +87,7 @@ def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
         training_seconds += time.monotonic() - training_began
         row = Round(round_nr, steps, 0.0, float(np.mean(reply[SCORES])),
                     *evaluate(start, settings.eval_episodes, settings.envs))
-        if row.eval_mean >= threshold:
+        if threshold is not None and row.eval_mean >= threshold:
             row.confirm_mean = evaluate(start, CONFIRM_EPISODES, settings.envs)[0]
             solved = row.confirm_mean >= threshold
         out_of_budget = bool((settings.max_steps and steps >= settings.max_steps)

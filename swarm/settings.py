@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-ENV_ID = "CartPole-v1"  # the RL swarm's environment
-SOLVED_AT = 475.0  # gymnasium's reward_threshold for CartPole-v1
 
 
 class SettingsError(ValueError):
@@ -166,6 +164,10 @@ class RuntimeSettings:
         """The environment variables that reproduce these settings in a child process."""
         return {f.metadata["env"]: f.metadata["kind"].show(getattr(self, f.name)) for f in self.fields()}
 
+    def problems(self) -> list[str]:
+        """What the values allow but cannot work together (none, for what every component needs)."""
+        return []
+
     def replace(self: S, **changes: Any) -> S:
         return dataclasses.replace(self, **changes)
 
@@ -193,6 +195,8 @@ class RuntimeSettings:
 class SwarmSettings(RuntimeSettings):
     """The RL swarm's settings: its size, its rounds and budget, and the learning options."""
 
+    env_id: str = setting("SWARM_ENV_ID", "CartPole-v1", text(),
+                          "the gymnasium environment; it needs a Box observation and Discrete actions")
     preset: str = setting("SWARM_PRESET", "swarm", choice(*PRESETS),
                           "the defaults of the settings below: this project's measured best, or the tutorial's")
     models: int = setting("SWARM_MODELS", 20, whole(1), "model processes; the aggregation and evolution wait for this many")
@@ -225,6 +229,13 @@ class SwarmSettings(RuntimeSettings):
     def defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:
         """SWARM_PRESET's values (an unknown preset is reported with the other bad values)."""
         return dict(PRESETS.get(environ.get("SWARM_PRESET", "").strip(), {}))
+
+    def problems(self) -> list[str]:
+        """What the values allow but the swarm cannot do: an environment it cannot play."""
+        from swarm.environments import environment_problem  # gymnasium: only when a swarm is set up
+
+        problem = environment_problem(self.env_id)
+        return [] if problem is None else [f"SWARM_ENV_ID={self.env_id!r} is not allowed: {problem}"]
 
 
 def option_name(field: dataclasses.Field) -> str:
@@ -260,6 +271,7 @@ def load_settings(cls: type[S] = SwarmSettings, environ: Mapping[str, str] | Non
     problems, settings = [], None
     try:
         settings = cls.from_env(environ)
+        problems += settings.problems()
     except SettingsError as error:
         problems += error.problems
     log_dir = settings.log_dir if settings else Path(environ.get("SWARM_LOG_DIR") or "logs")

@@ -7,7 +7,7 @@ from swarm.checks import BadMessage
 from swarm.protocol import (ACTION, AVG_SCORE, DETERMINISTIC, DONE, ENV_DONE, ENV_PROGRESS, EPISODE, EVOLUTION,
                             FINAL_OBSERVATION, NR_OF_EPISODE, OBSERVATION, REWARD, ROOT_ID, SCORES, STATUS, STEPS,
                             TRUNCATED)
-from swarm.settings import ENV_ID
+from swarm.environments import DEFAULT_ENV_ID as ENV_ID
 from tests.helpers import load_script
 
 environment = load_script("04_environment.py")
@@ -15,7 +15,7 @@ environment = load_script("04_environment.py")
 
 @pytest.fixture
 def cartpole():
-    return environment.CartPole([gymnasium.make(ENV_ID)])
+    return environment.EnvironmentCopies([gymnasium.make(ENV_ID)])
 
 
 def request(episodes, deterministic=False, root_id="run-1"):
@@ -118,7 +118,7 @@ def test_bad_actions_are_rejected_and_do_not_step(cartpole, action):
 # --------------------------------------------------------------------------- SWARM_ENVS > 1
 @pytest.fixture
 def three_cartpoles():
-    return environment.CartPole([gymnasium.make(ENV_ID) for _ in range(3)])
+    return environment.EnvironmentCopies([gymnasium.make(ENV_ID) for _ in range(3)])
 
 
 def test_with_one_environment_the_messages_are_the_tutorials(cartpole):
@@ -202,6 +202,6 @@ def test_a_fall_is_not_a_truncation(cartpole):
 def test_a_seeded_environment_repeats_its_episodes():
     runs = []
     for _ in range(2):
-        cartpole = environment.CartPole([gymnasium.make(ENV_ID) for _ in range(2)], seed=7)
+        cartpole = environment.EnvironmentCopies([gymnasium.make(ENV_ID) for _ in range(2)], seed=7)
         runs.append(environment.start_run(request(1), cartpole)[OBSERVATION])
     assert runs[0] == runs[1] and runs[0][0] != runs[0][1]

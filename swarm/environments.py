@@ -1,0 +1,38 @@
+"""The swarm's environment: any gymnasium environment with a Box observation and Discrete actions.
+
+CartPole-v1 is the tutorial's (and the default, SWARM_ENV_ID). The models take their spaces from
+the environment itself, and "solved" is the environment's own reward threshold, averaged over 100
+consecutive episodes as gymnasium defines it; an environment without one is trained until its
+budget runs out.
+"""
+from __future__ import annotations
+
+import gymnasium
+
+DEFAULT_ENV_ID = "CartPole-v1"
+
+
+def spaces(env_id: str = DEFAULT_ENV_ID) -> tuple[gymnasium.spaces.Box, gymnasium.spaces.Discrete]:
+    """The observation and action spaces, from the environment itself."""
+    env = gymnasium.make(env_id)
+    env.close()
+    return env.observation_space, env.action_space
+
+
+def environment_problem(env_id: str) -> str | None:
+    """None for an environment the swarm can play; else why it cannot."""
+    try:
+        observation_space, action_space = spaces(env_id)
+    except Exception as error:  # gymnasium raises several kinds for an id it cannot make
+        return f"gymnasium cannot make it ({type(error).__name__}: {error})"
+    if not isinstance(observation_space, gymnasium.spaces.Box) or len(observation_space.shape) != 1:
+        return f"its observations are {observation_space}; the models need a flat Box"
+    if not isinstance(action_space, gymnasium.spaces.Discrete):
+        return f"its actions are {action_space}; the aggregation needs Discrete actions"
+    return None
+
+
+def solved_at(env_id: str) -> float | None:
+    """The environment's reward threshold (CartPole-v1: 475), or None where it has none."""
+    threshold = gymnasium.spec(env_id).reward_threshold
+    return None if threshold is None else float(threshold)
