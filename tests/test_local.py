@@ -68,3 +68,14 @@ def test_an_evaluation_without_messages_scores_as_the_messages_do():
     assert played["SCORES"] == sent["SCORES"] and played["STEPS"] == sent["STEPS"]
     assert min(played["SCORES"]) > 50, "episodes that end at once: not a test of the actions"
     assert direct.start(4)["SCORES"] == messages.start(4)["SCORES"]
+
+
+def test_another_gymnasium_environment_plays_a_round():
+    """Acrobot-v1: six observations, three actions, -1 a step and a threshold of -100."""
+    settings = SwarmSettings(env_id="Acrobot-v1", models=2, envs=2, episodes=2, rounds=2, eval_episodes=2, seed=0)
+    runner = LocalSwarm(settings)
+    history = runner.train_until_solved(report=lambda line: None)["history"]
+    assert [row["round"] for row in history] == [1, 2]
+    assert all(-500 <= row["train_mean"] < 0 and -500 <= row["eval_mean"] < 0 for row in history)
+    assert history[0]["steps"] >= -2 * history[0]["train_mean"]  # each counted step paid -1 (the last one 0)
+    assert set(runner.actions([[0.0] * 6] * 50).tolist()) <= {0, 1, 2}
