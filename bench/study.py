@@ -1,4 +1,5 @@
-"""bench/study.py: how many training steps does each arm need to solve CartPole-v1, over many seeds?
+"""bench/study.py: how many training steps does each arm need to solve CartPole-v1 (or
+`--set SWARM_ENV_ID=...`), over many seeds?
 
 Arms:
 - `swarm`: the swarm with its defaults (`06_control.py` with no settings);
@@ -19,6 +20,7 @@ Runs go `--jobs` at a time, each in a process of its own.
     python bench/study.py --seeds 0-2 --arms tutorial           # the tutorial's algorithm (slow)
     python bench/study.py --seeds 0-2 --arms swarm --sockets    # the real swarm, over sockets
     python bench/study.py --quick                               # a smoke test: tiny swarms, tiny budgets
+    python bench/study.py --seeds 0-1 --arms swarm sb3-a2c --set SWARM_ENV_ID=Acrobot-v1   # another game
 
 It prints a table per run and per arm and the Mann-Whitney U p-value of `swarm` against
 `swarm-no-evolution` (steps to solve); writes study.json, study.md and study.png to --out; and its
@@ -41,13 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from swarm.environments import DEFAULT_ENV_ID as ENV_ID
-from swarm.environments import solved_at
+from swarm.environments import DEFAULT_ENV_ID, solved_at
 from swarm.launcher import free_port
 from swarm.scripts import PROJECT_DIR
 from swarm.settings import SwarmSettings
-
-SOLVED_AT = solved_at(ENV_ID)  # the study is CartPole-v1's: 475
 
 ARMS: dict[str, dict[str, str] | None] = {  # the settings that make each swarm arm; None: SB3
     "swarm": {},
@@ -120,7 +119,8 @@ def run_sb3(seed: int, args: argparse.Namespace) -> dict:
     from stable_baselines3.common.callbacks import BaseCallback
 
     torch.set_num_threads(1)  # one process, one core: as each swarm model
-    eval_env = gymnasium.make(ENV_ID)
+    env_id, threshold = args.env_id, solved_at(args.env_id)
+    eval_env = gymnasium.make(env_id)
 
     def mean_score(model: A2C, episodes: int) -> float:
         scores = []
@@ -144,13 +144,13 @@ def run_sb3(seed: int, args: argparse.Namespace) -> dict:
             if self.num_timesteps % args.sb3_eval_every == 0:
                 score = mean_score(self.model, args.eval_episodes)
                 self.curve.append((self.num_timesteps, score))
-                if score >= SOLVED_AT and mean_score(self.model, CONFIRM_EPISODES) >= SOLVED_AT:
+                if score >= threshold and mean_score(self.model, CONFIRM_EPISODES) >= threshold:
                     self.solved_at = self.num_timesteps
             return self.solved_at is None and time.monotonic() - began < args.max_seconds
 
     began = time.monotonic()
     eval_env.reset(seed=seed + 10_000)  # the evaluation episodes: their own seed
-    model = A2C("MlpPolicy", ENV_ID, seed=seed, device="cpu")
+    model = A2C("MlpPolicy", env_id, seed=seed, device="cpu")
     callback = EvaluateUntilSolved()
     model.learn(total_timesteps=args.max_steps, callback=callback)
     return dict(arm="sb3-a2c", seed=seed, solved=callback.solved_at is not None,
@@ -228,7 +228,7 @@ def table(results: list[dict], summary: dict, p: float | None) -> list[str]:
     return lines
 
 
-def plot(results: list[dict], summary: dict, budget: int, path: Path, title: str) -> None:
+def plot(results: list[dict], summary: dict, budget: int, path: Path, title: str, threshold: float | None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -249,9 +249,9 @@ def plot(results: list[dict], summary: dict, budget: int, path: Path, title: str
                 right.plot(*zip(*r["curve"]), color=f"C{i}", alpha=0.35, lw=1, label=arm if r is runs[0] else None)
     left.set(xticks=range(len(arms)), xticklabels=arms, ylabel="training steps to solve (open: not solved)",
              title="steps to solve, per seed (line: median)")
-    right.axhline(SOLVED_AT, ls=":", color="grey")
-    right.set(xlabel="training environment steps", ylabel="evaluation mean (10 episodes)", ylim=(0, 510),
-              title="evaluations, every seed")
+    if threshold is not None:
+        right.axhline(threshold, ls=":", color="grey")
+    right.set(xlabel="training environment steps", ylabel="evaluation mean (10 episodes)", title="evaluations, every seed")
     right.legend(loc="lower right")
     fig.suptitle(title)
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -290,6 +290,7 @@ def main() -> None:
     if args.quick:
         args.max_steps, args.sb3_eval_every = 400, 200
         args.set += [("SWARM_MODELS", "2"), ("SWARM_EVAL_EPISODES", "2"), ("SWARM_EPISODES", "2")]
+    args.env_id = dict(args.set).get("SWARM_ENV_ID", DEFAULT_ENV_ID)  # every arm's, SB3's too
     args.out = args.out or Path(tempfile.mkdtemp(prefix="study-"))
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python bench/study.py " + " ".join(sys.argv[1:])
@@ -317,7 +318,8 @@ def main() -> None:
                                                          runs=results), indent=1))
     (args.out / "study.md").write_text(f"`{command}` ({machine})\n\n" + "\n".join(lines) + "\n")
     plot(results, summary, args.max_steps, args.out / "study.png",
-         f"CartPole-v1, seeds {args.seeds[0]}-{args.seeds[-1]}, {'sockets' if args.sockets else 'in process'}")
+         f"{args.env_id}, seeds {args.seeds[0]}-{args.seeds[-1]}, {'sockets' if args.sockets else 'in process'}",
+         solved_at(args.env_id))
     print(json.dumps({"arms": {arm: {k: s[k] for k in ("runs", "solved", "median_steps", "median_seconds",
                                                        "median_spread")} for arm, s in summary.items()},
                       "p_value": p}))
