@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from swarm.client import ConnectionClosed, SwarmClient
@@ -49,53 +49,50 @@ class ControlClient(SwarmClient):
         `progress`, if given, sees each progress message; when it returns True, that message is
         returned at once (the run goes on until a new request replaces it).
         """
-        timeout = self.settings.reply_timeout if timeout is None else timeout
-        root_id = uuid.uuid4().hex
         with self._stop_swarm_on_failure():
-            self.send(custom_message(ROOM_CONTROL, payload, root_id))
-            deadline = time.monotonic() + timeout
-            while True:
-                if self.swarm is not None:
-                    self.swarm.raise_if_dead()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise SwarmError(f"no {until} within {timeout:g} s after {sorted(payload)}; "
-                                     f"see the logs in {self.settings.log_dir}")
-                try:
-                    message = self.receive(timeout=min(1.0, left))
-                except ConnectionClosed as lost:
-                    self._name_the_dead(within=2.0)
-                    raise SwarmError(f"{lost} (server {self.settings.host}:{self.settings.port}); "
-                                     f"see the logs in {self.settings.log_dir}") from None
-                if message is None or message.get(ROOT_ID) != root_id:
-                    continue  # silence, or a reply to an earlier request
-                if message.get(STATUS) == ERROR:
-                    raise SwarmError(f"{message.get('SENT_BY', 'a component')}: {message.get(ERROR)}")
+            for message in self._answers(ROOM_CONTROL, payload, timeout, lambda: f"no {until}"):
                 if message.get(STATUS) == until or (progress is not None and progress(message)):
                     return message
-                deadline = time.monotonic() + timeout
+        raise AssertionError("unreachable: _answers ends only by raising")
 
     def gather(self, room: str, payload: dict[str, Any], count: int, key: str,
                timeout: float | None = None) -> list[dict[str, Any]]:
         """Send `payload` into `room`; return the `count` answers to it that carry `key` (one per
-        COMPONENT_ID), or fail after `timeout` seconds naming how many came."""
-        timeout = self.settings.reply_timeout if timeout is None else timeout
-        root_id, answers = uuid.uuid4().hex, {}
+        COMPONENT_ID), or fail after `timeout` seconds of silence naming how many came."""
+        answers: dict[Any, dict[str, Any]] = {}
         with self._stop_swarm_on_failure():
-            self.send(custom_message(room, payload, root_id))
-            deadline = time.monotonic() + timeout
-            while len(answers) < count:
-                if self.swarm is not None:
-                    self.swarm.raise_if_dead()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise SwarmError(f"{len(answers)} of {count} answers with {key} within {timeout:g} s after "
-                                     f"{sorted(payload)} in {room}; see the logs in {self.settings.log_dir}")
-                try:
-                    message = self.receive(timeout=min(1.0, left))
-                except ConnectionClosed as lost:
-                    self._name_the_dead(within=2.0)
-                    raise SwarmError(f"{lost} (server {self.settings.host}:{self.settings.port})") from None
-                if message is not None and message.get(ROOT_ID) == root_id and key in message:
+            for message in self._answers(room, payload, timeout, lambda: f"{len(answers)} of {count} answers with {key}"):
+                if key in message:
                     answers[message.get(COMPONENT_ID)] = message
-        return list(answers.values())
+                    if len(answers) == count:
+                        return list(answers.values())
+        raise AssertionError("unreachable: _answers ends only by raising")
+
+    def _answers(self, room: str, payload: dict[str, Any], timeout: float | None,
+                 waiting_for: Callable[[], str]) -> Iterator[dict[str, Any]]:
+        """Send `payload` into `room` and yield every message that answers it. A silence of
+        `timeout` seconds (each answer starts it anew), a dead component, a lost connection or an
+        ERROR answer raises SwarmError; `waiting_for` says what had not come."""
+        timeout = self.settings.reply_timeout if timeout is None else timeout
+        root_id = uuid.uuid4().hex
+        self.send(custom_message(room, payload, root_id))
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.swarm is not None:
+                self.swarm.raise_if_dead()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SwarmError(f"{waiting_for()} within {timeout:g} s after {sorted(payload)}; "
+                                 f"see the logs in {self.settings.log_dir}")
+            try:
+                message = self.receive(timeout=min(1.0, left))
+            except ConnectionClosed as lost:
+                self._name_the_dead(within=2.0)
+                raise SwarmError(f"{lost} (server {self.settings.host}:{self.settings.port}); "
+                                 f"see the logs in {self.settings.log_dir}") from None
+            if message is None or message.get(ROOT_ID) != root_id:
+                continue  # silence, or an answer to an earlier request
+            if message.get(STATUS) == ERROR:
+                raise SwarmError(f"{message.get('SENT_BY', 'a component')}: {message.get(ERROR)}")
+            deadline = time.monotonic() + timeout
+            yield message
