@@ -143,10 +143,11 @@ def test_a_server_killed_during_a_request_is_reported_as_a_dead_server(two_model
 
 
 # --------------------------------------------------------------------------- the notebook kernel
-# The notebook's own first four code cells (imports, the swarm started, the control ready, start()
-# and start_evo() defined) in one cell; READY then lists the swarm's pids.
+# The notebook's own code cells up to the one that defines start() and start_evo() (imports, the
+# swarm started, the control ready, ...) in one cell; READY then lists the swarm's pids.
 NOTEBOOK_CELLS = [cell.source for cell in jupytext.read(ROOT / "06_control.py").cells if cell.cell_type == "code"]
-START_CELL = "\n".join(NOTEBOOK_CELLS[:4]) + '\nprint("READY", *swarm.pids().values(), flush=True)\n'
+UP_TO_START = next(i for i, source in enumerate(NOTEBOOK_CELLS) if "def start(" in source) + 1
+START_CELL = "\n".join(NOTEBOOK_CELLS[:UP_TO_START]) + '\nprint("READY", *swarm.pids().values(), flush=True)\n'
 LONG_CELL = START_CELL + "start(100_000)\n"
 SHORT_CELL = START_CELL + """
 start(1)
