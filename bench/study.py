@@ -81,7 +81,8 @@ def run_in_process(arm: str, seed: int, args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="study-") as log_dir:
         settings = swarm_settings(arm, seed, args, Path(log_dir))
-        result = LocalSwarm(settings).train_until_solved(report=progress(arm, seed, args))
+        keep = args.keep / f"{arm}-{seed}.pt" if args.keep else None  # checkpointed after every round
+        result = LocalSwarm(settings).train_until_solved(report=progress(arm, seed, args), checkpoint_path=keep)
     return summarise_swarm(arm, seed, result)
 
 
@@ -285,12 +286,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where study.json, study.md and study.png go (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 2 models, tiny budgets: a smoke test")
     parser.add_argument("--verbose", action="store_true", help="every round of every in-process run")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep each in-process swarm run's checkpoint as DIR/ARM-SEED.pt (for 07_watch.py)")
     args = parser.parse_args()
     args.seeds = args.seeds or seed_range("0-1" if args.quick else "0-19")
     if args.quick:
         args.max_steps, args.sb3_eval_every = 400, 200
         args.set += [("SWARM_MODELS", "2"), ("SWARM_EVAL_EPISODES", "2"), ("SWARM_EPISODES", "2")]
     args.env_id = dict(args.set).get("SWARM_ENV_ID", DEFAULT_ENV_ID)  # every arm's, SB3's too
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
     args.out = args.out or Path(tempfile.mkdtemp(prefix="study-"))
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python bench/study.py " + " ".join(sys.argv[1:])
