@@ -195,7 +195,7 @@ print("swarm stopped")
 
 # %%
 watch = load_script("07_watch.py")
-watched = watch.load_swarm(checkpoint_path, settings.seed)
+watched = watch.load_swarm(checkpoint.load(checkpoint_path), settings.seed)
 scores = np.array(watched.play(10)[SCORES])
 print(f"the trained swarm: {scores.mean():.1f} ± {scores.std():.1f} over 10 deterministic episodes")
 animation = settings.log_dir / "swarm.gif"

@@ -25,11 +25,10 @@ from swarm.settings import RuntimeSettings, SettingsError, SwarmSettings
 FRAME_EVERY = 2  # every other frame (CartPole: 25 a second) is smooth enough, in half the file
 
 
-def load_swarm(path: Path, seed: int | None) -> LocalSwarm:
-    """The checkpoint's swarm, in this process: its models hold the checkpoint's weights."""
-    saved = checkpoint.load(path)
+def load_swarm(saved: dict, seed: int | None) -> LocalSwarm:
+    """A loaded checkpoint's swarm, in this process (built from the checkpoint's own settings, so
+    its size and environment fit): its models hold the checkpoint's weights."""
     settings = SwarmSettings.from_env(saved["settings"]).replace(seed=seed, envs=1, evolution=False)
-    checkpoint.check_fits(saved, settings, path)
     swarm = LocalSwarm(settings)
     swarm.restore(saved)
     return swarm
@@ -70,10 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.checkpoint.is_file():
         parser.error(f"no checkpoint at {args.checkpoint}: train one with `python 06_control.py` first")
     try:
-        swarm = load_swarm(args.checkpoint, args.seed)
+        saved = checkpoint.load(args.checkpoint)
     except SettingsError as error:
         sys.exit(f"{error}")
-    history = checkpoint.load(args.checkpoint)["history"]
+    swarm, history = load_swarm(saved, args.seed), saved["history"]
     trained = f"after {len(history)} rounds, {history[-1]['steps']:,} training steps" if history else "untrained"
     scores = np.array(swarm.play(args.episodes)[SCORES])
     print(f"{swarm.settings.env_id}, {len(swarm.models)} models ({trained}): {scores.mean():.1f} ± {scores.std():.1f} "

@@ -195,7 +195,7 @@ class LocalSwarm:
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Give the models a checkpoint's members (the same SET the control sends over sockets)."""
-        model_ids = [client.kwargs["component_id"] for client in self.models]
+        model_ids = [model_id for model_id, _ in self.members()]
         self.control.send(custom_message(ROOM_EVOLUTION, checkpoint.restore_message(saved, model_ids)))
         self.hub.pump()
         self.control.inbox.clear()

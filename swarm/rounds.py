@@ -75,7 +75,7 @@ def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
     """
     threshold = solved_at(settings.env_id)  # None: no threshold, the budget ends the run
     history = [Round(**row) for row in earlier or []]
-    steps = history[-1].steps if history else 0
+    steps = steps_before = history[-1].steps if history else 0
     seconds_before = history[-1].seconds if history else 0.0
     training_seconds, began = 0.0, time.monotonic() - seconds_before
     solved = False
@@ -104,8 +104,7 @@ def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
         if solved or out_of_budget:
             break
     seconds = time.monotonic() - began
-    trained = steps - (earlier[-1]["steps"] if earlier else 0)
     report(f"{'solved' if solved else 'NOT solved'} after {len(history)} rounds: {steps:,} training steps, "
-           f"{seconds:.0f} s wall ({trained / max(training_seconds, 1e-9):.0f} training steps/s)")
+           f"{seconds:.0f} s wall ({(steps - steps_before) / max(training_seconds, 1e-9):.0f} training steps/s)")
     return dict(solved=solved, steps=steps, seconds=seconds, training_seconds=training_seconds,
                 history=[asdict(row) for row in history])

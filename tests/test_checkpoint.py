@@ -158,7 +158,7 @@ def test_watch_plays_the_checkpoint_and_saves_an_animation(trained, tmp_path):
     line = result.stdout.splitlines()[0]
     assert line.startswith("CartPole-v1, 3 models (after 2 rounds,") and "over 4 episodes" in line
     # the same swarm and the same starting states as a swarm built here from the checkpoint
-    watched = load_script("07_watch.py").load_swarm(path, seed=3)
+    watched = load_script("07_watch.py").load_swarm(checkpoint.load(path), seed=3)
     expected = np.array(watched.play(4)["SCORES"])
     assert f"{expected.mean():.1f} ± {expected.std():.1f} over 4 episodes" in line
     with Image.open(tmp_path / "episode.gif") as animation:
