@@ -51,14 +51,17 @@ resumed = checkpoint.resume(settings)  # SWARM_RESUME's swarm; one of another si
 # %% [markdown]
 # Start the server, aggregation, environment and evolution from `swarm.yaml`, then the models:
 # all run `02_model.py`, each as its own process. Every component writes to its own log file in
-# `SWARM_LOG_DIR`; if anything fails from here on, the whole swarm is stopped.
+# `SWARM_LOG_DIR`; if anything fails from here on, the whole swarm is stopped. With
+# `SWARM_LAUNCH=0` nothing is started here: the control joins a swarm whose processes were
+# started by hand, for instance on several hosts (`docs/hosts.md`).
 
 # %%
 swarm = ManagedSwarm(settings=settings)  # swarm.yaml, next to this file
-swarm.start()
-for i in range(settings.models):
-    swarm.add(f"model{i}", "02_model.py")
-    swarm.start(f"model{i}")
+if settings.launch:
+    swarm.start()
+    for i in range(settings.models):
+        swarm.add(f"model{i}", "02_model.py")
+        swarm.start(f"model{i}")
 
 # %% [markdown]
 # The control is a swergio client in the `control` room. Instead of sleeping and hoping, it
@@ -182,11 +185,12 @@ plot_scores(result["history"])
 print(f"plot saved to {settings.log_dir / 'scores.png'}")
 
 # %% [markdown]
-# Stop every process of the swarm (and wait until they are gone).
+# Stop every process of the swarm (and wait until they are gone). With `SWARM_LAUNCH=0` the
+# control started none, and leaves those started by hand running.
 
 # %%
 swarm.stop()
-print("swarm stopped")
+print("swarm stopped" if settings.launch else "done; the processes started by hand go on")
 
 # %% [markdown]
 # The trained swarm, playing: `07_watch.py` loads the checkpoint into this process (no server),

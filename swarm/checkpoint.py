@@ -40,7 +40,7 @@ def save(path: Path, answers: list[dict[str, Any]], settings: SwarmSettings, his
     if len(members) != settings.models:
         raise BadMessage(f"a checkpoint needs all {settings.models} models, got {len(members)}")
     content = {"format": FORMAT, "env_id": settings.env_id, "models": settings.models, "members": members,
-               "settings": settings.to_env(), "history": history}
+               "settings": settings.to_env(secrets=False), "history": history}  # a file gets copied around
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(content, temporary)

@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from swergio import Client, Trigger
+from swergio import MESSAGE_TYPE, Client, Trigger
 from swergio.messageType import MessageTypeSetting
 
 from swarm.checks import BadMessage
 from swarm.protocol import COMPONENT, COMPONENT_ID, CUSTOM, PING, PONG, ROOM_PING
 from swarm.settings import RuntimeSettings
-from swarm.wire import FORMAT, HEADER_LENGTH, body_length, frame
+from swarm.wire import FORMAT, HEADER_LENGTH, TOKEN, body_length, frame
 
 log = logging.getLogger("swarm")
 
@@ -63,6 +63,8 @@ class SwarmClient(Client):
     - a handler's trigger is checked against sets of type ids and rooms made once (0.0.2 looks the
       message type up among every type's class attributes, for every handler and every message).
     - every client answers PING in the `ping` room, so launchers can tell when it is ready.
+    - with SWARM_TOKEN its REGISTER, the first message of the connection, carries the secret:
+      a server that has one admits no connection without it (swarm/server.py).
     """
 
     def __init__(self, name: str, settings: RuntimeSettings | None = None, component_id: str | None = None,
@@ -73,6 +75,7 @@ class SwarmClient(Client):
         self.handlers: list = []
         self.timers: list[_Timer] = []
         self._buffer = bytearray()
+        self._heard = False  # whether the server has sent anything yet
         self._send_lock = threading.Lock()
         # Handlers may ask for `component_id` like for any other keyword argument.
         super().__init__(name, self.settings.host, self.settings.port, FORMAT, HEADER_LENGTH,
@@ -101,6 +104,8 @@ class SwarmClient(Client):
         return sock
 
     def send(self, message: dict[str, Any]) -> None:
+        if self.settings.token and message.get("TYPE") == MESSAGE_TYPE.COMMAND.REGISTER.id:
+            message = {**message, TOKEN: self.settings.token}
         data = frame(json.dumps(message).encode(FORMAT))
         with self._send_lock:
             self.client.sendall(data)
@@ -129,10 +134,17 @@ class SwarmClient(Client):
                     return None
                 chunk = self.client.recv(1 << 16)
             except (OSError, ValueError) as error:  # ValueError: the socket was closed meanwhile
-                raise ConnectionClosed(f"{self.name}: connection to the server failed: {error}") from None
+                raise ConnectionClosed(f"{self.name}: connection to the server failed: {error}{self._hint()}") from None
             if not chunk:
-                raise ConnectionClosed(f"{self.name}: the swergio server closed the connection")
+                raise ConnectionClosed(f"{self.name}: the swergio server closed the connection{self._hint()}")
+            self._heard = True
             self._buffer += chunk
+
+    def _hint(self) -> str:
+        """A server with a secret closes, without a word, a connection that does not present it."""
+        if self._heard:
+            return ""
+        return " before sending anything (a server with SWARM_TOKEN refuses clients without its secret)"
 
     def _take_frame(self) -> bytes | None:
         if len(self._buffer) < HEADER_LENGTH:

@@ -8,18 +8,20 @@ replaces its per-connection loop (see SwarmServer) and starts it quietly.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import socket
 import struct
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 
 import swergio.server
 from swergio import MESSAGE_TYPE, Server
 
 from swarm.settings import RuntimeSettings
-from swarm.wire import FORMAT, HEADER_LENGTH, body_length, frame
+from swarm.wire import FORMAT, HEADER_LENGTH, TOKEN, body_length, frame
 
 log = logging.getLogger("server")
 
@@ -49,12 +51,17 @@ class SwarmServer(Server):
       SWARM_LOG_LEVEL=DEBUG every message too;
     - a member that stops reading blocks every sender into its room for good: here a delivery
       that cannot be written for `send_timeout` seconds drops that member.
+
+    With a `token` (SWARM_TOKEN) it also admits only connections whose first message carries it
+    as TOKEN: see `_admit`. The secret is never passed on, and never logged.
     """
 
     send_timeout = 30.0  # seconds a recipient may leave its socket full before it is dropped
+    handshake_timeout = 10.0  # with a token: seconds a new connection has to present it
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, token: str = "", **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.token = token.encode(FORMAT)
         self.send_locks: defaultdict[socket.socket, threading.Lock] = defaultdict(threading.Lock)
 
     def handle_client(self, client: socket.socket, addr) -> None:
@@ -65,33 +72,79 @@ class SwarmServer(Server):
                           struct.pack("ll", int(seconds), int(fraction * 1e6)))
         log.info("connection from %s:%s", *addr)
         try:
-            while True:
-                body = self._read_frame(client, addr)
-                if body is None:
+            for body in self._bodies(client, addr):
+                decoded = self._decode(body, client, addr)
+                if decoded is not None and not self._handle(client, *decoded):
                     break
-                message = self._decode(body, client, addr)
-                if message is None:
-                    continue
-                command = COMMANDS.get(message["TYPE"])
-                if command == "disconnect":
-                    break
-                try:
-                    if command == "register":
-                        self.register_client(client, message)
-                    elif command == "join":
-                        self.join_room(client, message)
-                    elif command == "leave":
-                        self.leave_room(client, message)
-                except (KeyError, TypeError) as error:
-                    log.warning("%s: skipped a malformed %s command: %r", self._name(client), command, error)
-                    continue
-                self.deliver(client, body, message)
         except OSError as error:
             log.info("%s: connection error: %s", self._name(client), error)
         finally:
             name = self._name(client, default="unregistered client")
             self._forget(client)
             log.info("%s (%s:%s) disconnected", name, *addr)
+
+    def _bodies(self, client: socket.socket, addr) -> Iterator[bytes]:
+        """The connection's message bodies until it closes; with a token, none unless admitted."""
+        if self.token:
+            first = self._admit(client, addr)
+            if first is None:
+                return
+            yield first
+        while (body := self._read_frame(client, addr)) is not None:
+            yield body
+
+    def _admit(self, client: socket.socket, addr) -> bytes | None:
+        """The connection's first message body, if its TOKEN is the server's secret (our clients
+        put it into their REGISTER); else None, logged with the peer's address and the reason, and
+        the connection is to be closed. Until then the connection has no name and no room, so
+        nothing reaches it, and nothing it sends is read beyond this first message, which must
+        arrive whole within `handshake_timeout` seconds."""
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)  # the blocked read below returns
+
+        timer = threading.Timer(self.handshake_timeout, expire)
+        timer.start()
+        try:
+            body = self._read_frame(client, addr)
+        finally:
+            timer.cancel()
+        message = None
+        if body is not None and not expired.is_set():
+            with contextlib.suppress(UnicodeDecodeError, ValueError, RecursionError):
+                message = json.loads(body)
+        presented = message.get(TOKEN) if isinstance(message, dict) else None
+        if expired.is_set():
+            reason = f"no first message within {self.handshake_timeout:g} s"
+        elif presented is None:
+            reason = "no TOKEN in its first message"
+        elif not (isinstance(presented, str) and hmac.compare_digest(presented.encode(FORMAT), self.token)):
+            reason = "a wrong TOKEN"
+        else:
+            return body  # `_decode` takes the secret out before anything is logged or passed on
+        log.warning("refused the connection from %s:%s: %s", *addr, reason)
+        return None
+
+    def _handle(self, client: socket.socket, body: bytes, message: dict) -> bool:
+        """Act on one message (a command, then delivery); False when the client disconnects."""
+        command = COMMANDS.get(message["TYPE"])
+        if command == "disconnect":
+            return False
+        try:
+            if command == "register":
+                self.register_client(client, message)
+            elif command == "join":
+                self.join_room(client, message)
+            elif command == "leave":
+                self.leave_room(client, message)
+        except (KeyError, TypeError) as error:
+            log.warning("%s: skipped a malformed %s command: %r", self._name(client), command, error)
+            return True
+        self.deliver(client, body, message)
+        return True
 
     def _read_frame(self, client: socket.socket, addr) -> bytes | None:
         """The next message body; None when the peer closed or sent a broken header."""
@@ -112,13 +165,18 @@ class SwarmServer(Server):
                         got, length)
         return body
 
-    def _decode(self, body: bytes, client: socket.socket, addr) -> dict | None:
+    def _decode(self, body: bytes, client: socket.socket, addr) -> tuple[bytes, dict] | None:
+        """The body (without a TOKEN) and its message, or None for one that is skipped."""
         try:
             message = json.loads(body)
         except (UnicodeDecodeError, ValueError, RecursionError) as error:
             log.warning("%s (%s:%s): skipped a body that is not JSON (%s): %.80r", self._name(client), *addr,
                         error, body)
             return None
+        if isinstance(message, dict) and TOKEN in message:
+            # A client's secret is for the server alone, whether or not this server has one.
+            del message[TOKEN]
+            body = json.dumps(message).encode(FORMAT)
         if not isinstance(message, dict) or not isinstance(message.get("TYPE"), str):
             log.warning("%s: skipped a message without a TYPE: %.200r", self._name(client), body)
             return None
@@ -126,7 +184,7 @@ class SwarmServer(Server):
             if key in message and not isinstance(message[key], str):
                 log.warning("%s: skipped a message whose %s is not a string: %.200r", self._name(client), key, body)
                 return None
-        return message
+        return body, message
 
     def deliver(self, sender: socket.socket, body: bytes, message: dict) -> None:
         """Pass the message on to the other members of its room and to its named recipient."""
@@ -183,6 +241,8 @@ def serve(settings: RuntimeSettings) -> None:
     """Listen on the settings' host and port until the process is stopped."""
     swergio.server.print = log_server_line  # route the module's print() calls into our log
     # Nobody in these tutorials reads swergio's `_logging` room, so the server does not feed it.
-    server = SwarmServer(settings.host, settings.port, FORMAT, HEADER_LENGTH, enable_logging=False)
-    log.info("swergio server on %s:%s", settings.host, settings.port)
+    server = SwarmServer(settings.host, settings.port, FORMAT, HEADER_LENGTH, enable_logging=False,
+                         token=settings.token)
+    log.info("swergio server on %s:%s%s", settings.host, settings.port,
+             "; every connection must present SWARM_TOKEN" if settings.token else "")
     server.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import math
 import os
 import sys
@@ -37,6 +38,7 @@ class Kind:
     parse: Callable[[str], Any]
     allowed: str  # what a user may write, in words
     show: Callable[[Any], str] = str  # the value as an environment variable
+    secret: bool = False  # never shown: not in errors, not in repr()
 
 
 def whole(low: int, high: int | None = None) -> Kind:
@@ -97,6 +99,14 @@ def existing_file() -> Kind:
     return Kind(parse, "the path of an existing file")
 
 
+def secret_text(least: int = 8) -> Kind:
+    def parse(value: str) -> str:
+        if len(value) < least:
+            raise ValueError
+        return value
+    return Kind(parse, f"empty or a text of at least {least} characters", secret=True)
+
+
 def optional(kind: Kind) -> Kind:
     """Unset or empty means None."""
     return Kind(kind.parse, f"empty or {kind.allowed}", lambda value: "" if value is None else kind.show(value))
@@ -104,7 +114,17 @@ def optional(kind: Kind) -> Kind:
 
 def setting(env: str, default: Any, kind: Kind, meaning: str) -> Any:
     """A dataclass field bound to the environment variable `env`."""
-    return field(default=default, metadata={"env": env, "kind": kind, "meaning": meaning})
+    return field(default=default, repr=not kind.secret, metadata={"env": env, "kind": kind, "meaning": meaning})
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`; any other name may resolve to an address beyond this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 S = TypeVar("S", bound="RuntimeSettings")
@@ -120,7 +140,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 class RuntimeSettings:
     """What every swergio component of this project needs: where the server is, where logs go."""
 
-    host: str = setting("SWERGIO_HOST", "127.0.0.1", text(), "server address (keep it on loopback)")
+    host: str = setting("SWERGIO_HOST", "127.0.0.1", text(),
+                        "server address (beyond loopback only with SWARM_TOKEN: docs/hosts.md)")
     port: int = setting("SWERGIO_PORT", 8080, whole(1, 65535), "server port")
     log_dir: Path = setting("SWARM_LOG_DIR", Path("logs"), folder(),
                             "every component's log file, and the control's plot and results")
@@ -132,6 +153,8 @@ class RuntimeSettings:
                                    "seconds from launch until every component must answer")
     reply_timeout: float = setting("SWARM_REPLY_TIMEOUT", 120.0, number(0, above=True),
                                    "longest silence, in seconds, while the control waits for a reply")
+    token: str = setting("SWARM_TOKEN", "", secret_text(),
+                         "a shared secret every client presents to the server (empty: none; needed beyond loopback)")
 
     @classmethod
     def fields(cls) -> list[dataclasses.Field]:
@@ -150,7 +173,8 @@ class RuntimeSettings:
             try:
                 values[f.name] = kind.parse(raw.strip())
             except ValueError:
-                problems.append(f"{env}={raw!r} is not allowed: {kind.allowed}")
+                shown = "(not shown)" if kind.secret else repr(raw)
+                problems.append(f"{env}={shown} is not allowed: {kind.allowed}")
         if problems:
             raise SettingsError(problems)
         return cls(**values)
@@ -160,13 +184,19 @@ class RuntimeSettings:
         """Defaults that differ from the fields' own, before the variables that are set."""
         return {}
 
-    def to_env(self) -> dict[str, str]:
-        """The environment variables that reproduce these settings in a child process."""
-        return {f.metadata["env"]: f.metadata["kind"].show(getattr(self, f.name)) for f in self.fields()}
+    def to_env(self, secrets: bool = True) -> dict[str, str]:
+        """The environment variables that reproduce these settings in a child process; without
+        `secrets` (SWARM_TOKEN), what may be kept in a file."""
+        return {f.metadata["env"]: f.metadata["kind"].show(getattr(self, f.name)) for f in self.fields()
+                if secrets or not f.metadata["kind"].secret}
 
     def problems(self) -> list[str]:
-        """What the values allow but cannot work together (none, for what every component needs)."""
-        return []
+        """What the values allow but cannot work together: a server beyond loopback (or clients of
+        one) without the secret that keeps strangers out."""
+        if self.token or is_loopback(self.host):
+            return []
+        return [f"SWERGIO_HOST={self.host!r} is not allowed without SWARM_TOKEN: beyond loopback (127.0.0.0/8, ::1) "
+                "the server admits only clients that present a shared secret (docs/hosts.md)"]
 
     def replace(self: S, **changes: Any) -> S:
         return dataclasses.replace(self, **changes)
@@ -200,6 +230,9 @@ class SwarmSettings(RuntimeSettings):
     preset: str = setting("SWARM_PRESET", "swarm", choice(*PRESETS),
                           "the defaults of the settings below: this project's measured best, or the tutorial's")
     models: int = setting("SWARM_MODELS", 20, whole(1), "model processes; the aggregation and evolution wait for this many")
+    launch: bool = setting("SWARM_LAUNCH", True, switch(),
+                           "the control starts the server, the components and the models (off: it joins a swarm "
+                           "started by hand, e.g. across hosts)")
     rounds: int = setting("SWARM_ROUNDS", 0, whole(0), "most rounds of the control loop (0: until solved or out of budget)")
     episodes: int = setting("SWARM_EPISODES", 10, whole(1), "training episodes per round")
     envs: int = setting("SWARM_ENVS", 10, whole(1), "CartPole copies stepped together")
@@ -216,6 +249,9 @@ class SwarmSettings(RuntimeSettings):
     operators: str = setting("SWARM_OPERATORS", "pbt", choice("pbt", "genetic"),
                              "the evolution: the worst quarter copy the best quarter and perturb its learning rate "
                              "(population-based training), or the tutorial's genetic algorithm")
+    vote: str = setting("SWARM_VOTE", "probabilities", choice("probabilities", "majority", "log-probabilities"),
+                        "how the members' deterministic action is chosen: summed probabilities (the tutorial's), "
+                        "a majority of their own choices, or summed log-probabilities")
     learning_rate: float = setting("SWARM_LEARNING_RATE", 0.002, number(0, above=True),
                                    "the models' Adam learning rate (with SWARM_OPERATORS=pbt: the middle of their range)")
     normalize_advantage: bool = setting("SWARM_NORMALIZE_ADVANTAGE", False, switch(),
@@ -231,11 +267,12 @@ class SwarmSettings(RuntimeSettings):
         return dict(PRESETS.get(environ.get("SWARM_PRESET", "").strip(), {}))
 
     def problems(self) -> list[str]:
-        """What the values allow but the swarm cannot do: an environment it cannot play."""
+        """What the values allow but the swarm cannot do: the runtime's problems, and an environment
+        it cannot play."""
         from swarm.environments import environment_problem  # gymnasium: only when a swarm is set up
 
         problem = environment_problem(self.env_id)
-        return [] if problem is None else [f"SWARM_ENV_ID={self.env_id!r} is not allowed: {problem}"]
+        return super().problems() + ([] if problem is None else [f"SWARM_ENV_ID={self.env_id!r} is not allowed: {problem}"])
 
 
 def option_name(field: dataclasses.Field) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 FORMAT = "utf-8"  # message encoding
 HEADER_LENGTH = 10  # bytes of the length header in front of every message
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a longer announced body is a broken header, not a message
+TOKEN = "TOKEN"  # in a connection's first message: SWARM_TOKEN, for a server that has one
 
 
 def frame(body: bytes) -> bytes:

@@ -89,6 +89,8 @@ def test_in_a_notebook_a_bad_setting_raises_one_exception_with_the_same_lines(mo
 def bad_values(field) -> list[str]:
     """A value of the wrong type and one out of range, for the setting's kind."""
     allowed = field.metadata["kind"].allowed
+    if field.metadata["kind"].secret:
+        return ["   ", "seven77"]
     if "whole number" in allowed:
         return ["many", "2.5", "-1"] + (["65536"] if "65535" in allowed else [])
     if "a number >" in allowed:
@@ -112,18 +114,20 @@ def test_every_setting_rejects_a_wrong_type_and_an_out_of_range_value(field):
     env = field.metadata["env"]
     values = bad_values(field)
     assert values or env == "SWARM_LOG_DIR", f"no bad values known for {env}"  # the folder is checked on load
+    shown = "(not shown)" if field.metadata["kind"].secret else None  # a secret is never echoed
     for value in values:
         with pytest.raises(SettingsError) as raised:
             SwarmSettings.from_env({env: value})
-        assert raised.value.problems == [f"{env}={value!r} is not allowed: {field.metadata['kind'].allowed}"]
+        assert raised.value.problems == [f"{env}={shown or repr(value)} is not allowed: {field.metadata['kind'].allowed}"]
 
 
 @pytest.mark.parametrize("field", FIELDS, ids=[f.metadata["env"] for f in FIELDS])
 def test_to_env_reproduces_every_setting_in_a_child(field):
     changed = {"host": "localhost", "port": 9001, "log_dir": Path("elsewhere"), "log_level": "DEBUG", "seed": 7,
-               "start_timeout": 1.5, "reply_timeout": 2.5, "models": 3, "rounds": 4, "episodes": 5, "envs": 6,
+               "start_timeout": 1.5, "reply_timeout": 2.5, "token": "a-shared-secret", "models": 3, "launch": False,
+               "rounds": 4, "episodes": 5, "envs": 6,
                "eval_episodes": 7, "max_steps": 8, "max_seconds": 9.5, "evolution": False, "fitness": "return",
-               "preset": "tutorial", "operators": "genetic",
+               "preset": "tutorial", "operators": "genetic", "vote": "majority",
                "learning_rate": 0.002, "normalize_advantage": True, "model_timeout": 0.5, "resume": Path(__file__),
                "env_id": "Acrobot-v1"}
     assert set(changed) == {f.name for f in FIELDS}
@@ -150,7 +154,7 @@ def test_on_off_settings_read_the_usual_words():
 def test_the_runtime_settings_know_nothing_of_the_rl_swarm():
     names = {f.metadata["env"] for f in RuntimeSettings.fields()}
     assert names == {"SWERGIO_HOST", "SWERGIO_PORT", "SWARM_LOG_DIR", "SWARM_LOG_LEVEL", "SWARM_SEED",
-                     "SWARM_START_TIMEOUT", "SWARM_REPLY_TIMEOUT"}
+                     "SWARM_START_TIMEOUT", "SWARM_REPLY_TIMEOUT", "SWARM_TOKEN"}
 
 
 def test_the_readme_table_is_the_generated_one():
