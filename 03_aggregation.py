@@ -57,17 +57,40 @@ def sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum((cumulative < draws).sum(axis=-1), probs.shape[-1] - 1)
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def decide(all_logits: np.ndarray, vote: str = "probabilities") -> np.ndarray:
+    """The swarm's deterministic action for each environment from every model's logits,
+    (models, envs, actions), by SWARM_VOTE:
+    - `probabilities`: the argmax of the summed probabilities (the tutorial's);
+    - `majority`: the action most models would choose alone (a tie goes to the summed probabilities);
+    - `log-probabilities`: the argmax of the summed log-probabilities (a product of experts).
+    A few confident models can outweigh many that agree in a sum of probabilities; a majority
+    follows the many (docs/learning.md measures the three)."""
+    if vote == "log-probabilities":
+        return log_softmax(all_logits).sum(axis=0).argmax(axis=-1)
+    summed = softmax(all_logits).sum(axis=0)  # (envs, actions)
+    if vote == "majority":
+        votes = np.eye(all_logits.shape[-1])[all_logits.argmax(axis=-1)].sum(axis=0)
+        return (votes + summed / (len(all_logits) + 1)).argmax(axis=-1)  # the sum only breaks ties
+    return summed.argmax(axis=-1)
+
+
 def get_action(logits_by_model: dict[str, np.ndarray], rng: np.random.Generator,
-               deterministic: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """One action per environment from the summed probabilities, and each model's share of each
-    chosen action: (models, envs), the shares of one environment sum to 1.
+               deterministic: bool = False, vote: str = "probabilities") -> tuple[np.ndarray, np.ndarray]:
+    """One action per environment, and each model's share of each chosen action: (models, envs),
+    the shares of one environment sum to 1. Sampled from the summed probabilities, or (deterministic)
+    chosen by `vote` (see `decide`).
 
     `logits_by_model` maps a model to its logits, one row per environment: (envs, actions).
     """
     all_probs = softmax(np.stack(list(logits_by_model.values())))  # (models, envs, actions)
     summed = all_probs.sum(axis=0)  # (envs, actions)
     if deterministic:
-        actions = summed.argmax(axis=-1)
+        actions = decide(np.stack(list(logits_by_model.values())), vote)
     else:
         actions = sample(summed / summed.sum(axis=-1, keepdims=True), rng)
     rows = np.arange(len(summed))
@@ -75,7 +98,8 @@ def get_action(logits_by_model: dict[str, np.ndarray], rng: np.random.Generator,
 
 
 @handlers.on(ROOM_LOGITS, reply_to=ROOM_ACTION)
-def aggregate(msg, memory, contribution_memory, models, envs, rng, return_credit=None, lead_credit=None):
+def aggregate(msg, memory, contribution_memory, models, envs, rng, return_credit=None, lead_credit=None,
+              vote="probabilities"):
     """Collect one LOGITS per model; when all have answered, send the ACTION (one per environment).
 
     The fitness: each model's contribution (the tutorial's); with `lead_credit` (SWARM_FITNESS=lead)
@@ -111,7 +135,7 @@ def aggregate(msg, memory, contribution_memory, models, envs, rng, return_credit
         if outcome is not None:
             lead_credit.add_outcome(*outcome, list(by_model))
         return {ACTION: sample(lead_credit.leading(softmax(np.stack(list(by_model.values())))), rng).tolist()}
-    actions, shares = get_action(by_model, rng, deterministic)
+    actions, shares = get_action(by_model, rng, deterministic, vote)
     if not deterministic:  # an evaluation shows what the swarm can do; it earns no one fitness
         if return_credit is None:
             for model_id, share in zip(by_model, shares.sum(axis=-1)):
@@ -170,7 +194,7 @@ def arguments(settings: SwarmSettings, name: str = COMPONENT_NAME) -> dict:
                 envs=settings.envs, rng=np.random.default_rng(settings.component_seed(name)),  # the sampled actions
                 model_timeout=settings.model_timeout,
                 return_credit=ReturnCredit() if settings.fitness == "return" else None,
-                lead_credit=LeadCredit() if settings.fitness == "lead" else None)
+                lead_credit=LeadCredit() if settings.fitness == "lead" else None, vote=settings.vote)
 
 
 def main() -> None:

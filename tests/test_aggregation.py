@@ -51,6 +51,29 @@ def test_deterministic_action_is_the_argmax_of_summed_probabilities():
     assert contribution == {}, "an evaluation step earns no one fitness"
 
 
+def test_a_majority_follows_the_many_and_log_probabilities_the_product():
+    # one model sure of action 0, two lukewarm for action 1: (models, envs, actions)
+    logits = np.array([[logits_for(0.99)], [logits_for(0.4)], [logits_for(0.4)]])
+    assert aggregation.decide(logits, "probabilities").tolist() == [0]  # 0.99 + 0.4 + 0.4 against 1.2
+    assert aggregation.decide(logits, "majority").tolist() == [1]
+    assert aggregation.decide(logits, "log-probabilities").tolist() == [0]  # 0.99 * 0.16 against 0.01 * 0.36
+    veto = np.array([[logits_for(0.001)], [logits_for(0.9)], [logits_for(0.9)]])  # one model all but rules out 0
+    assert aggregation.decide(veto, "probabilities").tolist() == aggregation.decide(veto, "majority").tolist() == [0]
+    assert aggregation.decide(veto, "log-probabilities").tolist() == [1]  # 0.001 * 0.81 against 0.999 * 0.01
+
+
+def test_a_tied_majority_goes_to_the_summed_probabilities():
+    logits = np.array([[logits_for(0.9), logits_for(0.6)], [logits_for(0.4), logits_for(0.1)]])
+    assert aggregation.decide(logits, "majority").tolist() == [0, 1]
+
+
+def test_the_vote_setting_reaches_the_evaluation_steps():
+    memory, models = aggregation.StepLogits(), ModelRegistry(3)
+    messages = [logits_message("a", 0.99), logits_message("b", 0.4), logits_message("c", 0.4)]
+    replies = [aggregation.aggregate(m, memory, {}, models, 1, Draws.rng, vote="majority") for m in messages]
+    assert replies[-1] == {ACTION: [1]}
+
+
 class FixedDraws:
     """Stands in for the aggregation's random generator: the inverse-CDF draws we choose."""
     def __init__(self, *draws):

@@ -70,3 +70,23 @@ def test_a_stopped_study_leaves_no_worker_behind(tmp_path, how):
         assert_all_gone([p.pid for p in workers], within=15)
     finally:
         kill_all([study_process, *workers])
+
+
+def test_the_members_diagnostic_measures_every_member_and_vote_and_changes_nothing(tmp_path):
+    from swarm.local import LocalSwarm
+    from swarm.settings import SwarmSettings
+
+    tiny = {"SWARM_MODELS": "3", "SWARM_ROUNDS": "3", "SWARM_ENVS": "2", "SWARM_EPISODES": "2"}
+    result = subprocess.run([sys.executable, "bench/members.py", "--seed", "4", "--episodes", "1", "--rule-episodes", "2",
+                             *[f"--set={name}={value}" for name, value in tiny.items()], "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads((tmp_path / "members.json").read_text())["rows"]
+    assert [row["round"] for row in rows] == [1, 2, 3] and (tmp_path / "members.png").stat().st_size > 0
+    for row in rows:
+        assert len(row["own"]) == 3 and all(1 <= value <= 500 for value in row["own"].values())
+        assert set(row["rules"]) == {"probabilities", "majority", "log-probabilities"}
+    # The same seed without the measurement plays the same rounds.
+    settings = SwarmSettings.from_env({**tiny, "SWARM_SEED": "4", "SWARM_LOG_DIR": str(tmp_path / "plain")})
+    plain = LocalSwarm(settings).train_until_solved(report=lambda line: None)["history"]
+    assert [(row["steps"], row["eval_mean"]) for row in plain] == [(row["steps"], row["swarm"]) for row in rows]

@@ -1,0 +1,145 @@
+"""bench/members.py: what is there to select? Each member's own deterministic return, round by
+round, beside the swarm's evaluation and the fitness the evolution ranks on.
+
+One seeded swarm runs in process as the study runs it. After every round each member plays
+`--episodes` deterministic episodes alone, in environments of this script's own (seeded apart
+from the swarm's), so the measurement changes nothing the swarm does: the run's rounds are the
+study's (up to the last bits that NumPy's unseeded shuffle of each A2C batch leaves, which can
+part two runs after some twenty rounds; docs/learning.md, "Reproducibility"). Per round it prints
+the swarm's evaluation; the members' own returns (worst, median, best) and how many reach the
+threshold alone; the Spearman rank correlation between the fitness (SWARM_FITNESS=lead: the
+return of the last training episode a member led) and the members' own returns (near 0,
+selection on that fitness is a lottery); and the swarm's return on episodes of this script's own
+with each SWARM_VOTE.
+
+    python bench/members.py --seed 9 --out docs/study/members
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from swarm import rounds
+from swarm.environments import solved_at
+from swarm.local import LocalSwarm
+from swarm.scripts import load_script
+from swarm.settings import SwarmSettings
+
+
+def play(choose: Callable[[torch.Tensor], np.ndarray], env_id: str, episodes: int, seed: int) -> float:
+    """Mean return of `episodes` deterministic episodes (starting states from `seed`), the actions
+    chosen by `choose` for a batch of observations."""
+    envs = [gymnasium.make(env_id) for _ in range(episodes)]
+    observations = np.stack([env.reset(seed=seed + index)[0] for index, env in enumerate(envs)])
+    totals, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
+    while running.any():
+        actions = choose(torch.as_tensor(observations, dtype=torch.float32))
+        for index in np.flatnonzero(running):
+            observation, reward, terminated, truncated, _ = envs[index].step(int(actions[index]))
+            observations[index], totals[index] = observation, totals[index] + reward
+            running[index] = not (terminated or truncated)
+    return float(totals.mean())
+
+
+def all_logits(swarm: LocalSwarm, rows: torch.Tensor) -> np.ndarray:
+    """(models, rows, actions), in the order of the model ids."""
+    model = load_script("02_model.py")
+    return np.stack([model.action_logits(state["policy"], rows).numpy() for _, state in swarm.members()])
+
+
+VOTES = ("probabilities", "majority", "log-probabilities")  # SWARM_VOTE's choices (03_aggregation.decide)
+
+
+def own_returns(swarm: LocalSwarm, env_id: str, episodes: int, seed: int) -> dict[str, float]:
+    """Each member's mean return over `episodes` deterministic episodes of its own (the same
+    starting states for every member)."""
+    model = load_script("02_model.py")
+    return {model_id: play(lambda rows, policy=state["policy"]: model.action_logits(policy, rows).argmax(-1).numpy(),
+                           env_id, episodes, seed)
+            for model_id, state in swarm.members()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument("--episodes", type=int, default=5, help="deterministic episodes per member per round")
+    parser.add_argument("--rule-episodes", type=int, default=10, help="deterministic episodes per rule per round")
+    parser.add_argument("--set", action="append", default=[], metavar="SWARM_NAME=VALUE", help="a setting for the swarm")
+    parser.add_argument("--out", type=Path, help="where members.json and members.png go")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="members-") as log_dir:
+        # No wall-clock budget: the measurement's own time would end the run early.
+        settings = SwarmSettings.from_env({"SWARM_MAX_SECONDS": "0", **dict(item.split("=", 1) for item in args.set),
+                                           "SWARM_SEED": str(args.seed), "SWARM_LOG_DIR": log_dir})
+        swarm = LocalSwarm(settings)
+        lead_credit = swarm.components["03_aggregation.py"].kwargs.get("lead_credit")
+        threshold = solved_at(settings.env_id) or float("inf")
+        rows: list[dict[str, Any]] = []
+
+        def measure(history: list[dict[str, Any]]) -> None:
+            own = own_returns(swarm, settings.env_id, args.episodes, 1_000_000 + 1_000 * len(history))
+            fitness = lead_credit.fitness() if lead_credit is not None else {}
+            ranked = [m for m in own if m in fitness]
+            rho = (float(spearmanr([fitness[m] for m in ranked], [own[m] for m in ranked]).statistic)
+                   if len(ranked) > 2 and len({fitness[m] for m in ranked}) > 1 and len({own[m] for m in ranked}) > 1
+                   else None)
+            values = np.array(list(own.values()))
+            seed = 2_000_000 + 1_000 * len(history)
+            aggregation = load_script("03_aggregation.py")
+            rules = {vote: play(lambda rows, vote=vote: aggregation.decide(all_logits(swarm, rows), vote),
+                                settings.env_id, args.rule_episodes, seed) for vote in VOTES}
+            row = dict(round=history[-1]["round"], steps=history[-1]["steps"], swarm=history[-1]["eval_mean"],
+                       after=history[-1]["after_mean"], own=own, fitness=fitness, rho=rho, rules=rules)
+            rows.append(row)
+            print(f"round {row['round']:>3}  steps {row['steps']:>7,}  swarm {row['swarm']:6.1f}  "
+                  f"members alone: worst {values.min():6.1f} median {np.median(values):6.1f} best {values.max():6.1f}, "
+                  f"{int((values >= threshold).sum()):>2} reach {threshold:g}  "
+                  f"fitness~own rho {'-' if rho is None else f'{rho:+.2f}'}  "
+                  + "  ".join(f"{vote} {value:5.1f}" for vote, value in rules.items()), flush=True)
+
+        result = rounds.train_until_solved(swarm.start, swarm.start_evo, settings, report=lambda line: None,
+                                           after_round=measure)
+    rhos = [row["rho"] for row in rows if row["rho"] is not None]
+    print(f"{'solved' if result['solved'] else 'NOT solved'} at {result['steps']:,} steps; "
+          f"median rho {np.median(rhos):+.2f} over {len(rhos)} rounds" if rhos else "no ranked rounds")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "members.json").write_text(json.dumps(dict(seed=args.seed, settings=args.set, rows=rows), indent=1))
+        plot(rows, threshold, args.out / "members.png", args.seed)
+
+
+def plot(rows: list[dict[str, Any]], threshold: float, path: Path, seed: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    for row in rows:
+        own = list(row["own"].values())
+        axis.scatter([row["steps"]] * len(own), own, s=8, color="tab:gray", alpha=0.5)
+    steps = [row["steps"] for row in rows]
+    axis.plot(steps, [row["swarm"] for row in rows], "o-", color="tab:blue", label="swarm (evaluation)")
+    axis.plot(steps, [max(row["own"].values()) for row in rows], "-", color="tab:green", label="best member alone")
+    for vote, color in zip(VOTES, ("tab:cyan", "tab:purple", "tab:orange")):
+        axis.plot(steps, [row["rules"][vote] for row in rows], "--", color=color, label=f"vote by {vote}")
+    axis.axhline(threshold, color="tab:red", linestyle=":", label="threshold")
+    axis.set_xlabel("training steps")
+    axis.set_ylabel("mean return")
+    axis.set_title(f"Seed {seed}: each member alone (gray) against the swarm")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
