@@ -108,7 +108,10 @@ class SwarmClient(Client):
             message = {**message, TOKEN: self.settings.token}
         data = frame(json.dumps(message).encode(FORMAT))
         with self._send_lock:
-            self.client.sendall(data)
+            try:
+                self.client.sendall(data)
+            except OSError as error:  # e.g. a server with a secret we lack has closed the connection
+                raise ConnectionClosed(f"{self.name}: sending to the server failed: {error}{self._hint()}") from None
 
     def receive(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next message, or None when `timeout` seconds pass first."""

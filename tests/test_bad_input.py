@@ -1,6 +1,7 @@
 """Bad input sent into every room of a live swarm: each message is logged with its reason and
 skipped, the components keep serving, and their state is unchanged."""
 import math
+import time
 
 import numpy as np
 
@@ -39,6 +40,16 @@ BAD_MESSAGES = {
 }
 
 
+def started(watcher, root_id, timeout=30.0):
+    """Wait until the environment has sent the first observation of run `root_id`."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        message = watcher.receive(timeout=left)
+        if message is not None and message.get(ROOT_ID) == root_id and OBSERVATION in message:
+            return
+    raise AssertionError(f"the environment sent no observation of run {root_id} within {timeout:g} s")
+
+
 def test_every_component_skips_bad_input_and_keeps_serving(swarm_env):
     with ready_swarm(swarm_env, 2) as (_swarm, control, _pids):
         probe = SwarmClient("probe", swarm_env)
@@ -48,7 +59,11 @@ def test_every_component_skips_bad_input_and_keeps_serving(swarm_env):
 
         # In the middle of a run: the environment waits for the aggregation's action.
         run = custom_message(ROOM_CONTROL, {NR_OF_EPISODE: 1000, DETERMINISTIC: True})
+        watcher = SwarmClient("watcher", swarm_env)
+        watcher.join_room(ROOM_OBSERVATION)
         control.send(run)
+        started(watcher, run[ROOT_ID])  # bad messages that came before the run would be for no run
+        watcher.close()
         for room, messages in BAD_MESSAGES.items():
             for payload in messages:  # as part of the run in progress, so no check is skipped
                 probe.send(custom_message(room, payload, root_id=run[ROOT_ID]))

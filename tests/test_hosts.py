@@ -54,7 +54,8 @@ ROOM = "room"
 
 # --------------------------------------------------------------------------- settings
 @pytest.mark.parametrize("host", ["10.213.0.1", "0.0.0.0", "192.0.2.7", "swarm.example"])
-def test_beyond_loopback_the_settings_refuse_a_server_without_a_token(tmp_path, capsys, host):
+def test_beyond_loopback_the_settings_refuse_a_server_without_a_token(tmp_path, capsys, monkeypatch, host):
+    monkeypatch.setattr("swarm.settings.in_notebook", lambda: False)  # as in a shell, whatever ran in this process
     environ = {"SWERGIO_HOST": host, "SWARM_LOG_DIR": str(tmp_path)}
     with pytest.raises(SystemExit) as refused:
         load_settings(RuntimeSettings, environ)
@@ -178,13 +179,32 @@ def test_clients_with_the_secret_talk_and_no_server_passes_it_on_or_logs_it(eith
     sender.close(), listener.close()
 
 
+class Stranger(Client):
+    """A plain swergio client that registers when the test says so, not while it is constructed."""
+    def register(self) -> None:
+        return None
+
+
+class LateSocket(SwarmClient):
+    """Our client, which hands its socket to the test as soon as it is connected."""
+    def __init__(self, name, settings, sockets: list) -> None:
+        self.sockets = sockets
+        super().__init__(name, settings)
+
+    def connect(self, server, port):
+        sock = super().connect(server, port)
+        self.sockets.append(sock)
+        return sock
+
+
 def test_a_plain_swergio_client_is_dropped_and_nothing_reaches_it_or_comes_from_it(guarded_hub):
     listener = SwarmClient("listener", guarded_hub.settings)
     listener.join_room(ROOM)
     joined(guarded_hub, "listener", ROOM)
-    stranger = Client("stranger", "127.0.0.1", guarded_hub.settings.port)  # REGISTER without a secret
+    stranger = Stranger("stranger", "127.0.0.1", guarded_hub.settings.port)
     port = stranger.client.getsockname()[1]
     try:
+        Client.register(stranger)  # REGISTER without a secret: the server may drop us before the JOINROOM that follows
         stranger.join_room(ROOM)
         stranger.send(custom_message(ROOM, {"MARK": "from the stranger"}))
     except OSError:
@@ -200,12 +220,14 @@ def test_a_wrong_secret_is_dropped_and_the_client_says_why(guarded_hub):
     listener = SwarmClient("listener", guarded_hub.settings)
     listener.join_room(ROOM)
     joined(guarded_hub, "listener", ROOM)
-    wrong = SwarmClient("wrong", guarded_hub.settings.replace(token="not-the-" + SECRET))
-    port = wrong.client.getsockname()[1]
-    with contextlib.suppress(OSError):  # already dropped
-        wrong.send(custom_message(ROOM, {"MARK": "from the wrong one"}))
+    # Whichever comes first, a send to the closed connection (its registration included) or the
+    # wait for an answer, says why.
+    sockets = []
     with pytest.raises(ConnectionClosed, match=r"before sending anything \(a server with SWARM_TOKEN"):
+        wrong = LateSocket("wrong", guarded_hub.settings.replace(token="not-the-" + SECRET), sockets)
+        wrong.send(custom_message(ROOM, {"MARK": "from the wrong one"}))
         received(wrong, 3.0)
+    port = sockets[0].getsockname()[1]
     assert "a wrong TOKEN" in wait_for_refusal(guarded_hub, port)
     assert not [m for m in received(listener, 1.0) if m.get("TO_ROOM") == ROOM]
     listener.close()
