@@ -62,17 +62,19 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def decide(all_logits: np.ndarray, vote: str = "probabilities") -> np.ndarray:
+def decide(all_logits: np.ndarray, vote: str = "probabilities", summed: np.ndarray | None = None) -> np.ndarray:
     """The swarm's deterministic action for each environment from every model's logits,
     (models, envs, actions), by SWARM_VOTE:
     - `probabilities`: the argmax of the summed probabilities (the tutorial's);
     - `majority`: the action most models would choose alone (a tie goes to the summed probabilities);
     - `log-probabilities`: the argmax of the summed log-probabilities (a product of experts).
     A few confident models can outweigh many that agree in a sum of probabilities; a majority
-    follows the many (docs/learning.md measures the three)."""
+    follows the many (docs/learning.md measures the three). `summed`: the summed probabilities,
+    if the caller has them already."""
     if vote == "log-probabilities":
         return log_softmax(all_logits).sum(axis=0).argmax(axis=-1)
-    summed = softmax(all_logits).sum(axis=0)  # (envs, actions)
+    if summed is None:
+        summed = softmax(all_logits).sum(axis=0)  # (envs, actions)
     if vote == "majority":
         votes = np.eye(all_logits.shape[-1])[all_logits.argmax(axis=-1)].sum(axis=0)
         return (votes + summed / (len(all_logits) + 1)).argmax(axis=-1)  # the sum only breaks ties
@@ -87,10 +89,11 @@ def get_action(logits_by_model: dict[str, np.ndarray], rng: np.random.Generator,
 
     `logits_by_model` maps a model to its logits, one row per environment: (envs, actions).
     """
-    all_probs = softmax(np.stack(list(logits_by_model.values())))  # (models, envs, actions)
+    all_logits = np.stack(list(logits_by_model.values()))  # (models, envs, actions)
+    all_probs = softmax(all_logits)
     summed = all_probs.sum(axis=0)  # (envs, actions)
     if deterministic:
-        actions = decide(np.stack(list(logits_by_model.values())), vote)
+        actions = decide(all_logits, vote, summed)
     else:
         actions = sample(summed / summed.sum(axis=-1, keepdims=True), rng)
     rows = np.arange(len(summed))

@@ -32,17 +32,17 @@ from swarm import rounds
 from swarm.environments import solved_at
 from swarm.local import LocalSwarm
 from swarm.scripts import load_script
-from swarm.settings import SwarmSettings
+from swarm.settings import VOTES, SwarmSettings
 
 
-def play(choose: Callable[[torch.Tensor], np.ndarray], env_id: str, episodes: int, seed: int) -> float:
+def play(choose: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int) -> float:
     """Mean return of `episodes` deterministic episodes (starting states from `seed`), the actions
     chosen by `choose` for a batch of observations."""
     envs = [gymnasium.make(env_id) for _ in range(episodes)]
     observations = np.stack([env.reset(seed=seed + index)[0] for index, env in enumerate(envs)])
     totals, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
     while running.any():
-        actions = choose(torch.as_tensor(observations, dtype=torch.float32))
+        actions = choose(observations)
         for index in np.flatnonzero(running):
             observation, reward, terminated, truncated, _ = envs[index].step(int(actions[index]))
             observations[index], totals[index] = observation, totals[index] + reward
@@ -50,21 +50,13 @@ def play(choose: Callable[[torch.Tensor], np.ndarray], env_id: str, episodes: in
     return float(totals.mean())
 
 
-def all_logits(swarm: LocalSwarm, rows: torch.Tensor) -> np.ndarray:
-    """(models, rows, actions), in the order of the model ids."""
-    model = load_script("02_model.py")
-    return np.stack([model.action_logits(state["policy"], rows).numpy() for _, state in swarm.members()])
-
-
-VOTES = ("probabilities", "majority", "log-probabilities")  # SWARM_VOTE's choices (03_aggregation.decide)
-
-
 def own_returns(swarm: LocalSwarm, env_id: str, episodes: int, seed: int) -> dict[str, float]:
     """Each member's mean return over `episodes` deterministic episodes of its own (the same
     starting states for every member)."""
     model = load_script("02_model.py")
-    return {model_id: play(lambda rows, policy=state["policy"]: model.action_logits(policy, rows).argmax(-1).numpy(),
-                           env_id, episodes, seed)
+    def alone(policy):
+        return lambda rows: model.action_logits(policy, torch.as_tensor(rows, dtype=torch.float32)).argmax(-1).numpy()
+    return {model_id: play(alone(state["policy"]), env_id, episodes, seed)
             for model_id, state in swarm.members()}
 
 
@@ -95,9 +87,8 @@ def main() -> None:
                    else None)
             values = np.array(list(own.values()))
             seed = 2_000_000 + 1_000 * len(history)
-            aggregation = load_script("03_aggregation.py")
-            rules = {vote: play(lambda rows, vote=vote: aggregation.decide(all_logits(swarm, rows), vote),
-                                settings.env_id, args.rule_episodes, seed) for vote in VOTES}
+            rules = {vote: play(lambda rows, vote=vote: swarm.actions(rows, vote), settings.env_id,
+                                args.rule_episodes, seed) for vote in VOTES}
             row = dict(round=history[-1]["round"], steps=history[-1]["steps"], swarm=history[-1]["eval_mean"],
                        after=history[-1]["after_mean"], own=own, fitness=fitness, rho=rho, rules=rules)
             rows.append(row)

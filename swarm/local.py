@@ -147,16 +147,16 @@ class LocalSwarm:
     def start_evo(self) -> float:
         return self.request({EVOLUTION: True}, until=EVO_DONE)[FITNESS_SPREAD]
 
-    def actions(self, observations: list) -> np.ndarray:
+    def actions(self, observations: list, vote: str | None = None) -> np.ndarray:
         """The swarm's deterministic action for each row of `observations`, as the messages would
         choose it: every model's logits (as floats, as they arrive from JSON), combined by
-        the aggregation's SWARM_VOTE in the order of the model ids."""
+        the aggregation's `vote` (default: SWARM_VOTE) in the order of the model ids."""
         model, aggregation = load_script("02_model.py"), load_script("03_aggregation.py")
         rows = torch.as_tensor(np.asarray(observations, dtype=np.float64).reshape(-1, self.observation_width),
                                dtype=torch.float32)
         logits = {model_id: model.action_logits(state["policy"], rows).numpy().astype(np.float64)
                   for model_id, state in self.members()}
-        return aggregation.get_action(logits, rng=None, deterministic=True, vote=self.settings.vote)[0]
+        return aggregation.get_action(logits, rng=None, deterministic=True, vote=vote or self.settings.vote)[0]
 
     def members(self) -> list[tuple[str, dict[str, Any]]]:
         """(model id, handler state) of every model, in the order of the ids."""

@@ -128,6 +128,7 @@ def is_loopback(host: str) -> bool:
 
 
 S = TypeVar("S", bound="RuntimeSettings")
+VOTES = ("probabilities", "majority", "log-probabilities")  # SWARM_VOTE: 03_aggregation.decide's rules
 
 # SWARM_PRESET: the defaults a preset gives; a variable that is set wins over its preset.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -249,7 +250,7 @@ class SwarmSettings(RuntimeSettings):
     operators: str = setting("SWARM_OPERATORS", "pbt", choice("pbt", "genetic"),
                              "the evolution: the worst quarter copy the best quarter and perturb its learning rate "
                              "(population-based training), or the tutorial's genetic algorithm")
-    vote: str = setting("SWARM_VOTE", "probabilities", choice("probabilities", "majority", "log-probabilities"),
+    vote: str = setting("SWARM_VOTE", "probabilities", choice(*VOTES),
                         "how the members' deterministic action is chosen: summed probabilities (the tutorial's), "
                         "a majority of their own choices, or summed log-probabilities")
     learning_rate: float = setting("SWARM_LEARNING_RATE", 0.002, number(0, above=True),
