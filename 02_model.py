@@ -15,12 +15,12 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from swergio_toolbox.objects import MutableBool
 
 from swarm.adam import Adam
-from swarm.checks import BadMessage, as_batch, as_vector, get_actions, get_bool, get_float, get_per_env, require, unbatch
+from swarm.checks import unbatch
 from swarm.client import Handlers, SwarmClient
 from swarm.component import component_name, new_component_id, setup_component, yield_to_the_critical_path
-from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, GET,
-                            HYPERPARAMETERS, LEARNING_RATE, LOGITS, OBSERVATION, OPTIMIZER, REWARD, ROOM_EVOLUTION,
-                            ROOM_LOGITS, ROOM_OBSERVATION, SET, STATE, STEP, TRUNCATED, WEIGHTS)
+from swarm.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, DONE, EXP_AVG, EXP_AVG_SQ, GET, HYPERPARAMETERS,
+                            LEARNING_RATE, LOGITS, OPTIMIZER, REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION, SET,
+                            STATE, STEP, WEIGHTS, read_observation, read_set)
 from swarm.environments import spaces
 from swarm.settings import SwarmSettings
 
@@ -76,46 +76,37 @@ def forward(msg, policy, rollout_buffer, memory, training_enabled, component_id,
     array has one row per copy, and they all go through the network in one pass. Deterministic
     (evaluation) steps are only answered: nothing is stored and nothing is learned from them.
     """
-    envs, width, n_actions = rollout_buffer.n_envs, policy.observation_space.shape[0], policy.action_space.n
-    observation = as_batch(require(msg, OBSERVATION), OBSERVATION, envs, width)
-    deterministic = get_bool(msg, DETERMINISTIC)
-    is_step = REWARD in msg  # a run's first observation comes without reward/action/done
-    if is_step:
-        reward = get_per_env(msg, REWARD, envs, float)
-        done = get_per_env(msg, DONE, envs, bool)
-        action = get_actions(msg, ACTION, envs, n_actions)
-        truncated = get_per_env(msg, TRUNCATED, envs, bool) if TRUNCATED in msg else None
-        final_observation = (as_batch(require(msg, FINAL_OBSERVATION), FINAL_OBSERVATION, envs,
-                                         width) if truncated is not None else None)
-    obs_tensor = torch.as_tensor(observation, dtype=torch.float32)
-    if deterministic:
+    seen = read_observation(msg, rollout_buffer.n_envs, policy.observation_space.shape[0], policy.action_space.n)
+    obs_tensor = torch.as_tensor(seen.observation, dtype=torch.float32)
+    if seen.deterministic:
         memory.clear()  # an evaluation step is no one's next step
-        return reply(action_logits(policy, obs_tensor), deterministic, component_id)
+        return reply(action_logits(policy, obs_tensor), True, component_id)
 
     logits, values = policy_heads(policy, obs_tensor)
-    if is_step and "obs" in memory:
-        if truncated is not None and truncated.any():
+    if seen.is_step and "obs" in memory:
+        reward = seen.reward
+        if seen.truncated is not None and seen.truncated.any():
             # The time limit ended the episode, not a failure: credit the value of where the
             # pole was (as stable-baselines3 does), instead of treating step 500 as a fall.
-            _, final_values = policy_heads(policy, torch.as_tensor(final_observation, dtype=torch.float32))
-            reward = reward + rollout_buffer.gamma * final_values.flatten().numpy() * truncated
-        log_prob = memory["log_probs"][np.arange(envs), action]
-        rollout_buffer.add(memory["obs"], action, reward, memory["episode_start"], memory["values"], log_prob)
+            _, final_values = policy_heads(policy, torch.as_tensor(seen.final_observation, dtype=torch.float32))
+            reward = reward + rollout_buffer.gamma * final_values.flatten().numpy() * seen.truncated
+        log_prob = memory["log_probs"][np.arange(rollout_buffer.n_envs), seen.action]
+        rollout_buffer.add(memory["obs"], seen.action, reward, memory["episode_start"], memory["values"], log_prob)
     if rollout_buffer.full:
         if training_enabled.value:
             # Bootstrap from this observation, the one that follows the buffer's last step, and
             # with this message's DONE, the one that belongs to that step.
-            rollout_buffer.compute_returns_and_advantage(last_values=values, dones=done)
+            rollout_buffer.compute_returns_and_advantage(last_values=values, dones=seen.done)
             train(policy, rollout_buffer, normalize_advantage)
             logits, values = policy_heads(policy, obs_tensor)  # act with the updated policy
         else:
             rollout_buffer.reset()
     # log-probabilities of both actions (what Categorical(logits).log_prob gives, without building
     # a distribution object per step)
-    memory.update(obs=observation, values=values, log_probs=torch.log_softmax(logits, dim=-1),
-                  episode_start=done if is_step else np.ones(envs))
-    answer = reply(logits, deterministic, component_id)
-    if is_step:  # what came of the swarm's last action, for a fitness that credits returns
+    memory.update(obs=seen.observation, values=values, log_probs=torch.log_softmax(logits, dim=-1),
+                  episode_start=seen.done if seen.is_step else np.ones(rollout_buffer.n_envs))
+    answer = reply(logits, False, component_id)
+    if seen.is_step:  # what came of the swarm's last action, for a fitness that credits returns
         answer.update({REWARD: msg[REWARD], DONE: msg[DONE]})
     return answer
 
@@ -166,33 +157,17 @@ def set_weights(msg, policy, rollout_buffer, memory, training_enabled, component
     """
     if msg.get(CMD) != SET:
         return None
-    all_weights, all_hyper, all_optimizers = require(msg, WEIGHTS), msg.get(HYPERPARAMETERS, {}), msg.get(OPTIMIZER, {})
-    if not all(isinstance(part, dict) for part in (all_weights, all_hyper, all_optimizers)):
-        raise BadMessage(f"{WEIGHTS}, {HYPERPARAMETERS} and {OPTIMIZER} must map model ids to values; weights unchanged")
-    vector = rate = adam = None
-    if component_id in all_weights:
-        size = sum(p.numel() for p in policy.parameters())
-        try:
-            vector = as_vector(all_weights[component_id], f"{WEIGHTS}[{component_id}]", size)
-        except BadMessage as error:
-            raise BadMessage(f"{error}; weights unchanged") from None
-    if component_id in all_hyper:
-        mine = all_hyper[component_id]
-        rate = get_float(mine, LEARNING_RATE) if isinstance(mine, dict) else None
-        if rate is None or rate <= 0:
-            raise BadMessage(f"{HYPERPARAMETERS}[{component_id}] needs a {LEARNING_RATE} > 0; weights unchanged")
-    if all_optimizers.get(component_id) is not None:
-        adam = checked_optimizer_state(all_optimizers[component_id], policy)
-    if vector is not None:
-        policy.load_from_vector(vector)
+    new = read_set(msg, component_id, sum(p.numel() for p in policy.parameters()))
+    if new.vector is not None:
+        policy.load_from_vector(new.vector)
         policy.optimizer.state.clear()  # Adam starts afresh (lazily, at the next step), unless:
-        if adam is not None:
-            load_optimizer_state(policy, *adam)
+        if new.adam is not None:
+            load_optimizer_state(policy, *new.adam)
         rollout_buffer.reset()
         memory.clear()
-    if rate is not None:
+    if new.learning_rate is not None:
         for group in policy.optimizer.param_groups:
-            group["lr"] = rate
+            group["lr"] = new.learning_rate
     training_enabled.set(True)
     return None
 
@@ -206,21 +181,6 @@ def optimizer_state(policy: ActorCriticPolicy) -> dict | None:
     return {STEP: float(state[parameters[0]]["step"]),
             EXP_AVG: torch.cat([state[p]["exp_avg"].flatten() for p in parameters]).tolist(),
             EXP_AVG_SQ: torch.cat([state[p]["exp_avg_sq"].flatten() for p in parameters]).tolist()}
-
-
-def checked_optimizer_state(saved, policy: ActorCriticPolicy) -> tuple[float, np.ndarray, np.ndarray]:
-    """An OPTIMIZER entry as (step, first moments, second moments); a BadMessage if it does not fit."""
-    if not isinstance(saved, dict):
-        raise BadMessage(f"{OPTIMIZER} must map {STEP}, {EXP_AVG} and {EXP_AVG_SQ}; weights unchanged")
-    size = sum(p.numel() for p in policy.parameters())
-    try:
-        step = get_float(saved, STEP)
-        exp_avg, exp_avg_sq = (as_vector(require(saved, key), f"{OPTIMIZER}[{key}]", size) for key in (EXP_AVG, EXP_AVG_SQ))
-    except BadMessage as error:
-        raise BadMessage(f"{error}; weights unchanged") from None
-    if step < 1 or (exp_avg_sq < 0).any():
-        raise BadMessage(f"{OPTIMIZER} needs {STEP} >= 1 and {EXP_AVG_SQ} >= 0; weights unchanged")
-    return step, exp_avg, exp_avg_sq
 
 
 def load_optimizer_state(policy: ActorCriticPolicy, step: float, exp_avg: np.ndarray, exp_avg_sq: np.ndarray) -> None:

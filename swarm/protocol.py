@@ -11,7 +11,9 @@ from typing import Any
 
 from swergio import MESSAGE_TYPE
 
-from swarm.checks import BadMessage
+import numpy as np
+
+from swarm.checks import BadMessage, as_batch, as_vector, get_actions, get_bool, get_float, get_per_env, require
 
 CUSTOM = MESSAGE_TYPE.DATA.CUSTOM
 
@@ -75,6 +77,82 @@ def custom_message(room: str, payload: dict[str, Any], root_id: str | None = Non
 def error_report(error: str, missing: list[str], root_id: str | None) -> dict[str, Any]:
     """STATUS ERROR for the control's request `root_id`: why it cannot go on, and who is missing."""
     return {STATUS: ERROR, ERROR: error, MISSING: missing, ROOT_ID: root_id}
+
+
+# --------------------------------------------------------------------------- what a model reads
+@dataclass
+class Observed:
+    """A message in `observation`, checked: one row per environment copy. A run's first
+    observation has no step (reward, done, action); TRUNCATED comes with FINAL_OBSERVATION."""
+    observation: np.ndarray
+    deterministic: bool
+    reward: np.ndarray | None = None
+    done: np.ndarray | None = None
+    action: np.ndarray | None = None
+    truncated: np.ndarray | None = None
+    final_observation: np.ndarray | None = None
+
+    @property
+    def is_step(self) -> bool:
+        return self.reward is not None
+
+
+def read_observation(msg: dict[str, Any], envs: int, width: int, n_actions: int) -> Observed:
+    """The observation room's message for a model of `envs` copies, or a BadMessage."""
+    seen = Observed(as_batch(require(msg, OBSERVATION), OBSERVATION, envs, width), get_bool(msg, DETERMINISTIC))
+    if REWARD in msg:
+        seen.reward = get_per_env(msg, REWARD, envs, float)
+        seen.done = get_per_env(msg, DONE, envs, bool)
+        seen.action = get_actions(msg, ACTION, envs, n_actions)
+        if TRUNCATED in msg:
+            seen.truncated = get_per_env(msg, TRUNCATED, envs, bool)
+            seen.final_observation = as_batch(require(msg, FINAL_OBSERVATION), FINAL_OBSERVATION, envs, width)
+    return seen
+
+
+@dataclass
+class NewState:
+    """What a SET gives one model: a weight vector, a learning rate, Adam's state (step, first and
+    second moments, flat as the weights); None where the SET leaves it as it is."""
+    vector: np.ndarray | None = None
+    learning_rate: float | None = None
+    adam: tuple[float, np.ndarray, np.ndarray] | None = None
+
+
+def read_set(msg: dict[str, Any], model_id: str, size: int) -> NewState:
+    """Model `model_id`'s part of a SET for weight vectors of `size`, or a BadMessage (the model
+    must then change nothing)."""
+    all_weights, all_hyper, all_optimizers = require(msg, WEIGHTS), msg.get(HYPERPARAMETERS, {}), msg.get(OPTIMIZER, {})
+    if not all(isinstance(part, dict) for part in (all_weights, all_hyper, all_optimizers)):
+        raise BadMessage(f"{WEIGHTS}, {HYPERPARAMETERS} and {OPTIMIZER} must map model ids to values; weights unchanged")
+    new = NewState()
+    if model_id in all_weights:
+        try:
+            new.vector = as_vector(all_weights[model_id], f"{WEIGHTS}[{model_id}]", size)
+        except BadMessage as error:
+            raise BadMessage(f"{error}; weights unchanged") from None
+    if model_id in all_hyper:
+        mine = all_hyper[model_id]
+        new.learning_rate = get_float(mine, LEARNING_RATE) if isinstance(mine, dict) else None
+        if new.learning_rate is None or new.learning_rate <= 0:
+            raise BadMessage(f"{HYPERPARAMETERS}[{model_id}] needs a {LEARNING_RATE} > 0; weights unchanged")
+    if all_optimizers.get(model_id) is not None:
+        new.adam = read_optimizer_state(all_optimizers[model_id], size)
+    return new
+
+
+def read_optimizer_state(saved: Any, size: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """An OPTIMIZER entry as (step, first moments, second moments); a BadMessage if it does not fit."""
+    if not isinstance(saved, dict):
+        raise BadMessage(f"{OPTIMIZER} must map {STEP}, {EXP_AVG} and {EXP_AVG_SQ}; weights unchanged")
+    try:
+        step = get_float(saved, STEP)
+        exp_avg, exp_avg_sq = (as_vector(require(saved, key), f"{OPTIMIZER}[{key}]", size) for key in (EXP_AVG, EXP_AVG_SQ))
+    except BadMessage as error:
+        raise BadMessage(f"{error}; weights unchanged") from None
+    if step < 1 or (exp_avg_sq < 0).any():
+        raise BadMessage(f"{OPTIMIZER} needs {STEP} >= 1 and {EXP_AVG_SQ} >= 0; weights unchanged")
+    return step, exp_avg, exp_avg_sq
 
 
 # --------------------------------------------------------------------------- who the models are

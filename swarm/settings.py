@@ -230,7 +230,14 @@ class SwarmSettings(RuntimeSettings):
                           "the gymnasium environment; it needs a Box observation and Discrete actions")
     preset: str = setting("SWARM_PRESET", "swarm", choice(*PRESETS),
                           "the defaults of the settings below: this project's measured best, or the tutorial's")
-    models: int = setting("SWARM_MODELS", 20, whole(1), "model processes; the aggregation and evolution wait for this many")
+    models: int = setting("SWARM_MODELS", 20, whole(1),
+                          "models (policies) in the swarm; the aggregation and evolution wait for this many")
+    models_per_process: int = setting("SWARM_MODELS_PER_PROCESS", 1, whole(1),
+                                      "models each model process hosts and computes together (1: the tutorial's "
+                                      "one process per model)")
+    launcher: str = setting("SWARM_LAUNCHER", "swarm", choice("swarm", "fork"),
+                            "how the control starts the model processes: swergio-toolbox's Swarm, one interpreter "
+                            "each (the tutorial's), or forked from one interpreter that imported the libraries once")
     launch: bool = setting("SWARM_LAUNCH", True, switch(),
                            "the control starts the server, the components and the models (off: it joins a swarm "
                            "started by hand, e.g. across hosts)")

@@ -125,7 +125,7 @@ def test_every_setting_rejects_a_wrong_type_and_an_out_of_range_value(field):
 def test_to_env_reproduces_every_setting_in_a_child(field):
     changed = {"host": "localhost", "port": 9001, "log_dir": Path("elsewhere"), "log_level": "DEBUG", "seed": 7,
                "start_timeout": 1.5, "reply_timeout": 2.5, "token": "a-shared-secret", "models": 3, "launch": False,
-               "rounds": 4, "episodes": 5, "envs": 6,
+               "models_per_process": 2, "launcher": "fork", "rounds": 4, "episodes": 5, "envs": 6,
                "eval_episodes": 7, "max_steps": 8, "max_seconds": 9.5, "evolution": False, "fitness": "return",
                "preset": "tutorial", "operators": "genetic", "vote": "majority",
                "learning_rate": 0.002, "normalize_advantage": True, "model_timeout": 0.5, "resume": Path(__file__),
