@@ -21,7 +21,9 @@ from swarm.component import component_name, new_component_id, setup_component, y
 from swarm.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, DONE, EXP_AVG, EXP_AVG_SQ, GET, HYPERPARAMETERS,
                             LEARNING_RATE, LOGITS, OPTIMIZER, REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION, SET,
                             STATE, STEP, WEIGHTS, read_observation, read_set)
+from swarm import hosted
 from swarm.environments import spaces
+from swarm.hosted import HostedModels, hosted_names
 from swarm.settings import SwarmSettings
 
 COMPONENT_NAME = "model"
@@ -217,14 +219,31 @@ def arguments(settings: SwarmSettings, name: str) -> dict:
                 training_enabled=MutableBool(True), normalize_advantage=settings.normalize_advantage)
 
 
+def hosted_arguments(settings: SwarmSettings, names: list[str]) -> dict:
+    """Models `names`, each made as `arguments` makes it (the same seed gives the same weights),
+    hosted in this process and computed together (swarm/hosted.py)."""
+    models = [arguments(settings, name) for name in names]
+    buffer = models[0]["rollout_buffer"]
+    hosted = HostedModels([m["policy"] for m in models], [m["component_id"] for m in models],
+                          [learning_rate(m["policy"]) for m in models], settings.envs, N_STEPS, buffer.gamma,
+                          buffer.gae_lambda, ENT_COEF, VF_COEF, MAX_GRAD_NORM, settings.normalize_advantage)
+    return dict(hosted=hosted, member_ids=hosted.ids)
+
+
 def main(name: str | None = None) -> None:
-    """Connect and serve as model `name` (default: the launcher's name for this process)."""
+    """Connect and serve as model `name` (default: the launcher's name for this process), or with
+    SWARM_MODELS_PER_PROCESS=k as k models from that name on (model10 hosting 10: model10-model19)."""
     gc.freeze()  # the libraries' objects live forever: later collections need not scan them
     yield_to_the_critical_path()  # twenty models share two cores with the rest of the swarm
     name = name or component_name(COMPONENT_NAME)
     settings = setup_component(name)
     torch.set_num_threads(1)  # one thread each
-    handlers.wire(SwarmClient(COMPONENT_NAME, settings, **arguments(settings, name))).listen()
+    if settings.models_per_process == 1:
+        client = handlers.wire(SwarmClient(COMPONENT_NAME, settings, **arguments(settings, name)))
+    else:
+        names = hosted_names(name, settings.models_per_process)
+        client = hosted.handlers.wire(SwarmClient(COMPONENT_NAME, settings, **hosted_arguments(settings, names)))
+    client.listen()
 
 
 if __name__ == "__main__":

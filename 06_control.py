@@ -50,18 +50,17 @@ resumed = checkpoint.resume(settings)  # SWARM_RESUME's swarm; one of another si
 
 # %% [markdown]
 # Start the server, aggregation, environment and evolution from `swarm.yaml`, then the models:
-# all run `02_model.py`, each as its own process. Every component writes to its own log file in
-# `SWARM_LOG_DIR`; if anything fails from here on, the whole swarm is stopped. With
-# `SWARM_LAUNCH=0` nothing is started here: the control joins a swarm whose processes were
-# started by hand, for instance on several hosts (`docs/hosts.md`).
+# all run `02_model.py`, each as its own process (the tutorial's shape; `SWARM_MODELS_PER_PROCESS`
+# hosts several in one, `SWARM_LAUNCHER=fork` forks them from one interpreter). Every component
+# writes to its own log file in `SWARM_LOG_DIR`; if anything fails from here on, the whole swarm
+# is stopped. With `SWARM_LAUNCH=0` nothing is started here: the control joins a swarm whose
+# processes were started by hand, for instance on several hosts (`docs/hosts.md`).
 
 # %%
 swarm = ManagedSwarm(settings=settings)  # swarm.yaml, next to this file
 if settings.launch:
     swarm.start()
-    for i in range(settings.models):
-        swarm.add(f"model{i}", "02_model.py")
-        swarm.start(f"model{i}")
+    swarm.start_models()  # `02_model.py` model0, model1, ... (SWARM_MODELS_PER_PROCESS in each)
 
 # %% [markdown]
 # The control is a swergio client in the `control` room. Instead of sleeping and hoping, it

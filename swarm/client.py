@@ -68,9 +68,11 @@ class SwarmClient(Client):
     """
 
     def __init__(self, name: str, settings: RuntimeSettings | None = None, component_id: str | None = None,
-                 connect_timeout: float = 30.0, **kwargs: Any) -> None:
+                 connect_timeout: float = 30.0, member_ids: list[str] | None = None, **kwargs: Any) -> None:
         self.settings = settings or RuntimeSettings.from_env()
         self.component_id = component_id or uuid.uuid4().hex
+        # who answers a PING: this client, or each of the models a process hosts
+        self.member_ids = member_ids or [self.component_id]
         self.connect_timeout = connect_timeout
         self.handlers: list = []
         self.timers: list[_Timer] = []
@@ -82,9 +84,9 @@ class SwarmClient(Client):
                          component_id=self.component_id, **kwargs)
         self.add_eventHandler(self._pong, CUSTOM, responseRooms=ROOM_PING, trigger=Trigger(CUSTOM, ROOM_PING))
 
-    def _pong(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+    def _pong(self, msg: dict[str, Any]) -> list[dict[str, Any]] | None:
         if PING in msg:
-            return {PONG: msg[PING], COMPONENT: self.name, COMPONENT_ID: self.component_id}
+            return [{PONG: msg[PING], COMPONENT: self.name, COMPONENT_ID: member} for member in self.member_ids]
         return None
 
     def connect(self, server: str, port: int) -> socket.socket:
@@ -179,17 +181,21 @@ class SwarmClient(Client):
 
     def responses(self, handler, message: dict[str, Any], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         """What swergio's EventHandler.handle returns, without its deep copy of every response
-        (a 322 KB SET took longer to copy than to send)."""
-        response = handler.handleFunction(message, **kwargs)
-        if response is None:
+        (a 322 KB SET took longer to copy than to send). A handler may also return a list: one
+        message each (a process that hosts several models answers for each)."""
+        returned = handler.handleFunction(message, **kwargs)
+        if returned is None:
             return []
-        response.setdefault("ID", uuid.uuid4().hex)
-        if handler.responseType is not None:
-            response["TYPE"] = handler.responseType.id
-        if handler.responseComponent is not None:
-            response["TO"] = handler.responseComponent
-        response = self.add_propagated_fields(message, response)
-        return [{**response, "TO_ROOM": room} for room in handler.responseRooms or []]
+        sent = []
+        for response in returned if isinstance(returned, list) else [returned]:
+            response.setdefault("ID", uuid.uuid4().hex)
+            if handler.responseType is not None:
+                response["TYPE"] = handler.responseType.id
+            if handler.responseComponent is not None:
+                response["TO"] = handler.responseComponent
+            response = self.add_propagated_fields(message, response)
+            sent += [{**response, "TO_ROOM": room} for room in handler.responseRooms or []]
+        return sent
 
     def dispatch(self, message: dict[str, Any]) -> None:
         """Run every triggered handler on one message and send what they return."""

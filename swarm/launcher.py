@@ -55,6 +55,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+def model_processes(models: int, per_process: int) -> dict[str, list[str]]:
+    """The model processes of a swarm, each with the models it hosts: one each, model0, model1,
+    ...; k each, model0 hosting model0 to model<k-1>, model<k> from there (the last may host
+    fewer). 02_model.py names its models the same way (swarm.hosted.hosted_names)."""
+    return {f"model{first}": [f"model{i}" for i in range(first, min(first + per_process, models))]
+            for first in range(0, models, per_process)}
+
+
 class ManagedComponent(Component):
     """A toolbox Component started without `python -i` and stopped for sure.
 
@@ -68,6 +76,8 @@ class ManagedComponent(Component):
         super().__init__(base.filepath, base.envpath, base.delay, base.terminal_cmd, base.python_cmd)
         self.name, self.cwd, self.settings = name, cwd, settings
         self.log_dir = settings.log_dir.resolve()
+        self.environment: dict[str, str] = {}  # this component's own variables, over the swarm's
+        self.hosts = ""  # the models it hosts, for the error that says it died
 
     @property
     def log_file(self) -> Path:
@@ -79,7 +89,8 @@ class ManagedComponent(Component):
         python = (self.envpath or "") + self.python_cmd
         # The launcher's settings win over whatever the environment says: one swarm, one config.
         env = {**os.environ, **self.settings.to_env(), "SWARM_LOG_DIR": str(self.log_dir),
-               PARENT_VARIABLE: str(os.getpid()), NAME_VARIABLE: self.name, "PYTHONUNBUFFERED": "1"}
+               PARENT_VARIABLE: str(os.getpid()), NAME_VARIABLE: self.name, "PYTHONUNBUFFERED": "1",
+               **self.environment}
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as output:
             self.process = subprocess.Popen([python, *self.target()], cwd=self.cwd, env=env,
@@ -156,6 +167,30 @@ class ManagedSwarm(Swarm):
         with self.stop_on_failure():
             super().start(names)
 
+    def start_models(self) -> list[str]:
+        """Start the settings' SWARM_MODELS models, SWARM_MODELS_PER_PROCESS in each process (the
+        tutorial's: one `02_model.py` each), by SWARM_LAUNCHER: `swarm` starts every process with
+        this Swarm, `fork` starts one that imports the libraries once and forks them (swarm/fork.py).
+        The names of the components started."""
+        settings = self.settings
+        if not isinstance(settings, SwarmSettings):
+            raise TypeError("start_models needs the RL swarm's settings (SwarmSettings)")
+        if settings.launcher == "fork":
+            self.add("models", "swarm.fork")
+            self.components["models"].hosts = f"all {settings.models} models"
+            self.start("models")
+            return ["models"]
+        names = []
+        for name, hosted in model_processes(settings.models, settings.models_per_process).items():
+            self.add(name, "02_model.py")
+            component = self.components[name]
+            component.environment = {"SWARM_MODELS_PER_PROCESS": str(len(hosted))}
+            if len(hosted) > 1:
+                component.hosts = f"hosting {hosted[0]}-{hosted[-1]}"
+            self.start(name)
+            names.append(name)
+        return names
+
     @contextlib.contextmanager
     def stop_on_failure(self) -> Iterator[None]:
         """Any exception inside (an error, a timeout, Ctrl-C, a notebook interrupt) stops the
@@ -196,7 +231,8 @@ class ManagedSwarm(Swarm):
         if dead and all(name in self.stopped for name, _ in dead):
             raise SwarmError("the swarm has been stopped; start a new one")
         if dead:
-            listing = ", ".join(f"{name} (exit code {c.exit_code()}, log {c.log_file})" for name, c in dead)
+            listing = ", ".join(f"{name} ({c.hosts + ', ' if c.hosts else ''}exit code {c.exit_code()}, log {c.log_file})"
+                                for name, c in dead)
             raise SwarmError(f"component(s) stopped unexpectedly: {listing}")
 
     def wait_ready(self, client: SwarmClient, components: Iterable[str], models: int,

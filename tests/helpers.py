@@ -87,9 +87,7 @@ def start_swarm(config, models):
     """swarm.yaml's components and `models` models, launched like 06_control.py does."""
     swarm = ManagedSwarm(ROOT / "swarm.yaml", config.replace(models=models))
     swarm.start()
-    for i in range(models):
-        swarm.add(f"model{i}", "02_model.py")
-        swarm.start(f"model{i}")
+    swarm.start_models()
     return swarm
 
 
