@@ -19,6 +19,7 @@ It also prints where the CPU went while the swarm was measured: cores busy and C
     python bench/throughput.py --envs 32             # 32 CartPole copies per step
     python bench/throughput.py --quick               # 4 models, short: under a minute
     python bench/throughput.py --launcher fork       # models forked from one process (swarm/fork.py)
+    python bench/throughput.py --per-process 10      # 10 models hosted in each model process
 """
 from __future__ import annotations
 
@@ -137,21 +138,16 @@ def cpu_seconds(kinds: dict[int, str]) -> dict[str, float]:
     return used
 
 
-def measure_swarm(settings: SwarmSettings, steps: int, warmup: int, launcher: str) -> dict:
-    """Launch the swarm as 06_control.py does, and time readiness, training steps and evolution."""
+def measure_swarm(settings: SwarmSettings, steps: int, warmup: int) -> dict:
+    """Launch the swarm as 06_control.py does (SWARM_LAUNCHER, SWARM_MODELS_PER_PROCESS from
+    `settings`), and time readiness, training steps and evolution."""
     swarm = ManagedSwarm(PROJECT_DIR / "swarm.yaml", settings)
     results: dict = {}
     launched = time.monotonic()
     try:
         with PeakPSS(lambda: list(swarm_processes(swarm))) as memory:
             swarm.start()
-            if launcher == "fork":
-                swarm.add("models", "swarm.fork")
-                swarm.start("models")
-            else:
-                for i in range(settings.models):
-                    swarm.add(f"model{i}", "02_model.py")
-                    swarm.start(f"model{i}")
+            swarm.start_models()
             control = ControlClient(swarm, name="bench")
             swarm.wait_ready(control, ["aggregation", "environment", "evolution"], settings.models)
             results["ready_s"] = time.monotonic() - launched
@@ -203,15 +199,17 @@ def measure_swarm(settings: SwarmSettings, steps: int, warmup: int, launcher: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=int, help="model processes (default 20; 4 with --quick)")
+    parser.add_argument("--models", type=int, help="models (default 20; 4 with --quick)")
+    parser.add_argument("--per-process", type=int, default=1,
+                        help="SWARM_MODELS_PER_PROCESS: models hosted in each model process (default 1)")
     parser.add_argument("--envs", type=int, default=1, help="SWARM_ENVS: CartPole copies stepped together")
     parser.add_argument("--steps", type=int, help="measured environment steps (default 1500 per environment)")
     parser.add_argument("--warmup", type=int, help="environment steps before the clock starts (default 300 per env)")
     parser.add_argument("--quick", action="store_true", help="4 models and short runs: under a minute")
     parser.add_argument("--skip-compute", action="store_true", help="measure the swarm only")
     parser.add_argument("--launcher", choices=["swarm", "fork"], default="swarm",
-                        help="swarm: one interpreter per model, the tutorial's way (default); "
-                             "fork: swarm/fork.py, every model a fork of one process that imported torch once")
+                        help="SWARM_LAUNCHER: swarm, one interpreter per model process, the tutorial's way "
+                             "(default); fork: swarm/fork.py, forks of one process that imported torch once")
     parser.add_argument("--log-dir", type=Path, help="the components' logs (default: a new temporary folder)")
     args = parser.parse_args()
     args.models = args.models or (4 if args.quick else 20)
@@ -220,15 +218,17 @@ def main() -> None:
 
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="swarm-bench-"))
     settings = SwarmSettings(port=free_port(), models=args.models, envs=args.envs, log_dir=log_dir,
-                         start_timeout=180.0, reply_timeout=60.0)
-    print(f"benchmark: {args.models} models, {args.envs} environment(s), {steps} measured steps after "
-          f"{warmup} warm-up steps, launcher {args.launcher}, {os.cpu_count()} CPUs; logs in {log_dir}", flush=True)
+                             models_per_process=args.per_process, launcher=args.launcher,
+                             start_timeout=180.0, reply_timeout=60.0)
+    print(f"benchmark: {args.models} models ({args.per_process} per process), {args.envs} environment(s), "
+          f"{steps} measured steps after {warmup} warm-up steps, launcher {args.launcher}, {os.cpu_count()} CPUs; "
+          f"logs in {log_dir}", flush=True)
 
     compute = None
     if not args.skip_compute:
         compute = compute_only_sps(args.models, args.envs, steps, warmup)
         print(f"compute only (one process):  {compute:9.1f} env steps/s", flush=True)
-    swarm = measure_swarm(settings, steps, warmup, args.launcher)
+    swarm = measure_swarm(settings, steps, warmup)
     ratio = swarm["swarm_sps"] / compute if compute else None
 
     rows = [("compute_only_sps", compute, "env steps/s, one process, no messaging"),
@@ -245,7 +245,8 @@ def main() -> None:
     print(f"\n{'figure':<18}{'value':>10}  note")
     for name, value, note in rows:
         print(f"{name:<18}{'n/a' if value is None else f'{value:10.2f}':>10}  {note}")
-    summary = {"models": args.models, "envs": args.envs, "launcher": args.launcher, "steps": swarm["measured_steps"],
+    summary = {"models": args.models, "per_process": args.per_process, "envs": args.envs, "launcher": args.launcher,
+               "steps": swarm["measured_steps"],
                **{name: None if value is None else round(value, 3) for name, value, _ in rows}}
     print(json.dumps(summary))
 

@@ -3,16 +3,26 @@
 The reference is 02_model.py's own handlers, one set of arguments per model; the hosted models
 get the same messages and must answer, learn and take SETs as those do.
 """
+import dataclasses
+import os
+import signal
+
 import numpy as np
+import psutil
 import pytest
 
 from swarm import hosted
 from swarm.checks import BadMessage
+from swarm.client import SwarmClient
+from swarm.control import ControlClient
+from swarm.launcher import ManagedSwarm, SwarmError
 from swarm.hosted import hosted_names
-from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, GET,
-                            HYPERPARAMETERS, LEARNING_RATE, LOGITS, OBSERVATION, OPTIMIZER, REWARD, SET, STATE, STEP,
+from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION,
+                            EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, FITNESS_SPREAD, GET, HYPERPARAMETERS, LEARNING_RATE,
+                            LOGITS, NR_OF_EPISODE, OBSERVATION, OPTIMIZER, REWARD, ROOM_EVOLUTION, SET, STATE, STEP,
                             TRUNCATED, WEIGHTS)
 from swarm.settings import SwarmSettings
+from tests.helpers import COMPONENTS, ROOT, assert_all_gone, get_weights, set_weights
 from tests.test_model import handle, model
 
 NAMES = ["model3", "model4", "model5"]
@@ -147,3 +157,83 @@ def test_a_bad_observation_changes_nothing():
     with pytest.raises(BadMessage):
         hosted.forward({OBSERVATION: [[0.0] * 4], DETERMINISTIC: False, REWARD: [1.0, 1.0]}, together)
     assert (together.positions == positions).all() and together.memory["obs"] is memory["obs"]
+
+
+# --------------------------------------------------------------------------- whole swarms
+def hosted_swarm(settings, models, per_process, launcher="swarm"):
+    """A started swarm of `models` models, `per_process` in each model process."""
+    swarm = ManagedSwarm(ROOT / "swarm.yaml", dataclasses.replace(
+        settings, models=models, models_per_process=per_process, launcher=launcher))
+    swarm.start()
+    swarm.start_models()
+    return swarm
+
+
+def model_pids(swarm):
+    """The processes that run models: the launcher's components, or the forks of `models`."""
+    pids = {name: pid for name, pid in swarm.pids().items() if name.startswith("model")}
+    if "models" in pids:
+        return {f"fork{i}": child.pid for i, child in enumerate(psutil.Process(pids["models"]).children())}
+    return pids
+
+
+@pytest.mark.parametrize("launcher", ["swarm", "fork"])
+def test_a_hosted_swarm_trains_and_evolves_each_model_on_its_own(swarm_env, launcher):
+    """7 models, 3 per process (3, 3 and 1): the control, aggregation and evolution see 7 models."""
+    swarm = hosted_swarm(swarm_env, 7, 3, launcher)
+    launched = list(swarm.pids().values())
+    try:
+        control = ControlClient(swarm)
+        probe = SwarmClient("probe", swarm_env)
+        probe.join_room(ROOM_EVOLUTION)
+        swarm.wait_ready(control, COMPONENTS, 7)
+        hosts = model_pids(swarm)
+        launched += list(hosts.values())
+        assert len(hosts) == 3, hosts
+        before = get_weights(probe, 7)
+        set_weights(probe, before)  # GET paused them; the SET lets them train again
+        assert sorted(k.split("-")[0] for k in before) == [f"model{i}" for i in range(7)]
+        reply = control.request({NR_OF_EPISODE: 3, DETERMINISTIC: False}, until=ENV_DONE)
+        assert reply[EPISODE] == 3
+        trained = get_weights(probe, 7)
+        set_weights(probe, trained)
+        for model_id, vector in trained.items():  # each model learned on its own
+            assert not np.allclose(vector, before[model_id]), model_id
+        vectors = list(trained.values())
+        assert not any(np.allclose(vectors[i], vectors[j]) for i in range(7) for j in range(i))
+        control.request({EVOLUTION: True}, until=EVO_DONE)
+        evolved = get_weights(probe, 7)
+        assert sum(not np.allclose(evolved[m], trained[m]) for m in trained) >= 1  # the worst quarter replaced
+    finally:
+        swarm.stop()
+    assert_all_gone(launched, within=5)
+
+
+def test_a_dead_hosting_process_is_reported_with_the_models_it_held(swarm_env):
+    swarm = hosted_swarm(swarm_env, 6, 3)
+    launched = list(swarm.pids().values())
+    try:
+        control = ControlClient(swarm)
+        swarm.wait_ready(control, COMPONENTS, 6)
+        os.kill(swarm.pids()["model3"], signal.SIGKILL)
+        with pytest.raises(SwarmError, match=r"model3 \(hosting model3-model5, exit code -9"):
+            control.request({NR_OF_EPISODE: 1000, DETERMINISTIC: False}, until=ENV_DONE)
+    finally:
+        swarm.stop()
+    assert_all_gone(launched, within=5)
+
+
+def test_a_swarm_of_200_models_runs_a_round(swarm_env):
+    """Two processes of 100 models: a training run, an evaluation and an evolution."""
+    swarm = hosted_swarm(dataclasses.replace(swarm_env, reply_timeout=120), 200, 100)
+    launched = list(swarm.pids().values())
+    try:
+        control = ControlClient(swarm)
+        swarm.wait_ready(control, COMPONENTS, 200)
+        assert control.request({NR_OF_EPISODE: 2, DETERMINISTIC: False}, until=ENV_DONE)[EPISODE] == 2
+        assert control.request({NR_OF_EPISODE: 1, DETERMINISTIC: True}, until=ENV_DONE)[EPISODE] == 1
+        done = control.request({EVOLUTION: True}, until=EVO_DONE)
+        assert done[FITNESS_SPREAD] >= 0
+    finally:
+        swarm.stop()
+    assert_all_gone(launched, within=5)
