@@ -4,6 +4,9 @@ Each model answers every observation with its action logits; the aggregation tur
 logits into one action. Every reward that comes back is stored in a RolloutBuffer, and when the
 buffer is full the policy takes one A2C step on it. The evolution can read (GET) and replace (SET)
 the policy's weights as one flat vector.
+
+With SWARM_MODELS_PER_PROCESS=k one process hosts k of these models and computes them together
+(swarm/hosted.py); each still answers as its own model.
 """
 import gc
 import secrets

@@ -237,3 +237,24 @@ def test_a_swarm_of_200_models_runs_a_round(swarm_env):
     finally:
         swarm.stop()
     assert_all_gone(launched, within=5)
+
+
+def test_a_hosting_process_never_imports_the_torch_compiler():
+    """As a model process (tests/test_model.py): the batched update must not pull torch._dynamo in."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        from swarm.scripts import load_script
+        from swarm.settings import SwarmSettings
+        hosted = load_script("02_model.py").hosted_arguments(SwarmSettings(envs=1), ["model0", "model1"])["hosted"]
+        from swarm import hosted as handlers
+        for i in range(8):
+            step = {"REWARD": 1.0, "DONE": False, "ACTION": [0]} if i else {}
+            handlers.forward({"OBSERVATION": [0.01] * 4, "DETERMINISTIC": False, **step}, hosted)
+        print("trained", int(hosted.adam_steps.min()), "dynamo", "torch._dynamo" in sys.modules)
+    """)
+    output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert output.stdout.strip() == "trained 1 dynamo False", output.stderr
