@@ -28,7 +28,7 @@ from swarm.settings import SwarmSettings
 def measure(models: int, envs: int, processes: int, launcher: str, operators: str, log_dir: Path) -> dict:
     per_process = math.ceil(models / processes)
     settings = SwarmSettings(port=free_port(), models=models, envs=envs, models_per_process=per_process,
-                             launcher=launcher, operators=operators, log_dir=log_dir / f"{models}-{envs}",
+                             launcher=launcher, operators=operators, log_dir=log_dir,
                              start_timeout=300.0, reply_timeout=120.0)
     # the same number of batched steps at every size: 300 measured after 100 of warm-up
     result = measure_swarm(settings, steps=300 * envs, warmup=100 * envs)
@@ -80,9 +80,10 @@ def main() -> None:
     parser.add_argument("--operators", choices=["pbt", "genetic"], default="pbt",
                         help="SWARM_OPERATORS: pbt sends new weights to a quarter of the models, genetic to all")
     parser.add_argument("--out", type=Path, required=True, help="folder for scale.json, scale.md and scale.png")
+    parser.add_argument("--log-dir", type=Path, help="the components' logs (default: a new temporary folder)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    log_dir = Path(tempfile.mkdtemp(prefix="swarm-scale-"))
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="swarm-scale-"))
     rows = []
     for envs in args.envs:
         for models in args.models:

@@ -18,14 +18,16 @@ from swarm.protocol import CMD, DETERMINISTIC, ENV_DONE, EPISODE, NR_OF_EPISODE,
 from tests.helpers import COMPONENTS, ROOT, assert_all_gone, get_weights, processes_with_log_dir
 
 
-def test_the_quick_benchmark_reports_every_figure(swarm_env):
+@pytest.mark.parametrize("per_process", [1, 2])
+def test_the_quick_benchmark_reports_every_figure(swarm_env, per_process):
     result = subprocess.run(
         [sys.executable, "bench/throughput.py", "--quick", "--models", "2", "--envs", "2", "--steps", "60",
-         "--warmup", "20", "--log-dir", str(swarm_env.log_dir)],
+         "--warmup", "20", "--per-process", str(per_process), "--log-dir", str(swarm_env.log_dir)],
         cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["models"] == 2 and figures["envs"] == 2 and figures["steps"] >= 60
+    assert figures["per_process"] == per_process
     for name in ("compute_only_sps", "swarm_sps", "ready_s", "evolution_s", "pss_mb"):
         assert figures[name] > 0, name
     assert figures["ratio"] == pytest.approx(figures["swarm_sps"] / figures["compute_only_sps"], rel=0.01)
@@ -60,3 +62,15 @@ def test_forked_models_are_separate_models_and_stop_with_the_swarm(swarm_env):
     finally:
         swarm.stop()
     assert_all_gone(launched + forks)
+
+
+def test_the_scale_benchmark_writes_its_table_and_plot(swarm_env, tmp_path):
+    out = tmp_path / "scale"
+    result = subprocess.run([sys.executable, "bench/scale.py", "--models", "3", "--envs", "1", "--out", str(out),
+                             "--log-dir", str(swarm_env.log_dir)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads((out / "scale.json").read_text())
+    assert (row["models"], row["per_process"], row["envs"]) == (3, 2, 1)
+    for name in ("ready_s", "swarm_sps", "evolution_s", "pss_mb"):
+        assert row[name] > 0, name
+    assert "| 3 | 2 | 1 |" in (out / "scale.md").read_text() and (out / "scale.png").stat().st_size > 0
