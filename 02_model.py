@@ -20,18 +20,19 @@ from swergio_toolbox.objects import MutableBool
 from swarm.adam import Adam
 from swarm.checks import unbatch
 from swarm.client import Handlers, SwarmClient
-from swarm.component import component_name, new_component_id, setup_component, yield_to_the_critical_path
+from swarm.component import (component_name, hosted_names, new_component_id, setup_component,
+                             yield_to_the_critical_path)
 from swarm.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, DONE, EXP_AVG, EXP_AVG_SQ, GET, HYPERPARAMETERS,
                             LEARNING_RATE, LOGITS, OPTIMIZER, REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION, SET,
                             STATE, STEP, WEIGHTS, read_observation, read_set)
 from swarm import hosted
 from swarm.environments import spaces
-from swarm.hosted import HostedModels, hosted_names
 from swarm.settings import SwarmSettings
 
 COMPONENT_NAME = "model"
 N_STEPS = 5  # rollout length: the policy trains every 5 environment steps
 ENT_COEF, VF_COEF, MAX_GRAD_NORM = 0.0, 0.5, 0.5  # stable-baselines3's A2C defaults, as the tutorial
+GAMMA, GAE_LAMBDA = 0.99, 1.0  # stable-baselines3's RolloutBuffer defaults, as the tutorial
 
 handlers = Handlers()
 
@@ -45,7 +46,8 @@ def make_policy(observation_space, action_space, learning_rate: float) -> ActorC
 
 
 def make_rollout_buffer(policy: ActorCriticPolicy, envs: int = 1) -> RolloutBuffer:
-    return RolloutBuffer(N_STEPS, policy.observation_space, policy.action_space, device="cpu", n_envs=envs)
+    return RolloutBuffer(N_STEPS, policy.observation_space, policy.action_space, device="cpu", gamma=GAMMA,
+                         gae_lambda=GAE_LAMBDA, n_envs=envs)
 
 
 def train(policy: ActorCriticPolicy, rollout_buffer: RolloutBuffer, normalize_advantage: bool) -> None:
@@ -212,25 +214,27 @@ def initial_learning_rate(settings: SwarmSettings, seed: int | None) -> float:
     return settings.learning_rate * 2.0 ** np.random.default_rng(seed).uniform(-1.0, 1.0)
 
 
-def arguments(settings: SwarmSettings, name: str) -> dict:
-    """Model `name`'s identity and state, which its handlers receive by name."""
+def new_model(settings: SwarmSettings, name: str) -> tuple[str, ActorCriticPolicy]:
+    """Model `name`'s id and policy: its own initial weights and learning rate, from its seed."""
     seed = settings.component_seed(name)
     torch.manual_seed(secrets.randbits(63) if seed is None else seed)  # each model its own initial weights
-    policy = make_policy(*spaces(settings.env_id), initial_learning_rate(settings, seed))
-    return dict(component_id=new_component_id(name, seed), policy=policy,
-                rollout_buffer=make_rollout_buffer(policy, settings.envs), memory={},
-                training_enabled=MutableBool(True), normalize_advantage=settings.normalize_advantage)
+    return new_component_id(name, seed), make_policy(*spaces(settings.env_id), initial_learning_rate(settings, seed))
+
+
+def arguments(settings: SwarmSettings, name: str) -> dict:
+    """Model `name`'s identity and state, which its handlers receive by name."""
+    component_id, policy = new_model(settings, name)
+    return dict(component_id=component_id, policy=policy, rollout_buffer=make_rollout_buffer(policy, settings.envs),
+                memory={}, training_enabled=MutableBool(True), normalize_advantage=settings.normalize_advantage)
 
 
 def hosted_arguments(settings: SwarmSettings, names: list[str]) -> dict:
     """Models `names`, each made as `arguments` makes it (the same seed gives the same weights),
     hosted in this process and computed together (swarm/hosted.py)."""
-    models = [arguments(settings, name) for name in names]
-    buffer = models[0]["rollout_buffer"]
-    hosted = HostedModels([m["policy"] for m in models], [m["component_id"] for m in models],
-                          [learning_rate(m["policy"]) for m in models], settings.envs, N_STEPS, buffer.gamma,
-                          buffer.gae_lambda, ENT_COEF, VF_COEF, MAX_GRAD_NORM, settings.normalize_advantage)
-    return dict(hosted=hosted, member_ids=hosted.ids)
+    ids, policies = zip(*(new_model(settings, name) for name in names))
+    models = hosted.HostedModels(list(policies), list(ids), settings.envs, N_STEPS, GAMMA, GAE_LAMBDA, ENT_COEF,
+                                 VF_COEF, MAX_GRAD_NORM, settings.normalize_advantage)
+    return dict(hosted=models, member_ids=models.ids)
 
 
 def main(name: str | None = None) -> None:

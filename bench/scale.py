@@ -25,6 +25,7 @@ from throughput import measure_swarm  # a sibling script, not a package
 from swarm.launcher import free_port
 from swarm.settings import SwarmSettings
 
+
 def measure(models: int, envs: int, processes: int, launcher: str, operators: str, log_dir: Path) -> dict:
     per_process = math.ceil(models / processes)
     settings = SwarmSettings(port=free_port(), models=models, envs=envs, models_per_process=per_process,

@@ -10,6 +10,7 @@ import contextlib
 import faulthandler
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -30,6 +31,16 @@ PARENT_VARIABLE = "SWARM_PARENT_PID"  # set by the launcher: exit when this proc
 def component_name(default: str) -> str:
     """The launcher's name for this process, or `default` when started by hand."""
     return os.environ.get(NAME_VARIABLE) or default
+
+
+def hosted_names(name: str, count: int) -> list[str]:
+    """The names of the `count` models a process called `name` hosts: itself alone, or from its
+    number on (model10 hosting 3: model10, model11, model12; `model`, started by hand: model0...)."""
+    if count == 1:
+        return [name]
+    base, number = re.fullmatch(r"(.*?)(\d*)", name).groups()
+    first = int(number) if number else 0
+    return [f"{base}{first + j}" for j in range(count)]
 
 
 def new_component_id(name: str, seed: int | None = None) -> str:

@@ -10,8 +10,6 @@ with one reply per model, each exactly what that model's own process would send.
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -23,16 +21,6 @@ from swarm.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, DONE, EXP_AVG, EXP
                             STATE, STEP, WEIGHTS, NewState, Observed, read_observation, read_set)
 
 
-def hosted_names(name: str, count: int) -> list[str]:
-    """The names of the `count` models a process called `name` hosts: itself alone, or from its
-    number on (model10 hosting 3: model10, model11, model12; `model`, started by hand: model0...)."""
-    if count == 1:
-        return [name]
-    base, number = re.fullmatch(r"(.*?)(\d*)", name).groups()
-    first = int(number) if number else 0
-    return [f"{base}{first + j}" for j in range(count)]
-
-
 class HostedModels:
     """k actor-critic policies of one architecture as stacked tensors, with their A2C rollouts
     and Adam states.
@@ -42,9 +30,9 @@ class HostedModels:
     is the one its own process would send.
     """
 
-    def __init__(self, policies: list[ActorCriticPolicy], ids: list[str], learning_rates: list[float], envs: int,
-                 n_steps: int, gamma: float, gae_lambda: float, ent_coef: float, vf_coef: float,
-                 max_grad_norm: float, normalize_advantage: bool) -> None:
+    def __init__(self, policies: list[ActorCriticPolicy], ids: list[str], envs: int, n_steps: int, gamma: float,
+                 gae_lambda: float, ent_coef: float, vf_coef: float, max_grad_norm: float,
+                 normalize_advantage: bool) -> None:
         self.template, self.ids, self.k, self.envs = policies[0], list(ids), len(policies), envs
         self.width, self.n_actions = self.template.observation_space.shape[0], int(self.template.action_space.n)
         self.n_steps, self.gamma, self.gae_lambda = n_steps, gamma, gae_lambda
@@ -57,7 +45,7 @@ class HostedModels:
         self.size = sum(w[0].numel() for w in self.weights.values())
         defaults = self.template.optimizer.defaults
         self.betas, self.eps = defaults["betas"], defaults["eps"]
-        self.learning_rates = torch.tensor(learning_rates, dtype=torch.float64)
+        self.learning_rates = torch.tensor([p.optimizer.param_groups[0]["lr"] for p in policies], dtype=torch.float64)
         self.adam_steps = torch.zeros(self.k, dtype=torch.float64)  # 0: no Adam state yet (it starts at the first update)
         self.exp_avg = {name: torch.zeros_like(w) for name, w in self.weights.items()}
         self.exp_avg_sq = {name: torch.zeros_like(w) for name, w in self.weights.items()}

@@ -24,7 +24,7 @@ from swergio_toolbox.swarm_control import Component, Swarm
 
 from swarm import settings as settings_module
 from swarm.client import SwarmClient
-from swarm.component import NAME_VARIABLE, PARENT_VARIABLE, dump_stacks_on_sigusr1
+from swarm.component import NAME_VARIABLE, PARENT_VARIABLE, dump_stacks_on_sigusr1, hosted_names
 from swarm.protocol import COMPONENT, COMPONENT_ID, PING, PONG, ROOM_PING, custom_message
 from swarm.scripts import PROJECT_DIR
 from swarm.settings import RuntimeSettings, SwarmSettings
@@ -56,10 +56,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def model_processes(models: int, per_process: int) -> dict[str, list[str]]:
-    """The model processes of a swarm, each with the models it hosts: one each, model0, model1,
-    ...; k each, model0 hosting model0 to model<k-1>, model<k> from there (the last may host
-    fewer). 02_model.py names its models the same way (swarm.hosted.hosted_names)."""
-    return {f"model{first}": [f"model{i}" for i in range(first, min(first + per_process, models))]
+    """The model processes of a swarm, each with the models it hosts (the names 02_model.py gives
+    them): one each, model0, model1, ...; k each, model0 hosting model0 to model<k-1>, model<k>
+    from there (the last may host fewer)."""
+    return {f"model{first}": hosted_names(f"model{first}", min(per_process, models - first))
             for first in range(0, models, per_process)}
 
 
@@ -177,7 +177,6 @@ class ManagedSwarm(Swarm):
             raise TypeError("start_models needs the RL swarm's settings (SwarmSettings)")
         if settings.launcher == "fork":
             self.add("models", "swarm.fork")
-            self.components["models"].hosts = f"all {settings.models} models"
             self.start("models")
             return ["models"]
         names = []

@@ -9,9 +9,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from swergio import MESSAGE_TYPE
-
 import numpy as np
+from swergio import MESSAGE_TYPE
 
 from swarm.checks import BadMessage, as_batch, as_vector, get_actions, get_bool, get_float, get_per_env, require
 

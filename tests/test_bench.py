@@ -1,6 +1,5 @@
 """bench/throughput.py runs end to end and reports every figure (the figures themselves are
 checked by running the benchmark, not by tests), and its forked-models launcher option (swarm.fork) works."""
-import dataclasses
 import json
 import os
 import signal
@@ -13,9 +12,9 @@ import pytest
 
 from swarm.client import SwarmClient
 from swarm.control import ControlClient
-from swarm.launcher import ManagedSwarm, SwarmError
+from swarm.launcher import SwarmError
 from swarm.protocol import CMD, DETERMINISTIC, ENV_DONE, EPISODE, NR_OF_EPISODE, ROOM_EVOLUTION, SET, WEIGHTS, custom_message
-from tests.helpers import COMPONENTS, ROOT, assert_all_gone, get_weights, processes_with_log_dir
+from tests.helpers import COMPONENTS, ROOT, assert_all_gone, get_weights, processes_with_log_dir, start_swarm
 
 
 @pytest.mark.parametrize("per_process", [1, 2])
@@ -36,11 +35,8 @@ def test_the_quick_benchmark_reports_every_figure(swarm_env, per_process):
 
 
 def test_forked_models_are_separate_models_and_stop_with_the_swarm(swarm_env):
-    """swarm.fork (the shared-import option): every fork has its own id and weights."""
-    swarm = ManagedSwarm(ROOT / "swarm.yaml", dataclasses.replace(swarm_env, models=3))
-    swarm.start()
-    swarm.add("models", "swarm.fork")
-    swarm.start("models")
+    """SWARM_LAUNCHER=fork (swarm/fork.py): every fork has its own id and weights."""
+    swarm = start_swarm(swarm_env.replace(launcher="fork"), 3)
     launched = list(swarm.pids().values())
     try:
         control = ControlClient(swarm)

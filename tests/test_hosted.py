@@ -15,14 +15,14 @@ from swarm import hosted
 from swarm.checks import BadMessage
 from swarm.client import SwarmClient
 from swarm.control import ControlClient
-from swarm.launcher import ManagedSwarm, SwarmError
-from swarm.hosted import hosted_names
+from swarm.component import hosted_names
+from swarm.launcher import SwarmError
 from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION,
                             EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, FITNESS_SPREAD, GET, HYPERPARAMETERS, LEARNING_RATE,
                             LOGITS, NR_OF_EPISODE, OBSERVATION, OPTIMIZER, REWARD, ROOM_EVOLUTION, SET, STATE, STEP,
                             TRUNCATED, WEIGHTS)
 from swarm.settings import SwarmSettings
-from tests.helpers import COMPONENTS, ROOT, assert_all_gone, get_weights, set_weights
+from tests.helpers import COMPONENTS, ROOT, assert_all_gone, get_weights, set_weights, start_swarm
 from tests.test_model import handle, model
 
 NAMES = ["model3", "model4", "model5"]
@@ -162,11 +162,7 @@ def test_a_bad_observation_changes_nothing():
 # --------------------------------------------------------------------------- whole swarms
 def hosted_swarm(settings, models, per_process, launcher="swarm"):
     """A started swarm of `models` models, `per_process` in each model process."""
-    swarm = ManagedSwarm(ROOT / "swarm.yaml", dataclasses.replace(
-        settings, models=models, models_per_process=per_process, launcher=launcher))
-    swarm.start()
-    swarm.start_models()
-    return swarm
+    return start_swarm(settings.replace(models_per_process=per_process, launcher=launcher), models)
 
 
 def model_pids(swarm):
