@@ -38,8 +38,21 @@ class _Timer:
     function: Callable
     interval: float
     rooms: list[str]
-    argument_names: list[str]
+    argument_names: list[str] | None  # None: the function takes the state object
     due: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Reply:
+    """A handler's message for `room`, when it is not (only) for the handler's own reply room."""
+    room: str
+    message: dict[str, Any]
+
+
+def _wants_state(function: Callable) -> bool:
+    """Whether `function` takes the component's state object (`state`) rather than keyword
+    arguments by name."""
+    return "state" in inspect.getfullargspec(function).args
 
 
 def _trigger_sets(trigger: Trigger | None) -> tuple[frozenset[str], frozenset[str]]:
@@ -68,8 +81,10 @@ class SwarmClient(Client):
     """
 
     def __init__(self, name: str, settings: RuntimeSettings | None = None, component_id: str | None = None,
-                 connect_timeout: float = 30.0, member_ids: list[str] | None = None, **kwargs: Any) -> None:
+                 connect_timeout: float = 30.0, member_ids: list[str] | None = None, state: Any = None,
+                 **kwargs: Any) -> None:
         self.settings = settings or RuntimeSettings.from_env()
+        self.state = state  # the component's own state object, which its handlers receive
         self.component_id = component_id or uuid.uuid4().hex
         # who answers a PING: this client, or each of the models a process hosts
         self.member_ids = member_ids or [self.component_id]
@@ -177,24 +192,34 @@ class SwarmClient(Client):
         if not listen_to_response_rooms:
             handler.responseRooms = responseRooms if isinstance(responseRooms, list) else [responseRooms]
         wanted = inspect.getfullargspec(handleFunction).args
-        self.handlers.append((handler, [k for k in self.kwargs if k in wanted], *_trigger_sets(handler.trigger)))
+        self.handlers.append((handler, None if _wants_state(handleFunction) else [k for k in self.kwargs if k in wanted],
+                              *_trigger_sets(handler.trigger)))
+
+    def _arguments(self, argument_names: list[str] | None) -> dict[str, Any]:
+        return {"state": self.state} if argument_names is None else {k: self.kwargs[k] for k in argument_names}
 
     def responses(self, handler, message: dict[str, Any], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         """What swergio's EventHandler.handle returns, without its deep copy of every response
         (a 322 KB SET took longer to copy than to send). A handler may also return a list: one
-        message each (a process that hosts several models answers for each)."""
+        message each (a process that hosts several models answers for each), and a `Reply` goes to
+        its own room instead of the handler's."""
         returned = handler.handleFunction(message, **kwargs)
         if returned is None:
             return []
         sent = []
         for response in returned if isinstance(returned, list) else [returned]:
+            if response is None:
+                continue
+            rooms = handler.responseRooms or []
+            if isinstance(response, Reply):
+                response, rooms = dict(response.message), [response.room]
             response.setdefault("ID", uuid.uuid4().hex)
             if handler.responseType is not None:
                 response["TYPE"] = handler.responseType.id
             if handler.responseComponent is not None:
                 response["TO"] = handler.responseComponent
             response = self.add_propagated_fields(message, response)
-            sent += [{**response, "TO_ROOM": room} for room in handler.responseRooms or []]
+            sent += [{**response, "TO_ROOM": room} for room in rooms]
         return sent
 
     def dispatch(self, message: dict[str, Any]) -> None:
@@ -209,7 +234,7 @@ class SwarmClient(Client):
             if kind not in type_ids or room not in rooms:
                 continue
             try:
-                for response in self.responses(handler, message, {k: self.kwargs[k] for k in argument_names}):
+                for response in self.responses(handler, message, self._arguments(argument_names)):
                     self.send(response)
             except BadMessage as error:
                 log.warning("%s: skipped message in %s from %s: %s", self.name, message.get("TO_ROOM"),
@@ -226,7 +251,8 @@ class SwarmClient(Client):
         a component that waits for something can notice that it did not come)."""
         wanted = inspect.getfullargspec(function).args
         rooms = responseRooms if isinstance(responseRooms, list) else [responseRooms]
-        self.timers.append(_Timer(function, interval, rooms, [k for k in self.kwargs if k in wanted]))
+        self.timers.append(_Timer(function, interval, rooms,
+                                  None if _wants_state(function) else [k for k in self.kwargs if k in wanted]))
 
     def run_due_timers(self) -> None:
         now = time.monotonic()
@@ -235,7 +261,7 @@ class SwarmClient(Client):
                 continue
             timer.due = now + timer.interval
             try:
-                response = timer.function(**{k: self.kwargs[k] for k in timer.argument_names})
+                response = timer.function(**self._arguments(timer.argument_names))
             except Exception:
                 log.exception("%s: timer %s failed", self.name, timer.function.__name__)
                 continue

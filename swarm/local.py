@@ -101,6 +101,13 @@ class LocalClient(SwarmClient):
         return None
 
 
+def component_arguments(module, settings: SwarmSettings, name: str) -> dict[str, Any]:
+    """TRANSITIONAL: the state object of a script that has `new_state`, or its named arguments."""
+    if hasattr(module, "new_state"):
+        return {"state": module.new_state(settings, name)}
+    return module.arguments(settings, name)
+
+
 class LocalSwarm:
     """The aggregation, the environment, the evolution and `settings.models` models, each built
     and wired by its own script, and a control client in the `control` room."""
@@ -112,7 +119,7 @@ class LocalSwarm:
         for script in ("03_aggregation.py", "04_environment.py", "05_evolution.py"):
             module = load_script(script)
             self.components[script] = module.handlers.wire(LocalClient(
-                self.hub, module.COMPONENT_NAME, settings, **module.arguments(settings, module.COMPONENT_NAME)))
+                self.hub, module.COMPONENT_NAME, settings, **component_arguments(module, settings, module.COMPONENT_NAME)))
         model = load_script("02_model.py")
         self.models = [model.handlers.wire(LocalClient(self.hub, model.COMPONENT_NAME, settings,
                                                        **model.arguments(settings, f"model{index}")))
