@@ -1,7 +1,8 @@
 """Hosted models (SWARM_MODELS_PER_PROCESS): k models in one process behave as k model processes.
 
-The reference is 02_model.py's own handlers, one set of arguments per model; the hosted models
-get the same messages and must answer, learn and take SETs as those do.
+The reference is 02_model.py's handlers with one model each (the learner with k = 1, which
+computes without vmap); the hosted models get the same messages and must answer, learn and
+take SETs as those do.
 """
 import dataclasses
 import os
@@ -11,7 +12,6 @@ import numpy as np
 import psutil
 import pytest
 
-from swarm import hosted
 from swarm.checks import BadMessage
 from swarm.client import SwarmClient
 from swarm.control import ControlClient
@@ -22,17 +22,17 @@ from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENV_
                             LOGITS, NR_OF_EPISODE, OBSERVATION, OPTIMIZER, REWARD, ROOM_EVOLUTION, SET, STATE, STEP,
                             TRUNCATED, WEIGHTS)
 from swarm.settings import SwarmSettings
-from tests.helpers import COMPONENTS, ROOT, assert_all_gone, get_weights, set_weights, start_swarm
-from tests.test_model import handle, model
+from tests.helpers import COMPONENTS, assert_all_gone, get_weights, set_weights, start_swarm
+from tests.test_model import model
 
 NAMES = ["model3", "model4", "model5"]
 
 
 def make_pair(envs=2, seed=5, **changes):
-    """The same seeded models twice: as separate models (02_model.arguments) and hosted together."""
+    """The same seeded models twice: one per state, and hosted together in one."""
     settings = SwarmSettings(seed=seed, envs=envs, **changes)
-    separate = [model.arguments(settings, name) for name in NAMES]
-    together = model.hosted_arguments(settings, NAMES)["hosted"]
+    separate = [model.new_state(settings, [name]) for name in NAMES]
+    together = model.new_state(settings, NAMES)
     return separate, together
 
 
@@ -48,8 +48,9 @@ def step_message(rng, envs, step, deterministic=False, truncate=False):
 
 def both(handler_name, msg, separate, together):
     """Each separate model's reply, and the hosted models' replies."""
-    alone = [handle(getattr(model, handler_name), msg, parts) for parts in separate]
-    return alone, hosted.__dict__[handler_name](msg, together)
+    handler = getattr(model, handler_name)
+    alone = [(handler(msg, state) or [None])[0] for state in separate]
+    return alone, handler(msg, together)
 
 
 def assert_same_logits(alone, hosted_replies, atol=1e-5):
@@ -68,7 +69,7 @@ def run_steps(separate, together, steps, envs=2, seed=0, every=None):
 
 
 def vectors(separate):
-    return [p["policy"].parameters_to_vector() for p in separate]
+    return [np.array(state.vector(0), dtype=np.float32) for state in separate]
 
 
 def test_hosted_names_count_from_the_process_name():
@@ -79,7 +80,7 @@ def test_hosted_names_count_from_the_process_name():
 
 def test_the_same_seed_gives_the_same_ids_and_initial_weights():
     separate, together = make_pair()
-    assert together.ids == [p["component_id"] for p in separate]
+    assert together.ids == [state.ids[0] for state in separate]
     for j, vector in enumerate(vectors(separate)):
         np.testing.assert_array_equal(together.vector(j), vector)
 
@@ -130,7 +131,7 @@ def test_get_pauses_and_set_gives_each_model_its_own_vector_rate_and_adam_state(
     np.testing.assert_allclose(together.vector(0), set_msg[WEIGHTS][ids[0]], atol=1e-6)
     np.testing.assert_allclose(together.vector(2), set_msg[WEIGHTS][ids[2]], atol=1e-6)
     assert together.optimizer_state(0) is None and together.optimizer_state(2)[STEP] == 4.0
-    assert float(together.learning_rates[1]) == pytest.approx(0.01)
+    assert together.learning_rate(1) == pytest.approx(0.01)
     # and they go on learning as the separate models do, each from where its SET left it
     run_steps(separate, together, 16, seed=4)
     for j, vector in enumerate(vectors(separate)):
@@ -139,12 +140,12 @@ def test_get_pauses_and_set_gives_each_model_its_own_vector_rate_and_adam_state(
 
 def test_a_set_bad_for_one_model_changes_that_one_only():
     _, together = make_pair()
-    hosted.send_weights({CMD: GET}, together)
+    model.send_weights({CMD: GET}, together)
     ids, size = together.ids, together.size
     before = together.vector(1)
     good = np.full(size, 0.01).tolist()
     with pytest.raises(BadMessage, match=ids[1]):
-        hosted.set_weights({CMD: SET, WEIGHTS: {ids[0]: good, ids[1]: [0.0, 1.0]}}, together)
+        model.set_weights({CMD: SET, WEIGHTS: {ids[0]: good, ids[1]: [0.0, 1.0]}}, together)
     assert together.vector(1) == before and not together.training_enabled[1]
     np.testing.assert_allclose(together.vector(0), good)
     assert together.training_enabled[0] and together.training_enabled[2]
@@ -155,7 +156,7 @@ def test_a_bad_observation_changes_nothing():
     together.step(model_observed(step_message(np.random.default_rng(1), 2, 0)))
     positions, memory = together.positions.copy(), dict(together.memory)
     with pytest.raises(BadMessage):
-        hosted.forward({OBSERVATION: [[0.0] * 4], DETERMINISTIC: False, REWARD: [1.0, 1.0]}, together)
+        model.forward({OBSERVATION: [[0.0] * 4], DETERMINISTIC: False, REWARD: [1.0, 1.0]}, together)
     assert (together.positions == positions).all() and together.memory["obs"] is memory["obs"]
 
 
@@ -234,23 +235,3 @@ def test_a_swarm_of_200_models_runs_a_round(swarm_env):
         swarm.stop()
     assert_all_gone(launched, within=5)
 
-
-def test_a_hosting_process_never_imports_the_torch_compiler():
-    """As a model process (tests/test_model.py): the batched update must not pull torch._dynamo in."""
-    import subprocess
-    import sys
-    import textwrap
-
-    code = textwrap.dedent("""
-        import sys
-        from swarm.scripts import load_script
-        from swarm.settings import SwarmSettings
-        hosted = load_script("02_model.py").hosted_arguments(SwarmSettings(envs=1), ["model0", "model1"])["hosted"]
-        from swarm import hosted as handlers
-        for i in range(8):
-            step = {"REWARD": 1.0, "DONE": False, "ACTION": [0]} if i else {}
-            handlers.forward({"OBSERVATION": [0.01] * 4, "DETERMINISTIC": False, **step}, hosted)
-        print("trained", int(hosted.adam_steps.min()), "dynamo", "torch._dynamo" in sys.modules)
-    """)
-    output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert output.stdout.strip() == "trained 1 dynamo False", output.stderr

@@ -1,0 +1,235 @@
+"""The A2C learner: k members, each a stable-baselines3 ActorCriticPolicy, computed together.
+
+A model process is k = 1, the tutorial's; SWARM_MODELS_PER_PROCESS=k hosts k. The members'
+weights are stacked along a first axis and run through the policy's own modules with
+`torch.func` (`functional_call`, `vmap` over members). Their steps are stored in one
+stable-baselines3 RolloutBuffer, a block of columns per member, whose GAE gives the advantages;
+the update is A2C.train's: policy loss, value loss, entropy, gradient-norm clipping, Adam.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch.func import functional_call, vmap  # not torch.func.grad: it imports torch._dynamo
+
+from swarm.adam import StackedAdam
+from swarm.protocol import EXP_AVG, EXP_AVG_SQ, STEP, NewState, Observed
+
+
+@dataclass(frozen=True)
+class A2CConfig:
+    """The tutorial's A2C: stable-baselines3's defaults, with a rollout of 5 steps."""
+    n_steps: int = 5
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    normalize_advantage: bool = False
+    adam_eps: float = 1e-5  # what ActorCriticPolicy gives its Adam
+
+
+class _NoOptimizer:
+    """Fills ActorCriticPolicy's optimizer slot: the members' Adam state is StackedAdam's, and a
+    torch optimizer would import torch._dynamo."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def make_policy(observation_space, action_space, net_arch: list[int]) -> ActorCriticPolicy:
+    """The tutorial's actor-critic: `net_arch` hidden units for the policy and for the value."""
+    return ActorCriticPolicy(observation_space, action_space, lr_schedule=lambda _: 0.0,
+                             net_arch=dict(pi=list(net_arch), vf=list(net_arch)), optimizer_class=_NoOptimizer)
+
+
+class _Heads(torch.nn.Module):
+    """A policy's action logits and state value (its forward() samples an action instead)."""
+
+    def __init__(self, policy: ActorCriticPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        latent_pi, latent_vf = self.policy.mlp_extractor(self.policy.extract_features(obs))
+        return self.policy.action_net(latent_pi), self.policy.value_net(latent_vf).squeeze(-1)
+
+
+class Members:
+    """k A2C members of one architecture: stacked weights, Adam states, rollouts and learning rates.
+
+    A member's flat weight vector is in `policy.parameters()` order, as its own process sends it.
+    """
+
+    def __init__(self, policies: list[ActorCriticPolicy], ids: list[str], learning_rates: list[float],
+                 envs: int, config: A2CConfig = A2CConfig()) -> None:
+        template = policies[0]
+        self.ids, self.k, self.envs, self.config = list(ids), len(policies), envs, config
+        self.width, self.n_actions = template.observation_space.shape[0], int(template.action_space.n)
+        self.heads = _Heads(template)
+        self.names = [f"policy.{name}" for name, _ in template.named_parameters()]
+        with torch.no_grad():
+            self.params = {f"policy.{name}": torch.stack([dict(p.named_parameters())[name].detach() for p in policies])
+                           for name, _ in template.named_parameters()}
+        self.size = sum(p[0].numel() for p in self.params.values())
+        self.adam = StackedAdam(self.params, learning_rates, eps=config.adam_eps)
+        self.buffer = RolloutBuffer(config.n_steps, template.observation_space, template.action_space, device="cpu",
+                                    gamma=config.gamma, gae_lambda=config.gae_lambda, n_envs=self.k * envs)
+        self.positions = np.zeros(self.k, dtype=np.int64)  # each member's next row in its columns
+        self.training_enabled = np.ones(self.k, dtype=bool)
+        # A step's reward and action come with the next observation: what each member saw of the last one.
+        self.remembers = np.zeros(self.k, dtype=bool)
+        self.memory: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ the networks
+    def forward(self, obs: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (members, rows, actions) and values (members, rows) of obs (rows, features)."""
+        params = self.params if params is None else params
+        members = len(next(iter(params.values())))
+        return over_members(lambda p, x: functional_call(self.heads, p, (x,)), params, obs.expand(members, *obs.shape))
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.forward(obs)[0]
+
+    # ------------------------------------------------------------------ a step
+    def step(self, seen: Observed) -> np.ndarray:
+        """Every member's logits (members, envs, actions) for an observation. On the way: store the
+        step that just happened, and update the members whose rollout is full. Deterministic
+        (evaluation) steps are only answered: nothing is stored and nothing learned."""
+        obs = torch.as_tensor(seen.observation, dtype=torch.float32)
+        if seen.deterministic:
+            self.remembers[:] = False  # an evaluation step is no one's next step
+            return self.logits(obs).numpy()
+        with torch.no_grad():
+            logits, values = self.forward(obs)
+        if seen.is_step and self.remembers.any():
+            self._store(seen)
+        full = self.positions == self.config.n_steps
+        if full.any():
+            learners = np.flatnonzero(full & self.training_enabled)
+            if len(learners):
+                # Bootstrap from this observation, the one after the rollout's last step, with
+                # this message's DONE, the one that belongs to that step.
+                self._update(learners, values.numpy(), seen.done)
+                with torch.no_grad():
+                    logits, values = self.forward(obs)  # act with the updated policies
+            self.positions[full] = 0
+        self.remembers[:] = True
+        self.memory = dict(obs=seen.observation, values=values.numpy(), log_probs=torch.log_softmax(logits, -1).numpy(),
+                           episode_start=seen.done if seen.is_step else np.ones(self.envs))
+        return logits.numpy()
+
+    def _columns(self, who: np.ndarray) -> np.ndarray:
+        """The buffer columns of the members `who`: (members, envs)."""
+        return who[:, None] * self.envs + np.arange(self.envs)
+
+    def _store(self, seen: Observed) -> None:
+        """Add the last observation's step to the rollout of every member that remembers it."""
+        who = np.flatnonzero(self.remembers)
+        reward = np.broadcast_to(seen.reward, (len(who), self.envs))
+        if seen.truncated is not None and seen.truncated.any():
+            # The time limit ended the episode, not a failure: credit the value of where it was
+            # (as stable-baselines3 does), instead of treating the last step as a fall.
+            with torch.no_grad():
+                final = self.forward(torch.as_tensor(seen.final_observation, dtype=torch.float32),
+                                     {n: p[who] for n, p in self.params.items()})[1]
+            reward = reward + self.config.gamma * final.numpy() * seen.truncated
+        rows, columns, buffer = self.positions[who][:, None], self._columns(who), self.buffer
+        buffer.observations[rows, columns] = self.memory["obs"]
+        buffer.actions[rows, columns] = seen.action[:, None]
+        buffer.rewards[rows, columns] = reward
+        buffer.episode_starts[rows, columns] = self.memory["episode_start"]
+        buffer.values[rows, columns] = self.memory["values"][who]
+        buffer.log_probs[rows, columns] = self.memory["log_probs"][who][:, np.arange(self.envs), seen.action]
+        self.positions[who] += 1
+
+    def _update(self, who: np.ndarray, last_values: np.ndarray, dones: np.ndarray) -> None:
+        """One A2C update (A2C.train) for each of the members `who`, on its whole rollout."""
+        buffer, config = self.buffer, self.config
+        buffer.compute_returns_and_advantage(torch.as_tensor(last_values.flatten()), np.tile(dones, self.k))
+
+        def batch(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            """Member-major rows, environment by environment in step order (as RolloutBuffer.get)."""
+            mine = array[:, self._columns(who)]  # (steps, members, envs, ...)
+            mine = np.moveaxis(mine, 0, 2)  # (members, envs, steps, ...)
+            return torch.as_tensor(mine.reshape(len(who), -1, *array.shape[2:]), dtype=dtype)
+
+        observations, actions = batch(buffer.observations, torch.float32), batch(buffer.actions, torch.long)[..., 0]
+        advantages, returns = batch(buffer.advantages, torch.float32), batch(buffer.returns, torch.float32)
+        index = torch.as_tensor(who)
+        params = {n: p[index].requires_grad_() for n, p in self.params.items()}
+        with torch.enable_grad():  # each member's loss depends on its own weights only: one backward for all
+            losses = over_members(self._loss, params, observations, actions, advantages, returns)
+            grads = dict(zip(params, torch.autograd.grad(losses.sum(), list(params.values()))))
+        norms = torch.sqrt(sum((g.flatten(1) ** 2).sum(1) for g in grads.values()))
+        clip = torch.clamp(config.max_grad_norm / (norms + 1e-6), max=1.0)  # as clip_grad_norm_, per member
+        grads = {n: g * clip.view((-1,) + (1,) * (g.dim() - 1)) for n, g in grads.items()}
+        self.adam.step(self.params, grads, index)
+
+    def _loss(self, params: dict[str, torch.Tensor], observations: torch.Tensor, actions: torch.Tensor,
+              advantages: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+        """A2C's loss for one member: policy gradient, value error and entropy bonus."""
+        config = self.config
+        logits, values = functional_call(self.heads, params, (observations,))
+        log_probs = torch.log_softmax(logits, -1)
+        log_prob = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        if config.normalize_advantage:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        policy_loss = -(advantages * log_prob).mean()
+        value_loss = torch.nn.functional.mse_loss(returns, values)
+        return policy_loss - config.ent_coef * entropy.mean() + config.vf_coef * value_loss
+
+    # ------------------------------------------------------------------ what the evolution sees
+    def vector(self, j: int) -> list[float]:
+        return torch.cat([p[j].flatten() for p in self.params.values()]).tolist()
+
+    def learning_rate(self, j: int) -> float:
+        return float(self.adam.learning_rates[j])
+
+    def optimizer_state(self, j: int) -> dict | None:
+        """Member j's Adam step and moments, flat as its weights; None before its first update."""
+        if self.adam.steps[j] == 0:
+            return None
+        return {STEP: float(self.adam.steps[j]),
+                EXP_AVG: torch.cat([s[j].flatten() for s in self.adam.exp_avg.values()]).tolist(),
+                EXP_AVG_SQ: torch.cat([s[j].flatten() for s in self.adam.exp_avg_sq.values()]).tolist()}
+
+    def load(self, j: int, new: NewState) -> None:
+        """Member j takes a SET. New weights drop what the old ones left: Adam's moments (unless
+        the SET brings the weights' own) and the rollout stored with the old values."""
+        if new.vector is not None:
+            _unflatten(self.params, j, new.vector)
+            step, exp_avg, exp_avg_sq = new.adam if new.adam is not None else (0.0, np.zeros(self.size), np.zeros(self.size))
+            self.adam.steps[j] = step
+            _unflatten(self.adam.exp_avg, j, exp_avg)
+            _unflatten(self.adam.exp_avg_sq, j, exp_avg_sq)
+            self.positions[j] = 0
+            self.remembers[j] = False
+        if new.learning_rate is not None:
+            self.adam.learning_rates[j] = new.learning_rate
+
+
+def over_members(function, params: dict[str, torch.Tensor], *args: torch.Tensor):
+    """`function(member's params, *member's args)` for every member (the first axis of each):
+    with `vmap`, or for a single member with a plain call, which costs less than vmap itself."""
+    if len(next(iter(params.values()))) > 1:
+        return vmap(function)(params, *args)
+    result = function({n: p[0] for n, p in params.items()}, *(a[0] for a in args))
+    if isinstance(result, torch.Tensor):
+        return result.unsqueeze(0)
+    return tuple(r.unsqueeze(0) for r in result)
+
+
+def _unflatten(stacked: dict[str, torch.Tensor], j: int, flat: np.ndarray) -> None:
+    """Write member j's part of every stacked tensor from one flat vector."""
+    offset = 0
+    for tensor in stacked.values():
+        size = tensor[j].numel()
+        tensor[j] = torch.as_tensor(flat[offset:offset + size], dtype=tensor.dtype).view_as(tensor[j])
+        offset += size
