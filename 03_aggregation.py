@@ -1,22 +1,25 @@
 """03_aggregation.py: many models' logits in, one action out.
 
-Every model proposes a distribution over the actions. The aggregation adds up the models'
-probabilities, takes the argmax (deterministic) or samples from the summed distribution, and
-credits each model with its share of the chosen action's summed probability: its contribution,
-which the evolution uses as fitness. A step whose last logits do not come within
-SWARM_MODEL_TIMEOUT seconds is given up, and the control is told which models are missing.
+Every model proposes a distribution over the actions. An evaluation step takes the swarm's vote
+(SWARM_VOTE; the tutorial's: the argmax of the summed probabilities). A training step samples its
+actions as SWARM_TRAINING_ACTIONS says (the tutorial's: from the summed probabilities), and the
+fitness (SWARM_FITNESS, swarm/fitness.py) is told about it; the evolution's GET gets the fitness.
+A step whose last logits do not come within SWARM_MODEL_TIMEOUT seconds is given up, and the
+control is told which models are missing.
 """
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
 from swarm.checks import BadMessage, as_batch, get_bool, get_per_env, get_str, require
 from swarm.client import Handlers, SwarmClient
 from swarm.component import setup_component
-from swarm.fitness import LeadCredit, ReturnCredit
+from swarm.fitness import Fitness, Outcome, make_fitness
 from swarm.protocol import (ACTION, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, GET, LOGITS, REWARD,
                             ROOM_ACTION, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_PING, ROOT_ID, SET, WEIGHTS,
                             ModelRegistry, error_report, register_model)
@@ -43,6 +46,20 @@ class StepLogits:
             self.retired_roots.append(self.root_id)
         self.root_id, self.logits = root_id, {}
         return True
+
+    def add(self, model_id: str, logits: np.ndarray) -> None:
+        """A model's logits for the step; a BadMessage if their shape is not the others'."""
+        if self.logits and logits.shape != (shape := next(iter(self.logits.values())).shape):
+            raise BadMessage(f"LOGITS of {model_id} has shape {logits.shape}, the others have {shape}")
+        if not self.logits:
+            self.first_at = time.monotonic()
+        self.logits[model_id] = logits
+
+    def take(self) -> dict[str, np.ndarray]:
+        """The step's logits, in the order of the model ids, not of arrival (the same sums, shares
+        and draws every run); the next step starts empty."""
+        by_model, self.logits = dict(sorted(self.logits.items())), {}
+        return by_model
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -81,72 +98,146 @@ def decide(all_logits: np.ndarray, vote: str = "probabilities", summed: np.ndarr
     return summed.argmax(axis=-1)
 
 
-def get_action(logits_by_model: dict[str, np.ndarray], rng: np.random.Generator,
+def shares_of(probs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Each model's share of each chosen action's summed probability, (models, envs), from all
+    models' `probs`, (models, envs, actions): the shares of one environment sum to 1."""
+    rows = np.arange(probs.shape[1])
+    return probs[:, rows, actions] / probs.sum(axis=0)[rows, actions]
+
+
+def get_action(logits_by_model: dict[str, np.ndarray], rng: np.random.Generator | None,
                deterministic: bool = False, vote: str = "probabilities") -> tuple[np.ndarray, np.ndarray]:
-    """One action per environment, and each model's share of each chosen action: (models, envs),
-    the shares of one environment sum to 1. Sampled from the summed probabilities, or (deterministic)
-    chosen by `vote` (see `decide`).
+    """One action per environment and each model's share of it (`shares_of`): chosen by `vote`
+    (deterministic, see `decide`) or sampled from the summed probabilities.
 
     `logits_by_model` maps a model to its logits, one row per environment: (envs, actions).
     """
     all_logits = np.stack(list(logits_by_model.values()))  # (models, envs, actions)
-    all_probs = softmax(all_logits)
-    summed = all_probs.sum(axis=0)  # (envs, actions)
-    if deterministic:
-        actions = decide(all_logits, vote, summed)
-    else:
-        actions = sample(summed / summed.sum(axis=-1, keepdims=True), rng)
-    rows = np.arange(len(summed))
-    return actions, all_probs[:, rows, actions] / summed[rows, actions]
+    probs = softmax(all_logits)
+    actions = decide(all_logits, vote) if deterministic else SummedActions().choose(probs, rng, None)
+    return actions, shares_of(probs, actions)
+
+
+# --------------------------------------------------------------------------- SWARM_TRAINING_ACTIONS
+class TrainingActions(Protocol):
+    """How a training step's actions are chosen from all models' probabilities."""
+
+    def start_run(self) -> None: ...
+
+    def leaders(self, model_ids: list[str]) -> list[str] | None:
+        """Per copy, the member leading its episode in progress; None: no one leads."""
+
+    def choose(self, probs: np.ndarray, rng: np.random.Generator, dones: np.ndarray | None) -> np.ndarray:
+        """One action per copy from `probs`, (models, envs, actions); `dones`: which copies' episodes
+        ended with the previous step (None at a run's first step)."""
+
+
+class SummedActions:
+    """SWARM_TRAINING_ACTIONS=summed, the tutorial's: sampled from the members' summed probabilities."""
+
+    def start_run(self) -> None:
+        pass
+
+    def leaders(self, model_ids: list[str]) -> list[str] | None:
+        return None
+
+    def choose(self, probs: np.ndarray, rng: np.random.Generator, dones: np.ndarray | None) -> np.ndarray:
+        summed = probs.sum(axis=0)  # (envs, actions)
+        return sample(summed / summed.sum(axis=-1, keepdims=True), rng)
+
+
+@dataclass
+class LeaderActions:
+    """SWARM_TRAINING_ACTIONS=leader: each training episode of each environment copy is led by one
+    member, and the copy takes that member's own sampled action.
+
+    Sampling a member and then its action is what the summed probabilities do at every step; here
+    the member is drawn once per episode, so an episode's return is one member's doing (the `lead`
+    fitness ranks on it). Leadership goes round the members in the order of their ids, on from run
+    to run; every member still learns from every step.
+    """
+    leading: list[int] | None = None  # per copy: the index of the member leading its episode
+    turn: int = 0  # the member that led last
+
+    def next_leader(self, members: int) -> int:
+        self.turn = (self.turn + 1) % members
+        return self.turn
+
+    def start_run(self) -> None:
+        self.leading = None
+
+    def leaders(self, model_ids: list[str]) -> list[str] | None:
+        if self.leading is None:
+            return None
+        return [model_ids[index % len(model_ids)] for index in self.leading]
+
+    def choose(self, probs: np.ndarray, rng: np.random.Generator, dones: np.ndarray | None) -> np.ndarray:
+        """A run's first step gives every copy a leader, a finished episode's copy the next member."""
+        members, envs = probs.shape[:2]
+        if self.leading is None:
+            self.leading = [self.next_leader(members) for _ in range(envs)]
+        elif dones is not None:
+            for copy in np.flatnonzero(dones):
+                self.leading[copy] = self.next_leader(members)
+        return sample(probs[np.array(self.leading) % members, np.arange(envs)], rng)
+
+
+TRAINING_ACTIONS: dict[str, Callable[[], TrainingActions]] = {"summed": SummedActions, "leader": LeaderActions}
+
+
+@dataclass
+class AggregationState:
+    """What the aggregation's handlers share."""
+    models: ModelRegistry
+    envs: int
+    rng: np.random.Generator  # draws the training actions
+    model_timeout: float
+    vote: str  # SWARM_VOTE: the evaluation's rule
+    training_actions: TrainingActions
+    fitness: Fitness
+    step: StepLogits = field(default_factory=StepLogits)
+
+
+def new_state(settings: SwarmSettings, name: str = COMPONENT_NAME) -> AggregationState:
+    """A fresh aggregation for `settings`."""
+    return AggregationState(models=ModelRegistry(settings.models), envs=settings.envs,
+                            rng=np.random.default_rng(settings.component_seed(name)),
+                            model_timeout=settings.model_timeout, vote=settings.vote,
+                            training_actions=TRAINING_ACTIONS[settings.training_actions](),
+                            fitness=make_fitness(settings.fitness))
+
+
+def read_outcome(msg: dict[str, Any], envs: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The previous step's REWARD and DONE a model echoes with its logits, if it does."""
+    if DONE not in msg:
+        return None
+    return get_per_env(msg, REWARD, envs, float), get_per_env(msg, DONE, envs, bool)
 
 
 @handlers.on(ROOM_LOGITS, reply_to=ROOM_ACTION)
-def aggregate(msg, memory, contribution_memory, models, envs, rng, return_credit=None, lead_credit=None,
-              vote="probabilities"):
-    """Collect one LOGITS per model; when all have answered, send the ACTION (one per environment).
-
-    The fitness: each model's contribution (the tutorial's); with `lead_credit` (SWARM_FITNESS=lead)
-    the returns of the training episodes it led; with `return_credit` (SWARM_FITNESS=return) its
-    credit for the returns of the episodes it pushed for.
-    """
+def aggregate(msg: dict[str, Any], state: AggregationState) -> dict[str, Any] | None:
+    """Collect one LOGITS per model; when all have answered, send the ACTION (one per environment)."""
     model_id = get_str(msg, COMPONENT_ID)
-    logits = as_batch(require(msg, LOGITS), LOGITS, envs)
+    logits = as_batch(require(msg, LOGITS), LOGITS, state.envs)
     deterministic = get_bool(msg, DETERMINISTIC)
-    outcome = None  # what came of the previous step, echoed by the model (SWARM_FITNESS=return)
-    if (return_credit is not None or lead_credit is not None) and DONE in msg:  # a bad echo must not stall the step
-        outcome = get_per_env(msg, REWARD, envs, float), get_per_env(msg, DONE, envs, bool)
-    models.admit(model_id)
-    root_id = msg.get(ROOT_ID)
-    if root_id != memory.root_id:
-        if not memory.start_run(root_id):
+    echoed = read_outcome(msg, state.envs)  # read before anything changes: a bad echo counts for nothing
+    state.models.admit(model_id)
+    if msg.get(ROOT_ID) != state.step.root_id:
+        if not state.step.start_run(msg.get(ROOT_ID)):
             return None  # a late answer from an abandoned run
-        for credit in (return_credit, lead_credit):
-            if credit is not None:
-                credit.start_run()  # episodes cut off by the end of a run earn nothing
-    if memory.logits and logits.shape != next(iter(memory.logits.values())).shape:
-        raise BadMessage(f"LOGITS of {model_id} has shape {logits.shape}, the others have "
-                         f"{next(iter(memory.logits.values())).shape}")
-    if not memory.logits:
-        memory.first_at = time.monotonic()
-    memory.logits[model_id] = logits
-    if len(memory.logits) < models.expected:
+        state.training_actions.start_run()
+        state.fitness.start_run()  # episodes cut off by the end of a run earn nothing
+    state.step.add(model_id, logits)
+    if len(state.step.logits) < state.models.expected:
         return None
-    # In the order of the model ids, not of arrival: the same sums, shares and draws every run.
-    by_model = dict(sorted(memory.logits.items()))
-    memory.logits = {}
-    if lead_credit is not None and not deterministic:  # each copy follows the member leading its episode
-        if outcome is not None:
-            lead_credit.add_outcome(*outcome, list(by_model))
-        return {ACTION: sample(lead_credit.leading(softmax(np.stack(list(by_model.values())))), rng).tolist()}
-    actions, shares = get_action(by_model, rng, deterministic, vote)
-    if not deterministic:  # an evaluation shows what the swarm can do; it earns no one fitness
-        if return_credit is None:
-            for model_id, share in zip(by_model, shares.sum(axis=-1)):
-                contribution_memory[model_id] = contribution_memory.get(model_id, 0.0) + float(share)
-        else:
-            if outcome is not None:
-                return_credit.add_outcome(*outcome, list(by_model), contribution_memory)
-            return_credit.add_step(shares)
+    by_model = state.step.take()
+    all_logits = np.stack(list(by_model.values()))  # (models, envs, actions)
+    if deterministic:  # an evaluation shows what the swarm can do; it earns no one fitness
+        return {ACTION: decide(all_logits, state.vote).tolist()}
+    model_ids, probs = list(by_model), softmax(all_logits)
+    outcome = None if echoed is None else Outcome(*echoed, leaders=state.training_actions.leaders(model_ids))
+    actions = state.training_actions.choose(probs, state.rng, None if outcome is None else outcome.dones)
+    state.fitness.observe(model_ids, shares_of(probs, actions), outcome)
     return {ACTION: actions.tolist()}
 
 
@@ -155,54 +246,41 @@ handlers.on(ROOM_PING)(register_model)
 
 
 @handlers.every(0.5, reply_to=ROOM_CONTROL)
-def check_missing_models(memory, models, model_timeout):
+def check_missing_models(state: AggregationState) -> dict[str, Any] | None:
     """A step that has waited `model_timeout` seconds for the last models' logits is given up.
     The control hears which models are missing (an ERROR for its run, which stops the swarm); a
     late answer for the abandoned run is ignored."""
-    if not memory.logits or time.monotonic() - memory.first_at < model_timeout:
+    step, models, model_timeout = state.step, state.models, state.model_timeout
+    if not step.logits or time.monotonic() - step.first_at < model_timeout:
         return None
-    missing = sorted(models.known - set(memory.logits))
-    error = (f"no LOGITS within {model_timeout:g} s from {len(missing) or models.expected - len(memory.logits)} "
-             f"model(s): {', '.join(missing) or 'not yet known'}; {len(memory.logits)} of {models.expected} answered")
-    log.error("%s (run %s)", error, memory.root_id)
-    report = error_report(error, missing, memory.root_id)
-    memory.retired_roots.append(memory.root_id)
-    memory.root_id, memory.logits = None, {}
+    missing = sorted(models.known - set(step.logits))
+    error = (f"no LOGITS within {model_timeout:g} s from {len(missing) or models.expected - len(step.logits)} "
+             f"model(s): {', '.join(missing) or 'not yet known'}; {len(step.logits)} of {models.expected} answered")
+    log.error("%s (run %s)", error, step.root_id)
+    report = error_report(error, missing, step.root_id)
+    step.retired_roots.append(step.root_id)
+    step.root_id, step.logits = None, {}
     return report
 
 
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
-def send_contribution(msg, contribution_memory, lead_credit=None):
-    """GET from the evolution: hand over the fitness. The tutorial's contribution is a tally that
-    starts anew; the led returns are the members' latest, whenever they were."""
+def send_contribution(msg: dict[str, Any], state: AggregationState) -> dict[str, Any] | None:
+    """GET from the evolution: hand over the fitness, under the tutorial's key."""
     if msg.get(CMD) != GET:
         return None
-    if lead_credit is not None:
-        return {CONTRIBUTION: lead_credit.fitness()}
-    contribution = dict(contribution_memory)
-    contribution_memory.clear()
-    return {CONTRIBUTION: contribution}
+    return {CONTRIBUTION: state.fitness.scores()}
 
 
 @handlers.on(ROOM_EVOLUTION)
-def forget_replaced(msg, lead_credit=None):
-    """SET: the members that get new weights start a new record of led returns."""
-    if lead_credit is not None and msg.get(CMD) == SET and isinstance(msg.get(WEIGHTS), dict):
-        lead_credit.forget(msg[WEIGHTS])
-
-
-def arguments(settings: SwarmSettings, name: str = COMPONENT_NAME) -> dict:
-    """The aggregation's state, which its handlers receive by name."""
-    return dict(memory=StepLogits(), contribution_memory={}, models=ModelRegistry(settings.models),
-                envs=settings.envs, rng=np.random.default_rng(settings.component_seed(name)),  # the sampled actions
-                model_timeout=settings.model_timeout,
-                return_credit=ReturnCredit() if settings.fitness == "return" else None,
-                lead_credit=LeadCredit() if settings.fitness == "lead" else None, vote=settings.vote)
+def forget_replaced(msg: dict[str, Any], state: AggregationState) -> None:
+    """SET: the members that get new weights start a new record."""
+    if msg.get(CMD) == SET and isinstance(msg.get(WEIGHTS), dict):
+        state.fitness.forget(msg[WEIGHTS])
 
 
 def main() -> None:
     settings = setup_component(COMPONENT_NAME)
-    handlers.wire(SwarmClient(COMPONENT_NAME, settings, **arguments(settings))).listen()
+    handlers.wire(SwarmClient(COMPONENT_NAME, settings, state=new_state(settings))).listen()
 
 
 if __name__ == "__main__":

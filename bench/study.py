@@ -1,10 +1,10 @@
 """bench/study.py: how many training steps does each arm need to solve CartPole-v1 (or
 `--set SWARM_ENV_ID=...`), over many seeds?
 
-Arms:
+Arms (the study names each swarm arm's training actions and fitness in its output):
 - `swarm`: the swarm with its defaults (`06_control.py` with no settings);
-- `swarm-no-evolution`: the same with SWARM_EVOLUTION=0;
-- `tutorial`: the tutorial's exact algorithm (SWARM_PRESET=tutorial);
+- `swarm-no-evolution`: the same with SWARM_EVOLUTION=0 (the same leader-led training actions);
+- `tutorial`: the tutorial's exact algorithm (SWARM_PRESET=tutorial: summed training actions);
 - `sb3-a2c`: stable-baselines3's A2C with its defaults, in one process.
 
 Every arm is judged the same way: "solved" is gymnasium's definition, a mean of at least 475 over
@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from swarm import rounds
 from swarm.environments import DEFAULT_ENV_ID, solved_at
 from swarm.launcher import free_port
 from swarm.scripts import PROJECT_DIR
@@ -62,6 +63,17 @@ def swarm_settings(arm: str, seed: int, args: argparse.Namespace, log_dir: Path)
     environ = {**ARMS[arm], **dict(args.set), "SWARM_SEED": str(seed), "SWARM_MAX_STEPS": str(args.max_steps),
                "SWARM_MAX_SECONDS": str(args.max_seconds), "SWARM_LOG_DIR": str(log_dir)}
     return SwarmSettings.from_env(environ)
+
+
+def describe_arm(arm: str, args: argparse.Namespace) -> str:
+    """What an arm runs: a swarm arm's training actions, fitness and evolution, or SB3's A2C. An
+    arm whose settings cannot work together stops the study before it starts."""
+    if ARMS[arm] is None:
+        return "stable-baselines3 A2C, its defaults"
+    settings = swarm_settings(arm, 0, args, Path("."))
+    if problems := settings.problems():
+        raise SystemExit(f"arm {arm}: " + "; ".join(problems))
+    return rounds.describe(settings)
 
 
 def summarise_swarm(arm: str, seed: int, result: dict) -> dict:
@@ -210,13 +222,13 @@ def p_value(results: list[dict], budget: int, a: str = "swarm", b: str = "swarm-
 
 
 def table(results: list[dict], summary: dict, p: float | None) -> list[str]:
-    lines = ["| arm | runs | solved | median steps [IQR] | median wall s [IQR] | median fitness spread |",
-             "| --- | ---: | ---: | --- | --- | ---: |"]
+    lines = ["| arm | runs | solved | median steps [IQR] | median wall s [IQR] | median fitness spread | setup |",
+             "| --- | ---: | ---: | --- | --- | ---: | --- |"]
     for arm, s in summary.items():
         spread = "-" if s["median_spread"] is None else f"{s['median_spread']:.1%}"
         lines.append(f"| {arm} | {s['runs']} | {s['solved']} | {s['median_steps']:,.0f} "
                      f"[{s['iqr_steps'][0]:,.0f}, {s['iqr_steps'][1]:,.0f}] | {s['median_seconds']:.0f} "
-                     f"[{s['iqr_seconds'][0]:.0f}, {s['iqr_seconds'][1]:.0f}] | {spread} |")
+                     f"[{s['iqr_seconds'][0]:.0f}, {s['iqr_seconds'][1]:.0f}] | {spread} | {s.get('setup', '')} |")
     lines.append("")
     lines.append("Mann-Whitney U, swarm against swarm-no-evolution (steps to solve, two-sided): "
                  + ("n/a" if p is None else f"p = {p:.3g}"))
@@ -301,6 +313,9 @@ def main() -> None:
     command = "python bench/study.py " + " ".join(sys.argv[1:])
     print(f"study: arms {', '.join(args.arms)}; seeds {args.seeds[0]}-{args.seeds[-1]}; "
           f"{'over sockets' if args.sockets else 'in process'}; {args.jobs} at a time; output in {args.out}", flush=True)
+    setups = {arm: describe_arm(arm, args) for arm in args.arms}
+    for arm, setup in setups.items():
+        print(f"  {arm}: {setup}", flush=True)
 
     tasks = [(arm, seed) for seed in args.seeds for arm in args.arms]
     results: list[dict] = []
@@ -314,7 +329,8 @@ def main() -> None:
             print(f"  {r['arm']:<20} seed {r['seed']:>3}: {'solved' if r['solved'] else 'NOT solved'} "
                   f"at {r['steps']:>7,} steps, {r['seconds']:5.0f} s ({len(results)}/{len(tasks)})", flush=True)
 
-    summary = {arm: arm_summary([r for r in results if r["arm"] == arm], args.max_steps) for arm in args.arms}
+    summary = {arm: {**arm_summary([r for r in results if r["arm"] == arm], args.max_steps), "setup": setups[arm]}
+               for arm in args.arms}
     p = p_value(results, args.max_steps) if {"swarm", "swarm-no-evolution"} <= set(args.arms) else None
     lines = table(results, summary, p)
     print("\n" + "\n".join(lines))
@@ -326,7 +342,7 @@ def main() -> None:
          f"{args.env_id}, seeds {args.seeds[0]}-{args.seeds[-1]}, {'sockets' if args.sockets else 'in process'}",
          solved_at(args.env_id))
     print(json.dumps({"arms": {arm: {k: s[k] for k in ("runs", "solved", "median_steps", "median_seconds",
-                                                       "median_spread")} for arm, s in summary.items()},
+                                                       "median_spread", "setup")} for arm, s in summary.items()},
                       "p_value": p}))
 
 

@@ -1,24 +1,90 @@
-"""Fitness helpers: the SWARM_FITNESS=return credit (aggregation) and the fitness spread (evolution)."""
+"""The evolution's fitness (SWARM_FITNESS), each strategy behind one interface, and the fitness
+spread the evolution reports.
+
+The aggregation tells a fitness about every training step (`observe`) and hands its `scores` to
+the evolution's GET; the members that get new weights are `forget`-ten. Evaluation steps earn no
+one anything: the aggregation does not show them.
+"""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 
 @dataclass
-class ReturnCredit:
-    """The option SWARM_FITNESS=return: a fitness that credits returns instead of agreement.
+class Outcome:
+    """What came of a training step's actions, echoed by the models with their next logits."""
+    rewards: np.ndarray  # (envs,)
+    dones: np.ndarray  # (envs,) bool: the copy's episode ended with that step
+    # per copy, the member leading the episode that step belonged to (SWARM_TRAINING_ACTIONS=leader)
+    leaders: list[str] | None = None
 
-    The tutorial's contribution pays a model for agreeing with the action taken, whatever came of
-    it; models trained on the same steps agree alike, so every contribution is about 1/N. Here a
-    model earns, for each finished episode, how much more than an equal share (1/N) it pushed
-    for the episode's actions, times how much better than usual the episode went (its return
-    minus the mean return of the last 100 episodes): pushing for the actions of long episodes
-    pays, pushing for those of short ones costs.
+
+class Fitness(ABC):
+    """What the evolution ranks the members on. A new run cuts off the episodes in progress:
+    they count for no one."""
+    name: ClassVar[str]
+
+    def start_run(self) -> None:  # noqa: B027 (optional: a fitness without episodes in progress keeps it)
+        """A new run begins: forget the episodes in progress."""
+
+    @abstractmethod
+    def observe(self, model_ids: list[str], shares: np.ndarray, outcome: Outcome | None) -> None:
+        """One training step: `shares` (models, envs), each model's share of each chosen action's
+        summed probability, the rows in the order of `model_ids`; `outcome`, what came of the
+        previous step (None at a run's first step, or from models that do not echo it)."""
+
+    @abstractmethod
+    def scores(self) -> dict[str, float]:
+        """The fitness by model id, for the evolution's GET."""
+
+    def forget(self, model_ids: Iterable[str]) -> None:  # noqa: B027 (optional, as start_run)
+        """These members have new weights: what they earned before is not theirs any more."""
+
+
+@dataclass
+class Tally(Fitness):
+    """A fitness earned step by step and handed over whole: the next round starts from zero."""
+    earned: dict[str, float] = field(default_factory=dict)
+
+    def scores(self) -> dict[str, float]:
+        handed, self.earned = self.earned, {}
+        return handed
+
+    def forget(self, model_ids: Iterable[str]) -> None:
+        for model_id in model_ids:
+            self.earned.pop(model_id, None)
+
+
+@dataclass
+class Contribution(Tally):
+    """SWARM_FITNESS=contribution, the tutorial's: each model's summed share of the chosen actions.
+
+    It pays a model for agreeing with the actions taken, whatever came of them; models trained on
+    the same steps agree alike, so every contribution is about 1/N of the steps.
     """
+    name: ClassVar[str] = "contribution"
+
+    def observe(self, model_ids: list[str], shares: np.ndarray, outcome: Outcome | None) -> None:
+        for model_id, share in zip(model_ids, shares.sum(axis=-1)):
+            self.earned[model_id] = self.earned.get(model_id, 0.0) + float(share)
+
+
+@dataclass
+class ReturnCredit(Tally):
+    """SWARM_FITNESS=return: credit for returns instead of agreement.
+
+    For each finished episode a model earns how much more than an equal share (1/N) it pushed for
+    the episode's actions, times how much better than usual the episode went (its return minus the
+    mean return of the last 100 episodes): pushing for the actions of long episodes pays, pushing
+    for those of short ones costs.
+    """
+    name: ClassVar[str] = "return"
     excess: np.ndarray | None = None  # (models, envs): this episode's sum of (share - 1/N), per copy
     returns: np.ndarray | None = None  # (envs,): this episode's return so far, per copy
     finished: deque = field(default_factory=lambda: deque(maxlen=100))  # returns of the latest episodes
@@ -26,23 +92,69 @@ class ReturnCredit:
     def start_run(self) -> None:
         self.excess = None
 
-    def add_step(self, shares: np.ndarray) -> None:
+    def observe(self, model_ids: list[str], shares: np.ndarray, outcome: Outcome | None) -> None:
+        if outcome is not None and self.excess is not None:  # a run's first step closes nothing
+            self._close_episodes(model_ids, outcome)
         if self.excess is None or self.excess.shape != shares.shape:
             self.excess, self.returns = np.zeros_like(shares), np.zeros(shares.shape[1])
         self.excess += shares - 1.0 / len(shares)
 
-    def add_outcome(self, rewards: np.ndarray, dones: np.ndarray, model_ids: list[str],
-                    fitness: dict[str, float]) -> None:
-        """The step's rewards and DONE flags (echoed by the models with their next logits)."""
-        if self.excess is None:
-            return  # a run's first observation: no step of ours yet
-        self.returns += rewards
-        for copy in np.flatnonzero(dones):
+    def _close_episodes(self, model_ids: list[str], outcome: Outcome) -> None:
+        self.returns += outcome.rewards
+        for copy in np.flatnonzero(outcome.dones):
             baseline = np.mean(self.finished) if self.finished else self.returns[copy]
             self.finished.append(float(self.returns[copy]))
             for model_id, excess in zip(model_ids, self.excess[:, copy]):
-                fitness[model_id] = fitness.get(model_id, 0.0) + float(excess * (self.returns[copy] - baseline))
+                self.earned[model_id] = self.earned.get(model_id, 0.0) + float(excess * (self.returns[copy] - baseline))
             self.excess[:, copy], self.returns[copy] = 0.0, 0.0
+
+
+@dataclass
+class LeadReturn(Fitness):
+    """SWARM_FITNESS=lead: a member's mean return over the last `window` training episodes it led,
+    once it has led that many since it last changed. It needs SWARM_TRAINING_ACTIONS=leader, which
+    makes an episode's return one member's doing.
+
+    The default window is one episode: with 20 members and 10 episodes a round each member leads
+    one episode every other round, so a larger window ranks a member long after the learning has
+    moved on (docs/learning.md).
+    """
+    name: ClassVar[str] = "lead"
+    window: int = 1
+    returns: np.ndarray | None = None  # per copy: the return so far of the episode in progress
+    led: dict[str, deque] = field(default_factory=dict)  # model id -> returns of its latest led episodes
+
+    def start_run(self) -> None:
+        self.returns = None
+
+    def observe(self, model_ids: list[str], shares: np.ndarray, outcome: Outcome | None) -> None:
+        """A finished episode credits its leader."""
+        if outcome is None or outcome.leaders is None:
+            return  # a run's first step, or actions no one led
+        if self.returns is None:
+            self.returns = np.zeros(len(outcome.rewards))
+        self.returns += outcome.rewards
+        for copy in np.flatnonzero(outcome.dones):
+            leader = outcome.leaders[copy]
+            self.led.setdefault(leader, deque(maxlen=self.window)).append(float(self.returns[copy]))
+            self.returns[copy] = 0.0
+
+    def scores(self) -> dict[str, float]:
+        """The latest record, kept: a member is ranked on the episodes it led, whenever they were."""
+        return {model_id: float(np.mean(returns)) for model_id, returns in self.led.items()
+                if len(returns) == self.window}
+
+    def forget(self, model_ids: Iterable[str]) -> None:
+        for model_id in model_ids:
+            self.led.pop(model_id, None)
+
+
+FITNESSES: dict[str, type[Fitness]] = {kind.name: kind for kind in (LeadReturn, Contribution, ReturnCredit)}
+
+
+def make_fitness(name: str) -> Fitness:
+    """The fitness SWARM_FITNESS names."""
+    return FITNESSES[name]()
 
 
 def fitness_spread(contribution: dict[str, float], models: Iterable[str]) -> float:
@@ -52,64 +164,3 @@ def fitness_spread(contribution: dict[str, float], models: Iterable[str]) -> flo
         return 0.0
     size = np.abs(fitness).mean()  # a fitness that credits returns can be negative
     return float((fitness.max() - fitness.min()) / size) if size > 0 else 0.0
-
-
-@dataclass
-class LeadCredit:
-    """SWARM_FITNESS=lead: every training episode of every environment copy is led by one member,
-    and the copy takes that member's own sampled action; a member's fitness is the mean return of
-    the last `window` episodes it led, once it has led that many since it last changed.
-
-    Sampling a member and then its action is what the tutorial's summed probabilities do at every
-    step; here the member is drawn once per episode, so an episode's return is one member's doing.
-    Leadership goes round the members in the order of their ids; every member still learns from
-    every step. An episode cut off by the end of a run counts for no one.
-
-    The default window is one episode: with 20 members and 10 episodes a round each member leads
-    one episode every other round, so a window of 3 ranked a member only every sixth round, long
-    after the learning had moved on (docs/learning.md measures both).
-    """
-    window: int = 1
-    leaders: list[int] | None = None  # per copy: the index of the member leading its episode
-    returns: np.ndarray | None = None  # per copy: the return so far of the episode in progress
-    turn: int = 0  # the next member to lead
-    led: dict[str, deque] = field(default_factory=dict)  # model id -> returns of its latest led episodes
-
-    def next_leader(self, members: int) -> int:
-        self.turn = (self.turn + 1) % members
-        return self.turn
-
-    def start_run(self) -> None:
-        self.leaders, self.returns = None, None
-
-    def leading(self, probs: np.ndarray) -> np.ndarray:
-        """Each copy's leader's action distribution, (envs, actions), from all members' `probs`,
-        (models, envs, actions); a run's first step gives every copy a leader."""
-        members, envs = probs.shape[:2]
-        if self.leaders is None or len(self.leaders) != envs:
-            self.leaders = [self.next_leader(members) for _ in range(envs)]
-            self.returns = np.zeros(envs)
-        return probs[np.array(self.leaders) % members, np.arange(envs)]
-
-    def add_outcome(self, rewards: np.ndarray, dones: np.ndarray, model_ids: list[str]) -> None:
-        """The outcome of the last actions (the models echo REWARD and DONE): a finished episode
-        credits its leader, and the copy's next episode gets the next member."""
-        if self.leaders is None:
-            return  # a run's first observation: no step of ours yet
-        self.returns += rewards
-        for copy in np.flatnonzero(dones):
-            leader = model_ids[self.leaders[copy] % len(model_ids)]
-            self.led.setdefault(leader, deque(maxlen=self.window)).append(float(self.returns[copy]))
-            self.returns[copy] = 0.0
-            self.leaders[copy] = self.next_leader(len(model_ids))
-
-    def fitness(self) -> dict[str, float]:
-        """The members that led `window` episodes since they last changed, with their mean led
-        return: a member is ranked on a few episodes of its own, not on one lucky one."""
-        return {model_id: float(np.mean(returns)) for model_id, returns in self.led.items()
-                if len(returns) == self.window}
-
-    def forget(self, model_ids: Iterable[str]) -> None:
-        """These members have new weights: what they led before is not theirs any more."""
-        for model_id in model_ids:
-            self.led.pop(model_id, None)

@@ -1,13 +1,10 @@
-"""The RL swarm's protocol: rooms, message keys, statuses, and who the models are.
-
-The rooms and keys are the tutorial's; what we add is marked, and a plain swergio client
-ignores it. Every message is swergio's DATA.CUSTOM type.
-"""
+"""The RL swarm's protocol: rooms, message keys, statuses, and who the models are. The tutorial's,
+plus what is marked as ours (a plain swergio client ignores it); every message is DATA.CUSTOM."""
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from swergio import MESSAGE_TYPE
@@ -157,13 +154,8 @@ def read_optimizer_state(saved: Any, size: int) -> tuple[float, np.ndarray, np.n
 # --------------------------------------------------------------------------- who the models are
 @dataclass
 class ModelRegistry:
-    """The model ids a component accepts answers from.
-
-    A model is known once it has answered a readiness PING (every client sees every PONG in the
-    `ping` room, and the control pings before the first run). A control that never pings still
-    works: until `expected` models are known, a new id is learned from its first message. After
-    that an unknown COMPONENT_ID is refused, so a stray or forged message cannot vote or breed.
-    """
+    """The model ids a component accepts answers from: those that answered a readiness PING, or,
+    until `expected` are known, any new one. A stray or forged COMPONENT_ID is then refused."""
     expected: int
     known: set[str] = field(default_factory=set)
 
@@ -180,6 +172,11 @@ class ModelRegistry:
         self.known.add(model_id)
 
 
-def register_model(msg: dict[str, Any], models: ModelRegistry) -> None:
+class KnowsModels(Protocol):
+    """A component state that accepts answers from its ModelRegistry's models."""
+    models: ModelRegistry
+
+
+def register_model(msg: dict[str, Any], state: KnowsModels) -> None:
     """Handler for the `ping` room: a model's answer to a readiness ping tells us its id."""
-    models.register_pong(msg)
+    state.models.register_pong(msg)

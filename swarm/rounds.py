@@ -56,6 +56,12 @@ class Round:
         return text
 
 
+def describe(settings: SwarmSettings) -> str:
+    """How the swarm learns, in one line: the choices that make it this project's or the tutorial's."""
+    evolution = f"evolution: {settings.operators}" if settings.evolution else "no evolution"
+    return f"training actions: {settings.training_actions}, fitness: {settings.fitness}, {evolution}, vote: {settings.vote}"
+
+
 def evaluate(start: Start, episodes: int, envs: int) -> tuple[float, float]:
     """Mean and standard deviation of deterministic episodes, rounded up to whole batches:
     every environment copy plays the same number."""
@@ -79,6 +85,7 @@ def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
     seconds_before = history[-1].seconds if history else 0.0
     training_seconds, began = 0.0, time.monotonic() - seconds_before
     solved = False
+    report(describe(settings))
     for round_nr in itertools.count(len(history) + 1):
         report(f"ROUND {round_nr}" + (f"/{settings.rounds}" if settings.rounds else ""))
         training_began = time.monotonic()

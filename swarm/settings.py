@@ -133,7 +133,8 @@ VOTES = ("probabilities", "majority", "log-probabilities")  # SWARM_VOTE: 03_agg
 # SWARM_PRESET: the defaults a preset gives; a variable that is set wins over its preset.
 PRESETS: dict[str, dict[str, Any]] = {
     "swarm": {},  # the field defaults below
-    "tutorial": dict(envs=1, episodes=20, learning_rate=7e-4, fitness="contribution", operators="genetic"),
+    "tutorial": dict(envs=1, episodes=20, learning_rate=7e-4, training_actions="summed", fitness="contribution",
+                     operators="genetic"),
 }
 
 
@@ -251,9 +252,13 @@ class SwarmSettings(RuntimeSettings):
     max_seconds: float = setting("SWARM_MAX_SECONDS", 1200.0, number(0),
                                  "training budget in wall-clock seconds from the first round (0: none)")
     evolution: bool = setting("SWARM_EVOLUTION", True, switch(), "evolve the population after every round")
+    training_actions: str = setting("SWARM_TRAINING_ACTIONS", "leader", choice("summed", "leader"),
+                                    "how training actions are chosen: sampled from the members' summed probabilities "
+                                    "(the tutorial's), or each episode of each copy led by one member in turn, "
+                                    "whose own sampled actions it takes")
     fitness: str = setting("SWARM_FITNESS", "lead", choice("lead", "contribution", "return"),
-                           "the evolution's fitness: the returns of the episodes a member led, the tutorial's "
-                           "contribution, or credit for returns")
+                           "the evolution's fitness: the returns of the episodes a member led (needs "
+                           "SWARM_TRAINING_ACTIONS=leader), the tutorial's contribution, or credit for returns")
     operators: str = setting("SWARM_OPERATORS", "pbt", choice("pbt", "genetic"),
                              "the evolution: the worst quarter copy the best quarter and perturb its learning rate "
                              "(population-based training), or the tutorial's genetic algorithm")
@@ -275,12 +280,17 @@ class SwarmSettings(RuntimeSettings):
         return dict(PRESETS.get(environ.get("SWARM_PRESET", "").strip(), {}))
 
     def problems(self) -> list[str]:
-        """What the values allow but the swarm cannot do: the runtime's problems, and an environment
-        it cannot play."""
+        """What the values allow but the swarm cannot do: the runtime's problems, an environment it
+        cannot play, and a fitness its training actions cannot give."""
         from swarm.environments import environment_problem  # gymnasium: only when a swarm is set up
 
-        problem = environment_problem(self.env_id)
-        return super().problems() + ([] if problem is None else [f"SWARM_ENV_ID={self.env_id!r} is not allowed: {problem}"])
+        problems = super().problems()
+        if (problem := environment_problem(self.env_id)) is not None:
+            problems.append(f"SWARM_ENV_ID={self.env_id!r} is not allowed: {problem}")
+        if self.fitness == "lead" and self.training_actions != "leader":
+            problems.append(f"SWARM_FITNESS=lead is not allowed with SWARM_TRAINING_ACTIONS={self.training_actions}: "
+                            "it ranks members on the episodes they led (SWARM_TRAINING_ACTIONS=leader)")
+        return problems
 
 
 def option_name(field: dataclasses.Field) -> str:

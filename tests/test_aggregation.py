@@ -3,15 +3,17 @@ import numpy as np
 import pytest
 
 from swarm.checks import BadMessage
+from swarm.fitness import Contribution, LeadReturn, ReturnCredit
 from swarm.protocol import (ACTION, CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, ERROR, GET, LOGITS,
-                            MISSING, PONG, REWARD, ROOT_ID, SET, STATUS, WEIGHTS, ModelRegistry)
+                            MISSING, PONG, REWARD, ROOT_ID, SET, STATUS, WEIGHTS)
+from swarm.settings import SwarmSettings
 from tests.helpers import load_script
 
 aggregation = load_script("03_aggregation.py")
 
 
 class Draws:
-    """The generator the aggregation samples actions with (its client passes one as `rng`)."""
+    """The generator the aggregation samples actions with (shared by the states a test makes)."""
     rng = np.random.default_rng(0)
 
 
@@ -20,8 +22,17 @@ def fresh_draws():
     Draws.rng = np.random.default_rng(0)
 
 
-def aggregate(msg, memory, contribution, models, envs, credit=None):
-    return aggregation.aggregate(msg, memory, contribution, models, envs, Draws.rng, credit)
+def new_state(models, envs=1, fitness="contribution", training_actions="summed", vote="probabilities"):
+    """The aggregation's state for `models` models (by default the tutorial's action choice and
+    fitness), drawing from `Draws.rng`."""
+    state = aggregation.new_state(SwarmSettings(models=models, envs=envs, fitness=fitness,
+                                                training_actions=training_actions, vote=vote))
+    state.rng = Draws.rng
+    return state
+
+
+def aggregate(msg, state):
+    return aggregation.aggregate(msg, state)
 
 
 def logits_for(p0: float) -> list[float]:
@@ -34,21 +45,19 @@ def logits_message(model_id, p0, deterministic=True, root_id="run-1"):
             ROOT_ID: root_id}
 
 
-def run_step(messages, nr_of_models, memory=None, contribution=None, models=None):
-    memory = memory if memory is not None else aggregation.StepLogits()
-    contribution = contribution if contribution is not None else {}
-    models = models or ModelRegistry(nr_of_models)
-    replies = [aggregate(m, memory, contribution, models, 1) for m in messages]
-    return replies, memory, contribution
+def run_step(messages, nr_of_models, state=None):
+    state = state or new_state(nr_of_models)
+    replies = [aggregate(m, state) for m in messages]
+    return replies, state
 
 
 def test_deterministic_action_is_the_argmax_of_summed_probabilities():
     # One confident model outweighs two lukewarm ones: a majority vote would say action 1.
     messages = [logits_message("a", 0.99), logits_message("b", 0.4), logits_message("c", 0.4)]
-    replies, _, contribution = run_step(messages, 3)
+    replies, state = run_step(messages, 3)
     assert replies[:2] == [None, None], "acted before every model had answered"
     assert replies[2] == {ACTION: [0]}
-    assert contribution == {}, "an evaluation step earns no one fitness"
+    assert state.fitness.earned == {}, "an evaluation step earns no one fitness"
 
 
 def test_a_majority_follows_the_many_and_log_probabilities_the_product():
@@ -68,9 +77,8 @@ def test_a_tied_majority_goes_to_the_summed_probabilities():
 
 
 def test_the_vote_setting_reaches_the_evaluation_steps():
-    memory, models = aggregation.StepLogits(), ModelRegistry(3)
     messages = [logits_message("a", 0.99), logits_message("b", 0.4), logits_message("c", 0.4)]
-    replies = [aggregation.aggregate(m, memory, {}, models, 1, Draws.rng, vote="majority") for m in messages]
+    replies, _ = run_step(messages, 3, new_state(3, vote="majority"))
     assert replies[-1] == {ACTION: [1]}
 
 
@@ -86,7 +94,8 @@ class FixedDraws:
 def test_a_training_step_credits_each_models_share_of_the_chosen_action(monkeypatch):
     Draws.rng = FixedDraws(0.999)  # the last action: 1
     messages = [logits_message(k, p, deterministic=False) for k, p in [("a", 0.99), ("b", 0.4), ("c", 0.4)]]
-    replies, _, contribution = run_step(messages, 3)
+    replies, state = run_step(messages, 3)
+    contribution = state.fitness.earned
     assert replies[2] == {ACTION: [1]}
     summed1 = 0.01 + 0.6 + 0.6
     assert contribution["a"] == pytest.approx(0.01 / summed1)
@@ -95,34 +104,34 @@ def test_a_training_step_credits_each_models_share_of_the_chosen_action(monkeypa
 
 
 def test_contributions_accumulate_and_each_step_adds_one():
-    memory, contribution = aggregation.StepLogits(), {}
+    state = new_state(2)
     for p in [0.2, 0.7, 0.5, 0.9]:
-        run_step([logits_message("a", p, False), logits_message("b", 1 - p / 2, False)], 2, memory, contribution)
-    assert sum(contribution.values()) == pytest.approx(4.0)
+        run_step([logits_message("a", p, False), logits_message("b", 1 - p / 2, False)], 2, state)
+    assert sum(state.fitness.earned.values()) == pytest.approx(4.0)
 
 
 def test_sampled_action_follows_the_summed_distribution():
     Draws.rng = np.random.default_rng(0)
     actions = []
     for _ in range(4000):
-        replies, _, _ = run_step([logits_message("a", 0.9, False), logits_message("b", 0.3, False)], 2)
+        replies, _ = run_step([logits_message("a", 0.9, False), logits_message("b", 0.3, False)], 2)
         actions.append(replies[-1][ACTION][0])
     assert np.mean(np.array(actions) == 0) == pytest.approx((0.9 + 0.3) / 2, abs=0.03)
 
 
 def test_a_repeated_answer_does_not_count_twice():
-    replies, memory, _ = run_step([logits_message("a", 0.6), logits_message("a", 0.7)], 2)
+    replies, state = run_step([logits_message("a", 0.6), logits_message("a", 0.7)], 2)
     assert replies == [None, None]
-    assert list(memory.logits) == ["a"]
+    assert list(state.step.logits) == ["a"]
 
 
 def test_answers_from_an_abandoned_run_are_ignored():
-    memory = aggregation.StepLogits()
-    run_step([logits_message("a", 0.6, root_id="old")], 2, memory)
-    run_step([logits_message("b", 0.6, root_id="new")], 2, memory)  # a new run starts
-    replies, _, _ = run_step([logits_message("a", 0.6, root_id="old")], 2, memory)  # late, stale
-    assert replies == [None] and list(memory.logits) == ["b"]
-    replies, _, _ = run_step([logits_message("a", 0.6, root_id="new")], 2, memory)
+    state = new_state(2)
+    run_step([logits_message("a", 0.6, root_id="old")], 2, state)
+    run_step([logits_message("b", 0.6, root_id="new")], 2, state)  # a new run starts
+    replies, _ = run_step([logits_message("a", 0.6, root_id="old")], 2, state)  # late, stale
+    assert replies == [None] and list(state.step.logits) == ["b"]
+    replies, _ = run_step([logits_message("a", 0.6, root_id="new")], 2, state)
     assert replies == [{ACTION: [0]}]
 
 
@@ -134,19 +143,21 @@ def test_answers_from_an_abandoned_run_are_ignored():
     {COMPONENT_ID: "x", LOGITS: [0.1, 0.2], DETERMINISTIC: "yes"},
 ])
 def test_bad_logits_do_not_count_towards_the_step(broken):
-    memory, contribution = aggregation.StepLogits(), {}
-    run_step([logits_message("a", 0.6, root_id=None)], 2, memory, contribution)
+    state = new_state(2)
+    run_step([logits_message("a", 0.6, root_id=None)], 2, state)
     with pytest.raises(BadMessage):
-        aggregate(broken, memory, contribution, ModelRegistry(2), 1)
-    assert list(memory.logits) == ["a"] and contribution == {}
+        aggregate(broken, state)
+    assert list(state.step.logits) == ["a"] and state.fitness.earned == {}
 
 
 def test_get_hands_over_the_contributions_and_clears_them():
-    contribution = {"a": 1.5, "b": 0.5}
-    reply = aggregation.send_contribution({CMD: GET}, contribution)
+    state = new_state(2)
+    state.fitness.earned = {"a": 1.5, "b": 0.5}
+    reply = aggregation.send_contribution({CMD: GET}, state)
     assert reply == {CONTRIBUTION: {"a": 1.5, "b": 0.5}}
-    assert contribution == {}
-    assert aggregation.send_contribution({CMD: SET}, {"a": 1.0}) is None
+    assert state.fitness.earned == {}
+    state.fitness.earned = {"a": 1.0}
+    assert aggregation.send_contribution({CMD: SET}, state) is None and state.fitness.earned == {"a": 1.0}
 
 
 # --------------------------------------------------------------------------- SWARM_ENVS > 1
@@ -156,9 +167,9 @@ def test_a_batch_gets_one_action_per_environment_from_one_pass(monkeypatch, dete
     Draws.rng = FixedDraws(0.0, 0.999)  # sampled: actions 0 and 1 too
     messages = [{COMPONENT_ID: "a", LOGITS: [logits_for(0.99), logits_for(0.4)], DETERMINISTIC: deterministic},
                 {COMPONENT_ID: "b", LOGITS: [logits_for(0.4), logits_for(0.2)], DETERMINISTIC: deterministic}]
-    memory, contribution = aggregation.StepLogits(), {}
-    models = ModelRegistry(2)
-    replies = [aggregate(m, memory, contribution, models, 2) for m in messages]
+    state = new_state(2, envs=2)
+    contribution = state.fitness.earned
+    replies = [aggregate(m, state) for m in messages]
     assert replies == [None, {ACTION: [0, 1]}]
     if deterministic:
         assert contribution == {}
@@ -173,9 +184,8 @@ def test_sampled_batch_actions_follow_each_environments_distribution():
     p0 = np.array([0.1, 0.5, 0.9])
     chosen = []
     for _ in range(3000):
-        memory = aggregation.StepLogits()
         message = {COMPONENT_ID: "a", LOGITS: [logits_for(p) for p in p0], DETERMINISTIC: False}
-        chosen.append(aggregate(message, memory, {}, ModelRegistry(1), 3)[ACTION])
+        chosen.append(aggregate(message, new_state(1, envs=3))[ACTION])
     assert np.allclose(np.mean(np.array(chosen) == 0, axis=0), p0, atol=0.03)
 
 
@@ -187,11 +197,10 @@ def test_sampled_batch_actions_follow_each_environments_distribution():
     [[0.1, 0.2], [0.1, True]],
 ])
 def test_a_bad_batch_of_logits_does_not_count(logits):
-    memory, contribution = aggregation.StepLogits(), {}
+    state = new_state(1, envs=2)
     with pytest.raises(BadMessage):
-        aggregate({COMPONENT_ID: "a", LOGITS: logits, DETERMINISTIC: True}, memory, contribution,
-                              ModelRegistry(1), 2)
-    assert memory.logits == {} and contribution == {}
+        aggregate({COMPONENT_ID: "a", LOGITS: logits, DETERMINISTIC: True}, state)
+    assert state.step.logits == {} and state.fitness.earned == {}
 
 
 # --------------------------------------------------------------------------- who may vote, and who is late
@@ -200,133 +209,172 @@ def pong(model_id):
 
 
 def test_only_models_that_answered_the_ping_may_vote():
-    models = ModelRegistry(2)
-    aggregation.register_model(pong("a"), models)
-    aggregation.register_model(pong("b"), models)
-    aggregation.register_model({PONG: "nonce", COMPONENT: "environment", COMPONENT_ID: "env"}, models)
-    assert models.known == {"a", "b"}
-    memory, contribution = aggregation.StepLogits(), {}
+    state = new_state(2)
+    aggregation.register_model(pong("a"), state)
+    aggregation.register_model(pong("b"), state)
+    aggregation.register_model({PONG: "nonce", COMPONENT: "environment", COMPONENT_ID: "env"}, state)
+    assert state.models.known == {"a", "b"}
     with pytest.raises(BadMessage, match="unknown model 'intruder'"):
-        aggregate(logits_message("intruder", 0.9), memory, contribution, models, 1)
-    replies, _, _ = run_step([logits_message("a", 0.9, False), logits_message("b", 0.9, False)], 2, memory,
-                             contribution, models)
-    assert len(replies[-1][ACTION]) == 1 and set(contribution) == {"a", "b"}
+        aggregate(logits_message("intruder", 0.9), state)
+    replies, _ = run_step([logits_message("a", 0.9, False), logits_message("b", 0.9, False)], 2, state)
+    assert len(replies[-1][ACTION]) == 1 and set(state.fitness.earned) == {"a", "b"}
 
 
 def test_without_pings_the_first_models_to_answer_are_learned():
-    models = ModelRegistry(2)
-    replies, _, _ = run_step([logits_message("a", 0.9), logits_message("b", 0.9)], 2, models=models)
-    assert replies[-1] == {ACTION: [0]} and models.known == {"a", "b"}
+    replies, state = run_step([logits_message("a", 0.9), logits_message("b", 0.9)], 2)
+    assert replies[-1] == {ACTION: [0]} and state.models.known == {"a", "b"}
     with pytest.raises(BadMessage):
-        models.admit("c")
+        state.models.admit("c")
 
 
 def test_a_step_missing_a_model_is_given_up_after_the_timeout_naming_it():
-    models = ModelRegistry(3)
+    state = new_state(3)
+    assert state.model_timeout == 5.0  # SWARM_MODEL_TIMEOUT's default
     for model_id in ("model0-x", "model1-y", "model2-z"):
-        models.register_pong(pong(model_id))
-    memory, contribution = aggregation.StepLogits(), {}
-    run_step([logits_message("model0-x", 0.6), logits_message("model2-z", 0.6)], 3, memory, contribution, models)
-    assert aggregation.check_missing_models(memory, models, model_timeout=5.0) is None  # not late yet
-    memory.first_at -= 5.1  # as if 5.1 s had passed
-    report = aggregation.check_missing_models(memory, models, model_timeout=5.0)
+        state.models.register_pong(pong(model_id))
+    run_step([logits_message("model0-x", 0.6), logits_message("model2-z", 0.6)], 3, state)
+    assert aggregation.check_missing_models(state) is None  # not late yet
+    state.step.first_at -= 5.1  # as if 5.1 s had passed
+    report = aggregation.check_missing_models(state)
     assert report[STATUS] == ERROR and report[ROOT_ID] == "run-1"
     assert report[MISSING] == ["model1-y"] and "model1-y" in report[ERROR] and "2 of 3" in report[ERROR]
     # The run is over: the late answer does not complete a step, and nothing counted.
-    replies, _, _ = run_step([logits_message("model1-y", 0.6)], 3, memory, contribution, models)
-    assert replies == [None] and contribution == {} and memory.logits == {}
-    assert aggregation.check_missing_models(memory, models, model_timeout=5.0) is None
+    replies, _ = run_step([logits_message("model1-y", 0.6)], 3, state)
+    assert replies == [None] and state.fitness.earned == {} and state.step.logits == {}
+    assert aggregation.check_missing_models(state) is None
 
 
 # --------------------------------------------------------------------------- SWARM_FITNESS=return
-def play_episode(length, pusher, memory, fitness, credit, models, first=False):
+def play_episode(length, pusher, state, first=False):
     """`length` training steps in which `pusher` is surer than the other model of the action
     taken (action 0, drawn by FixedDraws(0.0)); the last step's outcome says DONE."""
     for step in range(length):
         echo = {} if first and step == 0 else {REWARD: 1.0, DONE: step == 0}
         for model_id in ("a", "b"):
             msg = {**logits_message(model_id, 0.9 if model_id == pusher else 0.6, deterministic=False), **echo}
-            aggregate(msg, memory, fitness, models, 1, credit)
+            aggregate(msg, state)
 
 
 def test_a_return_crediting_fitness_pays_for_pushing_towards_long_episodes(monkeypatch):
     Draws.rng = FixedDraws(0.0)  # action 0 every step
-    memory, fitness, credit, models = aggregation.StepLogits(), {}, aggregation.ReturnCredit(), ModelRegistry(2)
-    play_episode(3, "a", memory, fitness, credit, models, first=True)
-    play_episode(10, "b", memory, fitness, credit, models)  # closes episode 1: its own baseline, no credit
+    state = new_state(2, fitness="return")
+    fitness = state.fitness.earned
+    play_episode(3, "a", state, first=True)
+    play_episode(10, "b", state)  # closes episode 1: its own baseline, no credit
     assert fitness == {"a": 0.0, "b": 0.0}
-    play_episode(2, "a", memory, fitness, credit, models)  # closes episode 2: 10 steps, 7 above the mean (3)
+    play_episode(2, "a", state)  # closes episode 2: 10 steps, 7 above the mean (3)
     excess_per_step = 0.9 / 1.5 - 0.5
     assert fitness["b"] == pytest.approx(10 * excess_per_step * 7) and fitness["a"] == pytest.approx(-fitness["b"])
-    play_episode(1, "b", memory, fitness, credit, models)  # closes episode 3: 2 steps, 4.5 below the mean
+    play_episode(1, "b", state)  # closes episode 3: 2 steps, 4.5 below the mean
     assert fitness["a"] == pytest.approx(-10 * excess_per_step * 7 - 2 * excess_per_step * 4.5)
     assert sum(fitness.values()) == pytest.approx(0.0), "an episode's credit only moves fitness between models"
 
 
 def test_return_credit_ignores_evaluations_and_a_bad_echo_changes_nothing(monkeypatch):
     Draws.rng = FixedDraws(0.0)
-    memory, fitness, credit, models = aggregation.StepLogits(), {}, aggregation.ReturnCredit(), ModelRegistry(2)
+    state = new_state(2, fitness="return")
+    credit = state.fitness
     for model_id in ("a", "b"):
-        aggregate({**logits_message(model_id, 0.9), REWARD: 1.0, DONE: True}, memory, fitness,
-                              models, 1, credit)
-    assert fitness == {} and credit.excess is None and not credit.finished
+        aggregate({**logits_message(model_id, 0.9), REWARD: 1.0, DONE: True}, state)
+    assert credit.earned == {} and credit.excess is None and not credit.finished
     with pytest.raises(BadMessage):
-        aggregate({**logits_message("a", 0.9, False), REWARD: "1", DONE: True}, memory, fitness,
-                              models, 1, credit)
-    assert memory.logits == {} and fitness == {}
+        aggregate({**logits_message("a", 0.9, False), REWARD: "1", DONE: True}, state)
+    assert state.step.logits == {} and credit.earned == {}
 
 
-# --------------------------------------------------------------------------- SWARM_FITNESS=lead
-def lead_step(memory, models, credit, done=None, deterministic=False, rng=None):
+# --------------------------------------------------------------------------- SWARM_TRAINING_ACTIONS=leader, SWARM_FITNESS=lead
+def lead_state(window=1):
+    state = new_state(2, fitness="lead", training_actions="leader")
+    state.fitness = LeadReturn(window=window)
+    return state
+
+
+def lead_step(state, done=None, deterministic=False):
     """One step of models a (sure of action 0) and b (sure of action 1); `done`: the echo."""
     echo = {} if done is None else {REWARD: 1.0, DONE: done}
     reply = None
+    state.rng = np.random.default_rng(0)
     for model_id, p0 in (("a", 0.999), ("b", 0.001)):
         msg = {**logits_message(model_id, p0, deterministic=deterministic), **echo}
-        reply = aggregation.aggregate(msg, memory, {}, models, 1, rng or np.random.default_rng(0),
-                                      lead_credit=credit) or reply
+        reply = aggregate(msg, state) or reply
     return reply[ACTION][0]
 
 
 def test_each_episode_follows_its_leader_and_its_return_is_the_leaders_fitness():
-    memory, models, credit = aggregation.StepLogits(), ModelRegistry(2), aggregation.LeadCredit(window=1)
-    taken = [lead_step(memory, models, credit)]  # a run's first observation: no echo
-    taken += [lead_step(memory, models, credit, done=False) for _ in range(2)]
-    taken.append(lead_step(memory, models, credit, done=True))  # the first episode ends after 3 steps
-    taken += [lead_step(memory, models, credit, done=False) for _ in range(6)]
-    lead_step(memory, models, credit, done=True)  # the second ends after 7
+    state = lead_state(window=1)
+    taken = [lead_step(state)]  # a run's first observation: no echo
+    taken += [lead_step(state, done=False) for _ in range(2)]
+    taken.append(lead_step(state, done=True))  # the first episode ends after 3 steps
+    taken += [lead_step(state, done=False) for _ in range(6)]
+    lead_step(state, done=True)  # the second ends after 7
     first, second = taken[:3], taken[3:10]
     assert len(set(first)) == 1 and len(set(second)) == 1 and first[0] != second[0], "one leader per episode"
     leader_of = {0: "a", 1: "b"}
-    assert credit.fitness() == {leader_of[first[0]]: 3.0, leader_of[second[0]]: 7.0}
+    assert state.fitness.scores() == {leader_of[first[0]]: 3.0, leader_of[second[0]]: 7.0}
 
 
 def test_evaluations_use_the_summed_probabilities_and_credit_no_one():
-    memory, models, credit = aggregation.StepLogits(), ModelRegistry(2), aggregation.LeadCredit()
+    state = lead_state()
     for _ in range(3):
-        lead_step(memory, models, credit, done=True, deterministic=True)
-    assert credit.fitness() == {} and credit.leaders is None
+        lead_step(state, done=True, deterministic=True)
+    assert state.fitness.scores() == {} and state.training_actions.leading is None
 
 
 def test_members_given_new_weights_lose_their_record_and_get_reports_the_latest():
-    memory, models, credit = aggregation.StepLogits(), ModelRegistry(2), aggregation.LeadCredit(window=2)
-    lead_step(memory, models, credit)
+    state = lead_state(window=2)
+    lead_step(state)
     for done in [True, False, True, True, False, False, True]:
-        lead_step(memory, models, credit, done=done)
-    before = credit.fitness()
+        lead_step(state, done=done)
+    before = state.fitness.scores()
     assert set(before) == {"a", "b"}
-    assert aggregation.send_contribution({CMD: GET}, {}, credit) == {CONTRIBUTION: before}
-    assert aggregation.send_contribution({CMD: GET}, {}, credit) == {CONTRIBUTION: before}, "a record, not a tally"
-    aggregation.forget_replaced({CMD: SET, WEIGHTS: {"a": [0.0]}}, credit)
-    assert credit.fitness() == {"b": before["b"]}
+    assert aggregation.send_contribution({CMD: GET}, state) == {CONTRIBUTION: before}
+    assert aggregation.send_contribution({CMD: GET}, state) == {CONTRIBUTION: before}, "a record, not a tally"
+    aggregation.forget_replaced({CMD: SET, WEIGHTS: {"a": [0.0]}}, state)
+    assert state.fitness.scores() == {"b": before["b"]}
 
 
 def test_a_member_is_ranked_once_it_has_led_a_full_window():
-    memory, models, credit = aggregation.StepLogits(), ModelRegistry(2), aggregation.LeadCredit(window=3)
-    lead_step(memory, models, credit)
+    state = lead_state(window=3)
+    lead_step(state)
     for _ in range(4):  # four one-step episodes: two led by each member
-        lead_step(memory, models, credit, done=True)
-    assert credit.fitness() == {}
+        lead_step(state, done=True)
+    assert state.fitness.scores() == {}
     for _ in range(2):
-        lead_step(memory, models, credit, done=True)
-    assert credit.fitness() == {"a": 1.0, "b": 1.0}
+        lead_step(state, done=True)
+    assert state.fitness.scores() == {"a": 1.0, "b": 1.0}
+
+
+# --------------------------------------------------------------------------- the two settings, apart
+def test_the_settings_pick_the_training_actions_and_the_fitness():
+    swarm = aggregation.new_state(SwarmSettings())
+    assert isinstance(swarm.training_actions, aggregation.LeaderActions) and isinstance(swarm.fitness, LeadReturn)
+    tutorial = aggregation.new_state(SwarmSettings.from_env({"SWARM_PRESET": "tutorial"}))
+    assert isinstance(tutorial.training_actions, aggregation.SummedActions)
+    assert isinstance(tutorial.fitness, Contribution)
+    assert isinstance(aggregation.new_state(SwarmSettings(fitness="return")).fitness, ReturnCredit)
+
+
+def test_leadership_goes_round_the_members_and_a_finished_episode_passes_it_on():
+    actions = aggregation.LeaderActions()
+    probs = np.array([[[1.0, 0.0]] * 2, [[0.0, 1.0]] * 2, [[1.0, 0.0]] * 2])  # members 0 and 2 take action 0
+    rng = np.random.default_rng(0)
+    assert actions.leaders(["a", "b", "c"]) is None, "no one leads before a run's first step"
+    assert actions.choose(probs, rng, None).tolist() == [1, 0]  # copies 0 and 1: members 1 and 2
+    assert actions.leaders(["a", "b", "c"]) == ["b", "c"]
+    actions.choose(probs, rng, np.array([False, True]))
+    assert actions.leaders(["a", "b", "c"]) == ["b", "a"], "the next member leads copy 1's next episode"
+    actions.start_run()
+    actions.choose(probs, rng, None)
+    assert actions.leaders(["a", "b", "c"]) == ["b", "c"], "a new run goes on with the next members"
+
+
+def test_leader_actions_with_the_contribution_credit_each_models_share():
+    """The action choice and the fitness are independent: leader-led actions still pay each
+    model its share of the chosen action (the tutorial's fitness)."""
+    state = new_state(2, envs=2, fitness="contribution", training_actions="leader")
+    for step in range(3):
+        echo = {} if step == 0 else {REWARD: [1.0, 1.0], DONE: [False, step == 2]}
+        for model_id, p0 in (("a", 0.8), ("b", 0.3)):
+            aggregate({COMPONENT_ID: model_id, LOGITS: [logits_for(p0)] * 2, DETERMINISTIC: False, **echo}, state)
+    assert set(state.fitness.earned) == {"a", "b"} and sum(state.fitness.earned.values()) == pytest.approx(6.0)
+    assert state.training_actions.leading is not None

@@ -39,6 +39,8 @@ SHELL_CASES = [
     ({"SWARM_ENV_ID": "Pendulum-v1"}, "SWARM_ENV_ID='Pendulum-v1'", "the aggregation needs Discrete actions"),
     ({"SWARM_ENV_ID": "FrozenLake-v1"}, "SWARM_ENV_ID='FrozenLake-v1'", "the models need a flat Box"),
     ({"SWARM_ENV_ID": "NoSuchGame-v0"}, "SWARM_ENV_ID='NoSuchGame-v0'", "gymnasium cannot make it"),
+    ({"SWARM_FITNESS": "lead", "SWARM_TRAINING_ACTIONS": "summed"}, "SWARM_FITNESS=lead is not allowed",
+     "SWARM_TRAINING_ACTIONS=leader"),
 ]
 
 
@@ -127,6 +129,7 @@ def test_to_env_reproduces_every_setting_in_a_child(field):
                "start_timeout": 1.5, "reply_timeout": 2.5, "token": "a-shared-secret", "models": 3, "launch": False,
                "models_per_process": 2, "launcher": "fork", "rounds": 4, "episodes": 5, "envs": 6,
                "eval_episodes": 7, "max_steps": 8, "max_seconds": 9.5, "evolution": False, "fitness": "return",
+               "training_actions": "summed",
                "preset": "tutorial", "operators": "genetic", "vote": "majority",
                "learning_rate": 0.002, "normalize_advantage": True, "model_timeout": 0.5, "resume": Path(__file__),
                "env_id": "Acrobot-v1"}
@@ -138,12 +141,23 @@ def test_to_env_reproduces_every_setting_in_a_child(field):
 
 def test_a_preset_gives_defaults_and_a_set_variable_wins():
     tutorial = SwarmSettings.from_env({"SWARM_PRESET": "tutorial"})
-    assert (tutorial.envs, tutorial.episodes, tutorial.learning_rate, tutorial.fitness, tutorial.operators) == (
-        1, 20, 7e-4, "contribution", "genetic")
+    assert (tutorial.envs, tutorial.episodes, tutorial.learning_rate, tutorial.training_actions, tutorial.fitness,
+            tutorial.operators) == (1, 20, 7e-4, "summed", "contribution", "genetic")
+    assert (SwarmSettings().training_actions, SwarmSettings().fitness) == ("leader", "lead")
     assert SwarmSettings.from_env({"SWARM_PRESET": "tutorial", "SWARM_ENVS": "4"}).envs == 4
     assert SwarmSettings.from_env({"SWARM_PRESET": "swarm"}) == SwarmSettings()
     with pytest.raises(SettingsError, match="SWARM_PRESET='best' is not allowed: one of swarm, tutorial"):
         SwarmSettings.from_env({"SWARM_PRESET": "best"})
+
+
+def test_the_lead_fitness_needs_leader_actions_and_the_others_take_either():
+    assert SwarmSettings(fitness="lead", training_actions="summed").problems() == [
+        "SWARM_FITNESS=lead is not allowed with SWARM_TRAINING_ACTIONS=summed: it ranks members on the episodes "
+        "they led (SWARM_TRAINING_ACTIONS=leader)"]
+    for fitness in ("lead", "contribution", "return"):
+        assert SwarmSettings(fitness=fitness, training_actions="leader").problems() == []
+    for fitness in ("contribution", "return"):
+        assert SwarmSettings(fitness=fitness, training_actions="summed").problems() == []
 
 
 def test_on_off_settings_read_the_usual_words():
