@@ -12,7 +12,7 @@ import gymnasium
 import numpy as np
 
 from swarm.checks import get_actions, get_bool, get_int, unbatch
-from swarm.client import Handlers, SwarmClient
+from swarm.client import Handlers, Reply, SwarmClient
 from swarm.component import setup_component
 from swarm.protocol import (ACTION, AVG_SCORE, DETERMINISTIC, DONE, ENV_DONE, ENV_PROGRESS, EPISODE, FINAL_OBSERVATION,
                             NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL, ROOM_OBSERVATION, ROOT_ID,
@@ -55,7 +55,6 @@ class EnvironmentCopies:
     observation, reward and done flag, exactly as in the tutorial; with more, one per copy."""
     envs: list[gymnasium.Env]
     run: Run | None = None
-    report: dict | None = None  # what the control should hear after the step just taken
     seed: int | None = None  # of the first reset (copy i: seed + i); later resets follow from it
 
     def reset(self) -> list:
@@ -69,32 +68,34 @@ class EnvironmentCopies:
 
 
 @handlers.on(ROOM_CONTROL, reply_to=ROOM_OBSERVATION)
-def start_run(msg, copies):
+def start_run(msg: dict, state: EnvironmentCopies) -> dict | None:
     """NR_OF_EPISODE from the control: (re)start a run, abandoning any run in progress."""
     if NR_OF_EPISODE not in msg:
         return None  # other control traffic (EVOLUTION, replies) is not ours
     episodes = get_int(msg, NR_OF_EPISODE, minimum=1)
     deterministic = get_bool(msg, DETERMINISTIC)
     root_id = msg.get(ROOT_ID) or uuid.uuid4().hex
-    copies.run, copies.report = Run(root_id, episodes, deterministic, [0.0] * len(copies.envs)), None
-    return {OBSERVATION: copies.reset(), DETERMINISTIC: deterministic, ROOT_ID: root_id}
+    state.run = Run(root_id, episodes, deterministic, [0.0] * len(state.envs))
+    return {OBSERVATION: state.reset(), DETERMINISTIC: deterministic, ROOT_ID: root_id}
 
 
 @handlers.on(ROOM_ACTION, reply_to=ROOM_OBSERVATION)
-def step(msg, copies):
-    """ACTION from the aggregation: step every copy, and send what happened to the models."""
-    run = copies.run
+def step(msg: dict, state: EnvironmentCopies) -> list[dict | Reply] | None:
+    """ACTION from the aggregation: step every copy and send what happened to the models; after a
+    step that ended an episode, progress to the control, and after the run's last action, ENV_DONE
+    with the average score."""
+    run = state.run
     if run is None or msg.get(ROOT_ID, run.root_id) != run.root_id:
         return None  # no run, or an action that belongs to an abandoned run
     if run.finished:
         # The action for the run's last observation is taken by no one; but with it every
         # component has finished the run, so ENV_DONE goes out now and the control's next request
         # cannot overtake the run's last step (the same contributions every time, for a seed).
-        copies.report, run.done_report = run.done_report, None
-        return None
-    action = get_actions(msg, ACTION, len(copies.envs), copies.envs[0].action_space.n).tolist()
+        done_report, run.done_report = run.done_report, None
+        return [Reply(ROOM_CONTROL, done_report)] if done_report is not None else None
+    action = get_actions(msg, ACTION, len(state.envs), state.envs[0].action_space.n).tolist()
     observations, rewards, dones, truncations, final_observations, finished = [], [], [], [], [], []
-    for i, env in enumerate(copies.envs):
+    for i, env in enumerate(state.envs):
         observation, reward, terminated, truncated, _info = env.step(action[i])
         done = bool(terminated or truncated)
         final_observations.append(observation)
@@ -109,7 +110,14 @@ def step(msg, copies):
         rewards.append(float(reward))
         dones.append(done)
         truncations.append(bool(truncated and not terminated))
-    run.steps += len(copies.envs)
+    run.steps += len(state.envs)
+    message = {OBSERVATION: unbatch(np.stack(observations)), REWARD: state.per_copy(rewards),
+               DONE: state.per_copy(dones), DETERMINISTIC: run.deterministic, ACTION: action,
+               ROOT_ID: run.root_id}
+    if any(truncations):  # the time limit, not a fall: the models bootstrap from where the pole was
+        message.update({TRUNCATED: state.per_copy(truncations),
+                        FINAL_OBSERVATION: unbatch(np.stack(final_observations))})
+    replies: list[dict | Reply] = [message]
     if finished:
         run.scores.extend(finished)
         report = {STATUS: ENV_DONE if run.finished else ENV_PROGRESS, EPISODE: len(run.scores),
@@ -117,34 +125,19 @@ def step(msg, copies):
         if run.finished:
             run.done_report = {**report, SCORES: run.scores}
         else:
-            copies.report = report
-    message = {OBSERVATION: unbatch(np.stack(observations)), REWARD: copies.per_copy(rewards),
-               DONE: copies.per_copy(dones), DETERMINISTIC: run.deterministic, ACTION: action,
-               ROOT_ID: run.root_id}
-    if any(truncations):  # the time limit, not a fall: the models bootstrap from where the pole was
-        message.update({TRUNCATED: copies.per_copy(truncations),
-                        FINAL_OBSERVATION: unbatch(np.stack(final_observations))})
-    return message
+            replies.append(Reply(ROOM_CONTROL, report))
+    return replies
 
 
-# Registered after `step`, so it sees the report of the step just taken.
-@handlers.on(ROOM_ACTION, reply_to=ROOM_CONTROL)
-def report(msg, copies):
-    """After a step that ended an episode: progress; after the run's last action: ENV_DONE with
-    the average score."""
-    message, copies.report = copies.report, None
-    return message
-
-
-def arguments(settings: SwarmSettings, name: str = COMPONENT_NAME) -> dict:
-    """The environment copies, which its handlers receive by name."""
-    return dict(copies=EnvironmentCopies([gymnasium.make(settings.env_id) for _ in range(settings.envs)],
-                                  seed=settings.component_seed(name)))
+def new_state(settings: SwarmSettings, name: str = COMPONENT_NAME) -> EnvironmentCopies:
+    """The environment copies, which its handlers receive as `state`."""
+    return EnvironmentCopies([gymnasium.make(settings.env_id) for _ in range(settings.envs)],
+                             seed=settings.component_seed(name))
 
 
 def main() -> None:
     settings = setup_component(COMPONENT_NAME)
-    handlers.wire(SwarmClient(COMPONENT_NAME, settings, **arguments(settings))).listen()
+    handlers.wire(SwarmClient(COMPONENT_NAME, settings, state=new_state(settings))).listen()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 from deap import algorithms, base, creator, tools
 
 from swarm.checks import BadMessage, as_vector, get_bool, get_float, get_str, require
-from swarm.client import Handlers, SwarmClient
+from swarm.client import Handlers, Reply, SwarmClient
 from swarm.component import setup_component
 from swarm.fitness import fitness_spread
 from swarm.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, EVO_DONE, EVOLUTION, FITNESS_SPREAD, GET, HYPERPARAMETERS,
@@ -96,14 +96,14 @@ def exploit_and_explore(members: list[str], fitness: dict[str, float], learning_
 class Evolution:
     """One evolution at a time, over the answers to its own GET (matched by ROOT_ID)."""
     nr_of_models: int
-    operators: str = "genetic"  # SWARM_OPERATORS: "genetic" (the tutorial's) or "pbt"
+    operators: str  # SWARM_OPERATORS: "genetic" (the tutorial's) or "pbt"
+    model_timeout: float  # SWARM_MODEL_TIMEOUT: seconds to wait for the answers to a GET
     models: ModelRegistry | None = None  # whose weights count (default: the first nr_of_models)
     root_id: str | None = None  # of our GET: the answers carry it back
     request_id: str | None = None  # of the control's EVOLUTION: EVO_DONE carries it back
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     learning_rates: dict[str, float] = field(default_factory=dict)
     contribution: dict[str, float] | None = None
-    report: dict | None = None
     started_at: float = 0.0  # when our GET went out (time.monotonic)
 
     def __post_init__(self) -> None:
@@ -111,88 +111,81 @@ class Evolution:
 
 
 @handlers.on(ROOM_CONTROL, reply_to=ROOM_EVOLUTION)
-def start_evolution(msg, evolution):
+def start_evolution(msg: dict, state: Evolution) -> dict | None:
     """EVOLUTION from the control: forget everything and ask for fresh weights and contributions."""
     if EVOLUTION not in msg or not get_bool(msg, EVOLUTION):
         return None
-    evolution.root_id, evolution.request_id = uuid.uuid4().hex, msg.get(ROOT_ID)
-    evolution.weights, evolution.learning_rates, evolution.contribution, evolution.report = {}, {}, None, None
-    evolution.started_at = time.monotonic()
-    return {CMD: GET, ROOT_ID: evolution.root_id}
+    state.root_id, state.request_id = uuid.uuid4().hex, msg.get(ROOT_ID)
+    state.weights, state.learning_rates, state.contribution = {}, {}, None
+    state.started_at = time.monotonic()
+    return {CMD: GET, ROOT_ID: state.root_id}
 
 
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
-def collect(msg, evolution):
-    """Gather the answers to our GET; when all are in, evolve and send the new weights (SET)."""
-    if evolution.root_id is None or msg.get(ROOT_ID) != evolution.root_id or CMD in msg:
+def collect(msg: dict, state: Evolution) -> list[dict | Reply] | None:
+    """Gather the answers to our GET; when all are in, evolve, send the models their new weights
+    (SET) and then the control EVO_DONE."""
+    if state.root_id is None or msg.get(ROOT_ID) != state.root_id or CMD in msg:
         return None  # not an answer to the evolution in progress
     if WEIGHTS in msg:
         model_id = get_str(msg, COMPONENT_ID)
-        evolution.models.admit(model_id)
-        known_length = len(next(iter(evolution.weights.values()))) if evolution.weights else None
+        state.models.admit(model_id)
+        known_length = len(next(iter(state.weights.values()))) if state.weights else None
         weights = as_vector(msg[WEIGHTS], f"{WEIGHTS} of {model_id}", known_length)
-        if evolution.operators == "pbt":  # checked before anything is kept: a bad answer changes nothing
-            evolution.learning_rates[model_id] = get_float(require(msg, HYPERPARAMETERS), LEARNING_RATE)
-        evolution.weights[model_id] = weights
+        if state.operators == "pbt":  # checked before anything is kept: a bad answer changes nothing
+            state.learning_rates[model_id] = get_float(require(msg, HYPERPARAMETERS), LEARNING_RATE)
+        state.weights[model_id] = weights
     elif CONTRIBUTION in msg:
         contribution = require(msg, CONTRIBUTION)
         if not isinstance(contribution, dict):
             raise BadMessage("CONTRIBUTION must map model ids to numbers")
-        evolution.contribution = {k: get_float(contribution, k) for k in contribution}
-    if len(evolution.weights) < evolution.nr_of_models or evolution.contribution is None:
+        state.contribution = {k: get_float(contribution, k) for k in contribution}
+    if len(state.weights) < state.nr_of_models or state.contribution is None:
         return None
-    if evolution.operators == "pbt":
-        choices = exploit_and_explore(list(evolution.weights), evolution.contribution, evolution.learning_rates, random)
+    if state.operators == "pbt":
+        choices = exploit_and_explore(list(state.weights), state.contribution, state.learning_rates, random)
         message = {CMD: SET,
-                   WEIGHTS: {loser: evolution.weights[winner].tolist() for loser, (winner, _) in choices.items()},
+                   WEIGHTS: {loser: state.weights[winner].tolist() for loser, (winner, _) in choices.items()},
                    HYPERPARAMETERS: {loser: {LEARNING_RATE: rate} for loser, (_, rate) in choices.items()}}
     else:
-        message = {CMD: SET, WEIGHTS: evolve(evolution.weights, evolution.contribution)}
-    ranked = [model_id for model_id in evolution.weights if model_id in evolution.contribution]
-    evolution.report = {STATUS: EVO_DONE, ROOT_ID: evolution.request_id or evolution.root_id,
-                        FITNESS_SPREAD: fitness_spread(evolution.contribution, ranked)}
-    evolution.root_id = None  # done: late or repeated answers start nothing
-    return message
+        message = {CMD: SET, WEIGHTS: evolve(state.weights, state.contribution)}
+    ranked = [model_id for model_id in state.weights if model_id in state.contribution]
+    # EVO_DONE after the SET: the control's next request must find the models with their new weights.
+    report = {STATUS: EVO_DONE, ROOT_ID: state.request_id or state.root_id,
+              FITNESS_SPREAD: fitness_spread(state.contribution, ranked)}
+    state.root_id = None  # done: late or repeated answers start nothing
+    return [message, Reply(ROOM_CONTROL, report)]
 
 
 @handlers.every(0.5, reply_to=ROOM_CONTROL)
-def check_missing_answers(evolution, model_timeout):
-    """An evolution still short of answers after `model_timeout` seconds is
-    given up, and the control hears who did not answer (an ERROR for its EVOLUTION request)."""
-    if evolution.root_id is None or time.monotonic() - evolution.started_at < model_timeout:
+def check_missing_answers(state: Evolution) -> dict | None:
+    """An evolution still short of answers after `state.model_timeout` seconds is given up, and
+    the control hears who did not answer (an ERROR for its EVOLUTION request)."""
+    if state.root_id is None or time.monotonic() - state.started_at < state.model_timeout:
         return None
-    missing = sorted(evolution.models.known - set(evolution.weights))
-    silent = missing + (["aggregation (CONTRIBUTION)"] if evolution.contribution is None else [])
-    error = (f"no answer to GET within {model_timeout:g} s from: {', '.join(silent) or 'models not yet known'}; "
-             f"{len(evolution.weights)} of {evolution.nr_of_models} models answered")
+    missing = sorted(state.models.known - set(state.weights))
+    silent = missing + (["aggregation (CONTRIBUTION)"] if state.contribution is None else [])
+    error = (f"no answer to GET within {state.model_timeout:g} s from: {', '.join(silent) or 'models not yet known'}; "
+             f"{len(state.weights)} of {state.nr_of_models} models answered")
     log.error(error)
-    report = error_report(error, missing, evolution.request_id or evolution.root_id)
-    evolution.root_id = None  # late answers start nothing
+    report = error_report(error, missing, state.request_id or state.root_id)
+    state.root_id = None  # late answers start nothing
     return report
-
-
-# Registered after `collect`, so EVO_DONE goes out right after the SET.
-@handlers.on(ROOM_EVOLUTION, reply_to=ROOM_CONTROL)
-def report(msg, evolution):
-    """Right after the SET has gone out: EVO_DONE to the control."""
-    message, evolution.report = evolution.report, None
-    return message
 
 
 # A model's answer to the control's readiness ping tells us its id.
 handlers.on(ROOM_PING)(register_model)
 
 
-def arguments(settings: SwarmSettings, name: str = COMPONENT_NAME) -> dict:
-    """The evolution's state, which its handlers receive by name."""
+def new_state(settings: SwarmSettings, name: str = COMPONENT_NAME) -> Evolution:
+    """The evolution's state, which its handlers receive as `state`."""
     random.seed(settings.component_seed(name))  # deap draws from Python's random
-    evolution = Evolution(settings.models, settings.operators)
-    return dict(evolution=evolution, models=evolution.models, model_timeout=settings.model_timeout)
+    return Evolution(settings.models, settings.operators, settings.model_timeout)
 
 
 def main() -> None:
     settings = setup_component(COMPONENT_NAME)
-    handlers.wire(SwarmClient(COMPONENT_NAME, settings, **arguments(settings))).listen()
+    handlers.wire(SwarmClient(COMPONENT_NAME, settings, state=new_state(settings))).listen()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ with each SWARM_VOTE.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -31,7 +32,6 @@ from scipy.stats import spearmanr
 from swarm import rounds
 from swarm.environments import solved_at
 from swarm.local import LocalSwarm
-from swarm.scripts import load_script
 from swarm.settings import VOTES, SwarmSettings
 
 
@@ -53,11 +53,9 @@ def play(choose: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int,
 def own_returns(swarm: LocalSwarm, env_id: str, episodes: int, seed: int) -> dict[str, float]:
     """Each member's mean return over `episodes` deterministic episodes of its own (the same
     starting states for every member)."""
-    model = load_script("02_model.py")
-    def alone(policy):
-        return lambda rows: model.action_logits(policy, torch.as_tensor(rows, dtype=torch.float32)).argmax(-1).numpy()
-    return {model_id: play(alone(state["policy"]), env_id, episodes, seed)
-            for model_id, state in swarm.members()}
+    def alone(state, j):
+        return lambda rows: state.logits(torch.as_tensor(rows, dtype=torch.float32))[j].argmax(-1).numpy()
+    return {model_id: play(alone(state, j), env_id, episodes, seed) for model_id, state, j in swarm.members()}
 
 
 def main() -> None:
@@ -74,13 +72,14 @@ def main() -> None:
         settings = SwarmSettings.from_env({"SWARM_MAX_SECONDS": "0", **dict(item.split("=", 1) for item in args.set),
                                            "SWARM_SEED": str(args.seed), "SWARM_LOG_DIR": log_dir})
         swarm = LocalSwarm(settings)
-        lead_credit = swarm.components["03_aggregation.py"].kwargs.get("lead_credit")
+        aggregation = swarm.components["03_aggregation.py"].state
         threshold = solved_at(settings.env_id) or float("inf")
         rows: list[dict[str, Any]] = []
 
         def measure(history: list[dict[str, Any]]) -> None:
             own = own_returns(swarm, settings.env_id, args.episodes, 1_000_000 + 1_000 * len(history))
-            fitness = lead_credit.fitness() if lead_credit is not None else {}
+            # a copy: handing a tally over (SWARM_FITNESS=contribution, return) empties it for the evolution
+            fitness = copy.deepcopy(aggregation.fitness).scores()
             ranked = [m for m in own if m in fitness]
             rho = (float(spearmanr([fitness[m] for m in ranked], [own[m] for m in ranked]).statistic)
                    if len(ranked) > 2 and len({fitness[m] for m in ranked}) > 1 and len({own[m] for m in ranked}) > 1

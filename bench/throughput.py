@@ -34,12 +34,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 
 from swarm.control import ControlClient
 from swarm.launcher import ManagedSwarm, free_port
-from swarm.protocol import (DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOT_ID, STEPS, ModelRegistry)
+from swarm.protocol import (DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOT_ID, STEPS)
 from swarm.scripts import PROJECT_DIR, load_script
 from swarm.environments import DEFAULT_ENV_ID
 from swarm.settings import SwarmSettings
@@ -47,23 +46,17 @@ from swarm.settings import SwarmSettings
 
 def compute_only_sps(models: int, envs: int, steps: int, warmup: int) -> float:
     """Environment steps per second of the swarm's per-step work in this one process."""
+    import gymnasium
     import torch
-    from swergio_toolbox.objects import MutableBool
 
     torch.set_num_threads(1)  # as each model process
     model = load_script("02_model.py")
     aggregation = load_script("03_aggregation.py")
     environment = load_script("04_environment.py")
-    import gymnasium
-
-    spaces = model.spaces()
-    policies = [model.make_policy(*spaces, 7e-4) for _ in range(models)]
-    handler_arguments = [dict(policy=policy, rollout_buffer=model.make_rollout_buffer(policy, envs), memory={},
-                              training_enabled=MutableBool(True), component_id=f"model{index}",
-                              normalize_advantage=False) for index, policy in enumerate(policies)]
-    rng = np.random.default_rng()
+    settings = SwarmSettings(models=models, envs=envs, learning_rate=7e-4, operators="genetic")
+    model_states = [model.new_state(settings, [f"model{index}"]) for index in range(models)]
     cartpole = environment.EnvironmentCopies([gymnasium.make(DEFAULT_ENV_ID) for _ in range(envs)])
-    step_logits, contribution, registry = aggregation.StepLogits(), {}, ModelRegistry(models)
+    aggregation_state = aggregation.new_state(SwarmSettings(models=models, envs=envs))  # the swarm's defaults
     message = environment.start_run({NR_OF_EPISODE: 10**9, DETERMINISTIC: False, ROOT_ID: "bench"},
                                     cartpole)
     done_steps, started = 0, None
@@ -71,12 +64,11 @@ def compute_only_sps(models: int, envs: int, steps: int, warmup: int) -> float:
         if done_steps >= warmup and started is None:
             started, counted_from = time.perf_counter(), done_steps
         action = None
-        for parts in handler_arguments:
-            reply = model.forward(message, **parts)
+        for state in model_states:
+            (reply,) = model.forward(message, state)
             reply[ROOT_ID] = "bench"
-            action = aggregation.aggregate(reply, step_logits, contribution, registry, envs, rng) or action
-        message = environment.step({**action, ROOT_ID: "bench"}, cartpole)
-        environment.report({}, cartpole)
+            action = aggregation.aggregate(reply, aggregation_state) or action
+        message = environment.step({**action, ROOT_ID: "bench"}, cartpole)[0]  # the observation; then any report
         done_steps += envs
     return (done_steps - counted_from) / (time.perf_counter() - started)
 

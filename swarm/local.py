@@ -2,17 +2,13 @@
 
 No sockets and no server: `LocalHub` does what swergio's server does (rooms, delivery to every
 other member, SENT_BY), and every message still goes through JSON once, as on the wire. Each
-component is the script's own `handlers`, given the state its `arguments(settings, name)` builds,
-exactly as its `main()` does. The control's round loop (`swarm.rounds`) drives it through the
-same requests as `06_control.py`.
+component is the script's own `handlers` with the state its `new_state` builds, as its `main()`
+does; models are grouped as the launcher groups them into processes. A seeded swarm takes the
+same actions here as over sockets.
 
-A seeded swarm takes the same actions here as over sockets: every handler is deterministic given
-its messages, and the aggregation orders the models by id, not by arrival.
-
-Evaluations (deterministic runs) skip the messages: the environment's own handlers step its
-copies, and every model's `action_logits` and the aggregation's `get_action` choose the actions
-(`LocalSwarm.play`). They train nothing and hold no one's state, so they give the same scores as
-the messages would (a test holds them to it), and they are most of a study's environment steps.
+Evaluations (deterministic runs) skip the messages: the environment's handlers step its copies,
+and the members' logits and the aggregation's `get_action` choose the actions (`LocalSwarm.play`).
+They train nothing, so they give the same scores as the messages would (a test holds them to it).
 
     runner = LocalSwarm(settings)
     result = runner.train_until_solved()
@@ -32,8 +28,9 @@ import torch
 from swergio import MESSAGE_TYPE
 
 from swarm import checkpoint, rounds
-from swarm.client import SwarmClient
-from swarm.launcher import SwarmError
+from swarm.client import Reply, SwarmClient
+from swarm.launcher import SwarmError, model_processes
+from swarm.learner import Members
 from swarm.protocol import (ACTION, CMD, DETERMINISTIC, ENV_DONE, ERROR, EVO_DONE, EVOLUTION,
                             FITNESS_SPREAD, NR_OF_EPISODE, OBSERVATION, PING, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING,
                             ROOT_ID, STATE, STATUS, WEIGHTS, custom_message)
@@ -101,13 +98,6 @@ class LocalClient(SwarmClient):
         return None
 
 
-def component_arguments(module, settings: SwarmSettings, name: str) -> dict[str, Any]:
-    """TRANSITIONAL: the state object of a script that has `new_state`, or its named arguments."""
-    if hasattr(module, "new_state"):
-        return {"state": module.new_state(settings, name)}
-    return module.arguments(settings, name)
-
-
 class LocalSwarm:
     """The aggregation, the environment, the evolution and `settings.models` models, each built
     and wired by its own script, and a control client in the `control` room."""
@@ -119,12 +109,14 @@ class LocalSwarm:
         for script in ("03_aggregation.py", "04_environment.py", "05_evolution.py"):
             module = load_script(script)
             self.components[script] = module.handlers.wire(LocalClient(
-                self.hub, module.COMPONENT_NAME, settings, **component_arguments(module, settings, module.COMPONENT_NAME)))
+                self.hub, module.COMPONENT_NAME, settings, state=module.new_state(settings, module.COMPONENT_NAME)))
         model = load_script("02_model.py")
-        self.models = [model.handlers.wire(LocalClient(self.hub, model.COMPONENT_NAME, settings,
-                                                       **model.arguments(settings, f"model{index}")))
-                       for index in range(settings.models)]
-        self.observation_width = self.models[0].kwargs["policy"].observation_space.shape[0]
+        self.models = []  # one client per model process, hosting its models as the launcher groups them
+        for names in model_processes(settings.models, settings.models_per_process).values():
+            state = model.new_state(settings, names)
+            self.models.append(model.handlers.wire(LocalClient(self.hub, model.COMPONENT_NAME, settings, state=state,
+                                                               member_ids=state.ids)))
+        self.observation_width = self.models[0].state.width
         self.control = LocalClient(self.hub, "control", settings, serve=False)
         self.control.join_room(ROOM_CONTROL)
         self.control.join_room(ROOM_EVOLUTION)  # the models' answers to STATE
@@ -158,16 +150,18 @@ class LocalSwarm:
         """The swarm's deterministic action for each row of `observations`, as the messages would
         choose it: every model's logits (as floats, as they arrive from JSON), combined by
         the aggregation's `vote` (default: SWARM_VOTE) in the order of the model ids."""
-        model, aggregation = load_script("02_model.py"), load_script("03_aggregation.py")
+        aggregation = load_script("03_aggregation.py")
         rows = torch.as_tensor(np.asarray(observations, dtype=np.float64).reshape(-1, self.observation_width),
                                dtype=torch.float32)
-        logits = {model_id: model.action_logits(state["policy"], rows).numpy().astype(np.float64)
-                  for model_id, state in self.members()}
-        return aggregation.get_action(logits, rng=None, deterministic=True, vote=vote or self.settings.vote)[0]
+        logits = {}
+        for client in self.models:
+            logits.update(zip(client.state.ids, client.state.logits(rows).numpy().astype(np.float64)))
+        return aggregation.get_action(dict(sorted(logits.items())), rng=None, deterministic=True,
+                                      vote=vote or self.settings.vote)[0]
 
-    def members(self) -> list[tuple[str, dict[str, Any]]]:
-        """(model id, handler state) of every model, in the order of the ids."""
-        return sorted((client.kwargs["component_id"], client.kwargs) for client in self.models)
+    def members(self) -> list[tuple[str, Members, int]]:
+        """(model id, the learner that holds it, its index there) of every model, in the order of the ids."""
+        return sorted((model_id, client.state, j) for client in self.models for j, model_id in enumerate(client.state.ids))
 
     def play(self, nr_of_episodes: int) -> dict[str, Any]:
         """A deterministic run without messages; its ENV_DONE report.
@@ -177,17 +171,19 @@ class LocalSwarm:
         step the copies and count the episodes.
         """
         environment = load_script("04_environment.py")
-        copies = self.components["04_environment.py"].kwargs["copies"]
-        for _, state in self.members():
-            state["memory"].clear()
+        copies = self.components["04_environment.py"].state
+        for client in self.models:
+            client.state.remembers[:] = False  # an evaluation step is no one's next step
         root_id = uuid.uuid4().hex
-        reply = environment.start_run({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: True, ROOT_ID: root_id}, copies)
+        observation = environment.start_run({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: True, ROOT_ID: root_id},
+                                            copies)[OBSERVATION]
         while True:
-            action_message = {ACTION: self.actions(reply[OBSERVATION]).tolist(), ROOT_ID: root_id}
-            reply = environment.step(action_message, copies)
-            report = environment.report(action_message, copies)
-            if report is not None and report[STATUS] == ENV_DONE:
-                return report
+            replies = environment.step({ACTION: self.actions(observation).tolist(), ROOT_ID: root_id}, copies) or []
+            for reply in replies:
+                if isinstance(reply, Reply) and reply.message[STATUS] == ENV_DONE:
+                    return reply.message
+                if not isinstance(reply, Reply):
+                    observation = reply[OBSERVATION]
 
     def state(self) -> list[dict[str, Any]]:
         """Every model's answer to STATE: its weights, learning rate and Adam state."""
@@ -202,7 +198,7 @@ class LocalSwarm:
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Give the models a checkpoint's members (the same SET the control sends over sockets)."""
-        model_ids = [model_id for model_id, _ in self.members()]
+        model_ids = [model_id for model_id, _, _ in self.members()]
         self.control.send(custom_message(ROOM_EVOLUTION, checkpoint.restore_message(saved, model_ids)))
         self.hub.pump()
         self.control.inbox.clear()

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 from swarm.checks import BadMessage
-from swarm.protocol import (ACTION, AVG_SCORE, DETERMINISTIC, DONE, ENV_DONE, ENV_PROGRESS, EPISODE, EVOLUTION,
-                            FINAL_OBSERVATION, NR_OF_EPISODE, OBSERVATION, REWARD, ROOT_ID, SCORES, STATUS, STEPS,
-                            TRUNCATED)
+from swarm.client import Reply
 from swarm.environments import DEFAULT_ENV_ID as ENV_ID
+from swarm.protocol import (ACTION, AVG_SCORE, DETERMINISTIC, DONE, ENV_DONE, ENV_PROGRESS, EPISODE, EVOLUTION,
+                            FINAL_OBSERVATION, NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_CONTROL, ROOT_ID, SCORES,
+                            STATUS, STEPS, TRUNCATED)
+from swarm.settings import SwarmSettings
 from tests.helpers import load_script
 
 environment = load_script("04_environment.py")
@@ -22,14 +24,24 @@ def request(episodes, deterministic=False, root_id="run-1"):
     return {NR_OF_EPISODE: episodes, DETERMINISTIC: deterministic, ROOT_ID: root_id}
 
 
+def step(copies, action, root_id="run-1"):
+    """What the environment sends for one ACTION: (to the models, to the control), each None if
+    nothing; the observation always goes out before the report."""
+    replies = environment.step({ACTION: action, ROOT_ID: root_id}, copies) or []
+    to_models = [reply for reply in replies if not isinstance(reply, Reply)]
+    to_control = [reply for reply in replies if isinstance(reply, Reply)]
+    assert replies == to_models + to_control and len(to_models) <= 1 and len(to_control) <= 1
+    assert all(reply.room == ROOM_CONTROL for reply in to_control)
+    return (to_models[0] if to_models else None), (to_control[0].message if to_control else None)
+
+
 def play(cartpole, root_id="run-1", policy=lambda obs: int(obs[2] > 0), max_steps=10_000):
     """Answer observations like the swarm would, until ENV_DONE; every message the env sent."""
     sent_to_models, sent_to_control = [], []
     observation = None
     for _ in range(max_steps):
         action = [policy(observation) if observation is not None else 0]
-        reply = environment.step({ACTION: action, ROOT_ID: root_id}, cartpole)
-        report = environment.report({}, cartpole)
+        reply, report = step(cartpole, action, root_id)
         if reply is not None:
             sent_to_models.append(reply)
             observation = reply[OBSERVATION]
@@ -59,17 +71,18 @@ def test_episode_accounting_and_avg_score(cartpole):
     assert all(m[REWARD] == 1.0 and m[ROOT_ID] == "run-1" for m in to_models)
     # After the run, further actions are ignored, and ENV_DONE is not sent again.
     assert environment.step({ACTION: [0], ROOT_ID: "run-1"}, cartpole) is None
-    assert environment.report({}, cartpole) is None
 
 
 def test_env_done_waits_for_the_action_for_the_last_observation(cartpole):
     """Every component has then finished the run: the control's next request cannot overtake it."""
     environment.start_run(request(1), cartpole)
-    while (reply := environment.step({ACTION: [0], ROOT_ID: "run-1"}, cartpole)) is not None:
+    while True:
+        reply, done = step(cartpole, [0])
+        if reply is None:
+            break
         last = reply
-        assert environment.report({}, cartpole) is None, "ENV_DONE before the last action came back"
+        assert done is None, "ENV_DONE before the last action came back"
     assert last[DONE] is True
-    done = environment.report({}, cartpole)
     assert done[STATUS] == ENV_DONE and done[STEPS] == done[SCORES][0]
 
 
@@ -123,7 +136,7 @@ def three_cartpoles():
 
 def test_with_one_environment_the_messages_are_the_tutorials(cartpole):
     first = environment.start_run(request(1), cartpole)
-    reply = environment.step({ACTION: [1], ROOT_ID: "run-1"}, cartpole)
+    reply, _ = step(cartpole, [1])
     assert len(first[OBSERVATION]) == 4 and all(isinstance(x, float) for x in first[OBSERVATION])
     assert isinstance(reply[REWARD], float) and isinstance(reply[DONE], bool) and reply[ACTION] == [1]
 
@@ -133,15 +146,15 @@ def test_copies_step_together_and_every_copys_episodes_count(three_cartpoles):
     assert np.array(first[OBSERVATION]).shape == (3, 4)
     ended, reports, steps = 0, [], 0
     while True:
-        reply = environment.step({ACTION: [0, 1, 0], ROOT_ID: "run-1"}, three_cartpoles)
+        reply, report = step(three_cartpoles, [0, 1, 0])
         if reply is None:  # the action for the last observation: the run is over
-            reports.append(environment.report({}, three_cartpoles))
+            reports.append(report)
             break
         steps += 1
         assert np.array(reply[OBSERVATION]).shape == (3, 4)
         assert reply[REWARD] == [1.0] * 3 and len(reply[DONE]) == 3
         ended += sum(reply[DONE])
-        if (report := environment.report({}, three_cartpoles)) is not None:
+        if report is not None:
             reports.append(report)
     done = reports[-1]
     assert done[STATUS] == ENV_DONE and all(r[STATUS] == ENV_PROGRESS for r in reports[:-1])
@@ -165,8 +178,7 @@ def test_each_copy_counts_its_first_episodes_so_short_ones_are_not_favoured(thre
     lengths, current, observation = [[], [], []], [0, 0, 0], None
     while True:
         actions = [0] + ([int(o[2] > 0) for o in observation[1:]] if observation else [0, 0])
-        reply = environment.step({ACTION: actions, ROOT_ID: "run-1"}, three_cartpoles)
-        report = environment.report({}, three_cartpoles)
+        reply, report = step(three_cartpoles, actions)
         if reply is None:
             break
         observation = reply[OBSERVATION]
@@ -184,7 +196,7 @@ def test_each_copy_counts_its_first_episodes_so_short_ones_are_not_favoured(thre
 def test_a_truncated_episode_sends_where_the_pole_was(cartpole):
     cartpole.envs[0] = gymnasium.make(ENV_ID, max_episode_steps=3)  # a short time limit
     environment.start_run(request(1), cartpole)
-    replies = [environment.step({ACTION: [step % 2], ROOT_ID: "run-1"}, cartpole) for step in range(3)]
+    replies = [step(cartpole, [index % 2])[0] for index in range(3)]
     assert all(TRUNCATED not in reply for reply in replies[:2]), "only a time limit adds the keys"
     last = replies[-1]
     assert last[DONE] is True and last[TRUNCATED] is True
@@ -205,3 +217,9 @@ def test_a_seeded_environment_repeats_its_episodes():
         cartpole = environment.EnvironmentCopies([gymnasium.make(ENV_ID) for _ in range(2)], seed=7)
         runs.append(environment.start_run(request(1), cartpole)[OBSERVATION])
     assert runs[0] == runs[1] and runs[0][0] != runs[0][1]
+
+
+def test_the_state_comes_from_the_settings():
+    copies = environment.new_state(SwarmSettings(envs=3, seed=4))
+    assert len(copies.envs) == 3 and copies.run is None
+    assert copies.seed == SwarmSettings(seed=4).component_seed(environment.COMPONENT_NAME)

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 
 from swarm.checks import BadMessage
+from swarm.client import Reply
 from swarm.protocol import (CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, ERROR, EVO_DONE, EVOLUTION, FITNESS_SPREAD, GET,
-                            HYPERPARAMETERS, LEARNING_RATE, OPTIMIZER,
-                            MISSING, NR_OF_EPISODE, PONG, ROOT_ID, SET, STATUS, WEIGHTS)
+                            HYPERPARAMETERS, LEARNING_RATE, MISSING, NR_OF_EPISODE, OPTIMIZER, PONG, ROOM_CONTROL,
+                            ROOM_EVOLUTION, ROOM_PING, ROOT_ID, SET, STATUS, WEIGHTS, custom_message)
+from swarm.settings import SwarmSettings
 from tests.helpers import load_script
 
 evolution_script = load_script("05_evolution.py")
@@ -18,14 +20,27 @@ def answers(root_id, vectors, contribution):
     return [*msgs, {CONTRIBUTION: contribution, ROOT_ID: root_id}]
 
 
+def new_evolution(nr_of_models, operators="genetic", model_timeout=5.0):
+    return evolution_script.Evolution(nr_of_models, operators, model_timeout)
+
+
+def split(replies):
+    """`collect`'s answer to one message: (the SET, if any; EVO_DONE, if any). The SET goes to the
+    models first, EVO_DONE to the control after it."""
+    if replies is None:
+        return None, None
+    (new_weights, done) = replies
+    assert not isinstance(new_weights, Reply) and isinstance(done, Reply) and done.room == ROOM_CONTROL
+    return new_weights, done.message
+
+
 def feed(evolution, messages):
-    """Deliver messages as SwarmClient would: collect, then report, per message."""
+    """Deliver messages as SwarmClient would; every SET and every EVO_DONE sent."""
     sets, dones = [], []
     for msg in messages:
-        reply = evolution_script.collect(msg, evolution)
-        report = evolution_script.report(msg, evolution)
-        sets += [reply] if reply else []
-        dones += [report] if report else []
+        new_weights, done = split(evolution_script.collect(msg, evolution))
+        sets += [new_weights] if new_weights else []
+        dones += [done] if done else []
     return sets, dones
 
 
@@ -35,7 +50,7 @@ def population(n, length, seed):
 
 
 def test_one_request_gives_one_evolution_and_one_evo_done():
-    evolution = evolution_script.Evolution(nr_of_models=4)
+    evolution = new_evolution(4)
     get = evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "request-1"}, evolution)
     assert get[CMD] == GET
     vectors = population(4, 11, seed=0)
@@ -49,7 +64,7 @@ def test_one_request_gives_one_evolution_and_one_evo_done():
 
 
 def test_the_set_waits_for_every_model_and_the_contribution():
-    evolution = evolution_script.Evolution(nr_of_models=3)
+    evolution = new_evolution(3)
     get = evolution_script.start_evolution({EVOLUTION: True}, evolution)
     messages = answers(get[ROOT_ID], population(3, 5, seed=1), {"model0": 1.0})
     assert feed(evolution, messages[:-1]) == ([], [])  # all weights, no contribution yet
@@ -58,7 +73,7 @@ def test_the_set_waits_for_every_model_and_the_contribution():
 
 
 def test_a_second_request_uses_fresh_data_only():
-    evolution = evolution_script.Evolution(nr_of_models=2)
+    evolution = new_evolution(2)
     first = evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "r1"}, evolution)
     feed(evolution, answers(first[ROOT_ID], population(2, 5, seed=2), {}))
     second = evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "r2"}, evolution)
@@ -89,7 +104,7 @@ def test_fitter_models_leave_more_genes():
 
 
 def test_other_control_messages_start_nothing():
-    evolution = evolution_script.Evolution(nr_of_models=1)
+    evolution = new_evolution(1)
     assert evolution_script.start_evolution({NR_OF_EPISODE: 1}, evolution) is None
     assert evolution_script.start_evolution({EVOLUTION: False}, evolution) is None
     assert evolution.root_id is None
@@ -103,7 +118,7 @@ def test_other_control_messages_start_nothing():
     {CONTRIBUTION: [1.0]},
 ])
 def test_bad_answers_are_rejected_and_not_stored(broken):
-    evolution = evolution_script.Evolution(nr_of_models=2)
+    evolution = new_evolution(2)
     get = evolution_script.start_evolution({EVOLUTION: True}, evolution)
     feed(evolution, [{WEIGHTS: [0.0, 0.0], COMPONENT_ID: "model0", ROOT_ID: get[ROOT_ID]}])
     with pytest.raises(BadMessage):
@@ -112,9 +127,9 @@ def test_bad_answers_are_rejected_and_not_stored(broken):
 
 
 def test_weights_from_an_unknown_model_do_not_count():
-    evolution = evolution_script.Evolution(nr_of_models=2)
+    evolution = new_evolution(2)
     for model_id in ("model0", "model1"):  # both answered the readiness ping
-        evolution_script.register_model({PONG: "x", COMPONENT: "model", COMPONENT_ID: model_id}, evolution.models)
+        evolution.models.register_pong({PONG: "x", COMPONENT: "model", COMPONENT_ID: model_id})
     get = evolution_script.start_evolution({EVOLUTION: True}, evolution)
     stranger = {ROOT_ID: get[ROOT_ID], WEIGHTS: [0.0] * 5, COMPONENT_ID: "intruder"}
     with pytest.raises(BadMessage, match="unknown model 'intruder'"):
@@ -125,23 +140,23 @@ def test_weights_from_an_unknown_model_do_not_count():
 
 
 def test_an_evolution_short_of_answers_is_given_up_naming_who_is_missing():
-    evolution = evolution_script.Evolution(nr_of_models=2)
+    evolution = new_evolution(2)
     for model_id in ("model0-a", "model1-b"):
-        evolution_script.register_model({PONG: "x", COMPONENT: "model", COMPONENT_ID: model_id}, evolution.models)
+        evolution.models.register_pong({PONG: "x", COMPONENT: "model", COMPONENT_ID: model_id})
     get = evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "request-7"}, evolution)
     feed(evolution, [{ROOT_ID: get[ROOT_ID], WEIGHTS: [0.0] * 5, COMPONENT_ID: "model0-a"}])
-    assert evolution_script.check_missing_answers(evolution, model_timeout=5.0) is None
+    assert evolution_script.check_missing_answers(evolution) is None
     evolution.started_at -= 5.1
-    report = evolution_script.check_missing_answers(evolution, model_timeout=5.0)
+    report = evolution_script.check_missing_answers(evolution)
     assert report[STATUS] == ERROR and report[ROOT_ID] == "request-7"
     assert report[MISSING] == ["model1-b"] and "aggregation (CONTRIBUTION)" in report[ERROR]
     late = answers(get[ROOT_ID], {"model1-b": np.zeros(5)}, {"model0-a": 1.0, "model1-b": 1.0})
     assert feed(evolution, late) == ([], [])  # given up: late answers start nothing
-    assert evolution_script.check_missing_answers(evolution, model_timeout=5.0) is None
+    assert evolution_script.check_missing_answers(evolution) is None
 
 
 def test_evo_done_says_how_much_there_was_to_select_on():
-    evolution = evolution_script.Evolution(nr_of_models=3)
+    evolution = new_evolution(3)
     get = evolution_script.start_evolution({EVOLUTION: True}, evolution)
     contribution = {"model0": 90.0, "model1": 100.0, "model2": 110.0}  # mean 100: spread 20%
     _, dones = feed(evolution, answers(get[ROOT_ID], population(3, 5, seed=5), contribution))
@@ -186,22 +201,63 @@ def test_pbt_ranks_only_members_with_a_fitness_and_waits_for_enough():
 
 
 def test_a_pbt_evolution_sets_only_the_members_that_change():
-    evolution = evolution_script.Evolution(nr_of_models=4, operators="pbt")
+    evolution = new_evolution(4, "pbt")
     evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "request"}, evolution)
     root = evolution.root_id
     for i in range(4):
         evolution_script.collect({ROOT_ID: root, COMPONENT_ID: f"m{i}", WEIGHTS: [float(i)] * 3,
                                   HYPERPARAMETERS: {LEARNING_RATE: 0.002}}, evolution)
-    reply = evolution_script.collect({ROOT_ID: root, CONTRIBUTION: {f"m{i}": 10.0 * i for i in range(4)}}, evolution)
+    reply, done = split(evolution_script.collect({ROOT_ID: root, CONTRIBUTION: {f"m{i}": 10.0 * i for i in range(4)}},
+                                                 evolution))
     assert reply[CMD] == SET and list(reply[WEIGHTS]) == ["m0"] and reply[WEIGHTS]["m0"] == [3.0] * 3
     assert list(reply[HYPERPARAMETERS]) == ["m0"]
     assert OPTIMIZER not in reply, "a copy starts with fresh Adam moments"
-    assert evolution.report[FITNESS_SPREAD] == pytest.approx(30.0 / 15.0)
+    assert done[STATUS] == EVO_DONE and done[FITNESS_SPREAD] == pytest.approx(30.0 / 15.0)
 
 
 def test_a_pbt_answer_without_a_learning_rate_is_refused():
-    evolution = evolution_script.Evolution(nr_of_models=2, operators="pbt")
+    evolution = new_evolution(2, "pbt")
     evolution_script.start_evolution({EVOLUTION: True}, evolution)
     with pytest.raises(BadMessage):
         evolution_script.collect({ROOT_ID: evolution.root_id, COMPONENT_ID: "m0", WEIGHTS: [0.0]}, evolution)
     assert evolution.weights == {}
+
+
+def test_the_state_comes_from_the_settings():
+    evolution = evolution_script.new_state(SwarmSettings(models=3, operators="genetic", model_timeout=2.5, seed=1))
+    assert (evolution.nr_of_models, evolution.operators, evolution.model_timeout) == (3, "genetic", 2.5)
+    assert evolution.models.expected == 3 and evolution.root_id is None
+    assert evolution_script.new_state(SwarmSettings()).operators == SwarmSettings().operators
+
+
+def wired_evolution(nr_of_models):
+    """The evolution's handlers on a client of an in-memory hub, and a peer in every room it answers to."""
+    from swarm.local import LocalClient, LocalHub
+    hub, settings = LocalHub(), SwarmSettings(models=nr_of_models, operators="genetic")
+    client = evolution_script.handlers.wire(LocalClient(hub, "evolution", settings, state=new_evolution(nr_of_models)))
+    peer = LocalClient(hub, "peer", settings, serve=False)
+    for room in (ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING):
+        peer.join_room(room)
+    return hub, client.state, peer
+
+
+def test_the_ping_room_tells_the_evolution_who_the_models_are():
+    hub, evolution, peer = wired_evolution(2)
+    for model_id in ("model0", "model1"):
+        peer.send(custom_message(ROOM_PING, {PONG: "x", COMPONENT: "model", COMPONENT_ID: model_id}))
+    hub.pump()
+    assert evolution.models.known == {"model0", "model1"}
+
+
+def test_the_set_goes_to_the_models_and_then_evo_done_to_the_control():
+    hub, evolution, peer = wired_evolution(2)
+    peer.send(custom_message(ROOM_CONTROL, {EVOLUTION: True}, "request-3"))
+    hub.pump()
+    (get,) = [m for m in peer.inbox if m.get(CMD) == GET]
+    peer.inbox.clear()
+    for message in answers(get[ROOT_ID], population(2, 5, seed=6), {"model0": 1.0, "model1": 2.0}):
+        peer.send(custom_message(ROOM_EVOLUTION, message))
+    hub.pump()
+    assert [(m["TO_ROOM"], m.get(CMD), m.get(STATUS)) for m in peer.inbox] == [
+        (ROOM_EVOLUTION, SET, None), (ROOM_CONTROL, None, EVO_DONE)]
+    assert peer.inbox[-1][ROOT_ID] == "request-3" and evolution.root_id is None
