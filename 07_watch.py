@@ -6,8 +6,9 @@
 
 The checkpoint's swarm is built in this one process, without a server (`swarm.local`: the scripts'
 own handlers), given the checkpoint's members, and plays deterministic episodes with the swarm's
-own aggregation: the argmax of the members' summed probabilities. It prints their mean and
-standard deviation; with --render it also saves one episode as an animated GIF.
+own aggregation, by the checkpoint's SWARM_VOTE (by default the argmax of the members' summed
+probabilities). It prints their mean and standard deviation; with --render it also saves one
+episode as an animated GIF.
 """
 import argparse
 import os

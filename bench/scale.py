@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import measure_swarm  # a sibling script, not a package
-
 from swarm.launcher import free_port
+from swarm.scripts import load_script
 from swarm.settings import SwarmSettings
 
 
@@ -32,7 +29,8 @@ def measure(models: int, envs: int, processes: int, launcher: str, operators: st
                              launcher=launcher, operators=operators, log_dir=log_dir,
                              start_timeout=300.0, reply_timeout=120.0)
     # the same number of batched steps at every size: 300 measured after 100 of warm-up
-    result = measure_swarm(settings, steps=300 * envs, warmup=100 * envs)
+    throughput = load_script("bench/throughput.py")  # a sibling script, not a package
+    result = throughput.measure_swarm(settings, steps=300 * envs, warmup=100 * envs)
     return {"models": models, "per_process": per_process, "envs": envs, "launcher": launcher, "operators": operators,
             **{key: round(result[key], 3) for key in ("ready_s", "swarm_sps", "evolution_s", "pss_mb")},
             "evolution_runs_s": [round(t, 3) for t in result["evolution_runs_s"]]}

@@ -1,10 +1,5 @@
-"""Checkpoints: a whole swarm in one file, written after every round, read to resume or to watch.
-
-A checkpoint (`swarm.pt` in SWARM_LOG_DIR) holds every model's weight vector, learning rate and
-Adam state, as the models send them in answer to STATE, with the environment id, the settings and
-the round history. It is written to a temporary file and renamed over the old one, so a crash at
-any moment leaves the last complete checkpoint, never half of one.
-"""
+"""Checkpoints: a whole swarm in one file (`swarm.pt` in SWARM_LOG_DIR), written after every
+round, read to resume or to watch: every model's answer to STATE, the settings and the history."""
 from __future__ import annotations
 
 import os
@@ -35,7 +30,7 @@ def member(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def save(path: Path, answers: list[dict[str, Any]], settings: SwarmSettings, history: list[dict[str, Any]]) -> int:
-    """Write the checkpoint atomically; its size in bytes."""
+    """Write the checkpoint atomically (a crash leaves the previous one whole); its size in bytes."""
     members = sorted((member(answer) for answer in answers), key=lambda m: m["model_id"])
     if len(members) != settings.models:
         raise BadMessage(f"a checkpoint needs all {settings.models} models, got {len(members)}")
@@ -84,8 +79,8 @@ def restore_message(checkpoint: dict[str, Any], model_ids: list[str]) -> dict[st
 
 
 def resume(settings: SwarmSettings) -> dict[str, Any] | None:
-    """SWARM_RESUME's checkpoint, checked against these settings before anything starts; a
-    checkpoint that cannot be resumed is refused as a bad setting is."""
+    """SWARM_RESUME's checkpoint, checked against these settings before anything starts (refused
+    as a bad setting is)."""
     if settings.resume is None:
         return None
     try:

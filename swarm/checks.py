@@ -1,8 +1,5 @@
-"""Message checks: every value a handler takes from a message goes through one of these.
-
-A message that breaks the protocol raises BadMessage; the client logs it and skips the message,
-and nothing in the component changes.
-"""
+"""Message checks: every value a handler takes from a message goes through one of these, and a
+message that breaks the protocol raises BadMessage."""
 from __future__ import annotations
 
 import itertools
@@ -54,10 +51,7 @@ def get_str(msg: dict[str, Any], key: str) -> str:
 
 def as_array(value: Any, what: str, shape: tuple[int | None, ...]) -> np.ndarray:
     """A finite float array of `shape` (None: any length) from JSON lists; a BadMessage otherwise.
-
-    The conversion is one NumPy call and the checks are vectorised: at SWARM_ENVS=32 checking
-    row by row cost the aggregation most of its time.
-    """
+    One NumPy conversion and vectorised checks, since this runs on every message."""
     try:
         array = np.array(value)  # numbers give int/float arrays; strings, None or ragged rows don't
     except (ValueError, TypeError):
@@ -92,8 +86,8 @@ def as_vector(value: Any, what: str, length: int | None = None) -> np.ndarray:
 
 
 def as_batch(value: Any, what: str, envs: int, width: int | None = None) -> np.ndarray:
-    """One row per environment: with one environment the message holds the row itself (the
-    tutorial's format), with more a list of rows. A BadMessage for anything else."""
+    """One row per environment: the row itself for one environment (the tutorial's format), else a
+    list of rows; a BadMessage for anything else."""
     if envs == 1:
         return as_vector(value, what, width)[np.newaxis]
     return as_array(value, what, (envs, width))

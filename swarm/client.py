@@ -1,9 +1,5 @@
-"""SwarmClient: swergio's Client with the failures of 0.0.2 fixed, and `Handlers`, which lets a
-script register each handler where it defines it.
-
-swergio 0.0.2 is used as it is; where it misbehaves we subclass (never copy) it, and each
-override says why.
-"""
+"""SwarmClient: swergio 0.0.2's Client, subclassed where it misbehaves; `Handlers`: a script
+registers each handler where it defines it."""
 from __future__ import annotations
 
 import inspect
@@ -56,47 +52,39 @@ def _wants_state(function: Callable) -> bool:
 
 
 def _trigger_sets(trigger: Trigger | None) -> tuple[frozenset[str], frozenset[str]]:
-    """The type ids and rooms a swergio Trigger fires on, for a message sent to a room (a Trigger
-    without rooms fires only on direct messages, which no handler here takes)."""
+    """The type ids and rooms a Trigger fires on; none for a Trigger without rooms (direct messages only)."""
     if trigger is None or trigger.rooms is None:
         return frozenset(), frozenset()
     return frozenset(t.id for t in trigger.types), frozenset(trigger.rooms)
 
 
 class SwarmClient(Client):
-    """swergio's Client with the failures of 0.0.2 fixed.
+    """swergio's Client with the failures of 0.0.2 fixed:
 
-    - connect: waits (bounded) for the server instead of failing on the first refusal.
-    - send: one write per message with TCP_NODELAY (header and body in separate writes stall
-      on Nagle's algorithm); thread-safe.
-    - receive: takes a timeout, keeps partial frames, and skips undecodable bodies instead of
-      returning False (0.0.2's listen() then disconnects the whole component).
-    - listen: handlers run in the order they were added (0.0.2 keeps them in a set), and a
-      handler that raises is logged, its message skipped, and the component keeps serving.
-    - a handler's trigger is checked against sets of type ids and rooms made once (0.0.2 looks the
-      message type up among every type's class attributes, for every handler and every message).
-    - every client answers PING in the `ping` room, so launchers can tell when it is ready.
-    - with SWARM_TOKEN its REGISTER, the first message of the connection, carries the secret:
-      a server that has one admits no connection without it (swarm/server.py).
+    - connect waits (bounded) for the server instead of failing on the first refusal;
+    - send is one thread-safe write with TCP_NODELAY (two writes stall on Nagle's algorithm);
+    - receive takes a timeout, keeps partial frames and skips undecodable bodies;
+    - handlers run in the order added, and one that raises is logged and its message skipped;
+    - triggers are matched against sets made once, not looked up per message;
+    - it answers PING in `ping`, so launchers can tell when it is ready;
+    - with SWARM_TOKEN its REGISTER carries the secret the server asks for.
     """
 
     def __init__(self, name: str, settings: RuntimeSettings | None = None, component_id: str | None = None,
                  connect_timeout: float = 30.0, member_ids: list[str] | None = None, state: Any = None,
                  **kwargs: Any) -> None:
         self.settings = settings or RuntimeSettings.from_env()
-        self.state = state  # the component's own state object, which its handlers receive
+        self.state = state  # what handlers that take `state` receive
         self.component_id = component_id or uuid.uuid4().hex
-        # who answers a PING: this client, or each of the models a process hosts
-        self.member_ids = member_ids or [self.component_id]
+        self.member_ids = member_ids or [self.component_id]  # who answers a PING: this client or each hosted model
         self.connect_timeout = connect_timeout
         self.handlers: list = []
         self.timers: list[_Timer] = []
         self._buffer = bytearray()
         self._heard = False  # whether the server has sent anything yet
         self._send_lock = threading.Lock()
-        # Handlers may ask for `component_id` like for any other keyword argument.
         super().__init__(name, self.settings.host, self.settings.port, FORMAT, HEADER_LENGTH,
-                         component_id=self.component_id, **kwargs)
+                         component_id=self.component_id, **kwargs)  # handlers may ask for component_id by name
         self.add_eventHandler(self._pong, CUSTOM, responseRooms=ROOM_PING, trigger=Trigger(CUSTOM, ROOM_PING))
 
     def _pong(self, msg: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -149,7 +137,6 @@ class SwarmClient(Client):
                 return None
             try:
                 # select, not settimeout: the socket stays blocking for sendall in other threads
-                # (without a timeout there is nothing to select: one system call less per message)
                 if remaining is not None and not select.select([self.client], [], [], remaining)[0]:
                     return None
                 chunk = self.client.recv(1 << 16)
@@ -161,7 +148,7 @@ class SwarmClient(Client):
             self._buffer += chunk
 
     def _hint(self) -> str:
-        """A server with a secret closes, without a word, a connection that does not present it."""
+        """Why a silent close may have happened: a server with a secret drops clients without it."""
         if self._heard:
             return ""
         return " before sending anything (a server with SWARM_TOKEN refuses clients without its secret)"
@@ -182,9 +169,8 @@ class SwarmClient(Client):
 
     def add_eventHandler(self, handleFunction: Callable, responseType, responseRooms=None,
                          responseComponent=None, trigger=None, listen_to_response_rooms: bool = True) -> None:
-        """As swergio's, plus `listen_to_response_rooms=False`: send replies into the response
-        rooms without joining them. swergio joins them, so e.g. every model would receive every
-        other model's logits (380 of 421 deliveries per step thrown away with 20 models)."""
+        """As swergio's, plus `listen_to_response_rooms=False`: reply into the response rooms
+        without joining them (swergio joins them, so every model would receive every other's logits)."""
         before = set(self.eventHandlers)
         super().add_eventHandler(handleFunction, responseType,
                                  responseRooms if listen_to_response_rooms else None, responseComponent, trigger)
@@ -199,10 +185,8 @@ class SwarmClient(Client):
         return {"state": self.state} if argument_names is None else {k: self.kwargs[k] for k in argument_names}
 
     def responses(self, handler, message: dict[str, Any], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-        """What swergio's EventHandler.handle returns, without its deep copy of every response
-        (a 322 KB SET took longer to copy than to send). A handler may also return a list: one
-        message each (a process that hosts several models answers for each), and a `Reply` goes to
-        its own room instead of the handler's."""
+        """What swergio's EventHandler.handle returns, without its deep copy of every response; a
+        handler may return a list (one message each), and a `Reply` goes to its own room."""
         returned = handler.handleFunction(message, **kwargs)
         if returned is None:
             return []
@@ -225,8 +209,7 @@ class SwarmClient(Client):
     def dispatch(self, message: dict[str, Any]) -> None:
         """Run every triggered handler on one message and send what they return."""
         if not isinstance(message.get("TYPE"), str) or not isinstance(message.get("TO_ROOM"), str):
-            # Every handler here listens to a room; swergio's Trigger would raise on a message
-            # without TO_ROOM (a direct message), so it is not for us.
+            # Every handler here listens to a room (swergio's Trigger would raise on a direct message).
             log.warning("%s: skipped a message without a valid TYPE/TO_ROOM: %.200r", self.name, message)
             return
         kind, room = message["TYPE"], message["TO_ROOM"]
@@ -246,9 +229,8 @@ class SwarmClient(Client):
                               handler.handleFunction.__name__, message.get("TO_ROOM"))
 
     def add_timer(self, function: Callable, interval: float, responseRooms: str | list[str]) -> None:
-        """While listening, call `function` every `interval` seconds, with the client's keyword
-        arguments it names; a dict it returns is sent to `responseRooms` (ours, not swergio's:
-        a component that waits for something can notice that it did not come)."""
+        """While listening, call `function` every `interval` seconds; a dict it returns goes to
+        `responseRooms` (so a component can notice that what it waits for did not come)."""
         wanted = inspect.getfullargspec(function).args
         rooms = responseRooms if isinstance(responseRooms, list) else [responseRooms]
         self.timers.append(_Timer(function, interval, rooms,
@@ -287,23 +269,14 @@ class SwarmClient(Client):
 
 @dataclass
 class Handlers:
-    """A component's handlers, each registered where it is defined; `wire` adds them to a client
-    in that order (the order in which they see a message).
-
-        handlers = Handlers()
-
-        @handlers.on("logits", reply_to="action")
-        def aggregate(msg, memory): ...
-
-    A handler's arguments after `msg` are the client's keyword arguments of the same names.
-    """
+    """A component's handlers, each registered where it is defined (`@handlers.on("logits",
+    reply_to="action")`); `wire` adds them to a client in that order, the order they see a message."""
     entries: list[Callable[[SwarmClient], None]] = field(default_factory=list)  # each adds one to a client
 
     def on(self, room: str, reply_to: str | None = None, join_reply_room: bool = True,
            message_type: MessageTypeSetting = CUSTOM, reply_type: MessageTypeSetting | None = None) -> Callable:
-        """Call the handler for every message of `message_type` in `room`; what it returns goes to
-        `reply_to` as `reply_type` (default: the type it answers). `join_reply_room=False` sends
-        replies there without receiving that room's traffic."""
+        """Call the handler for every `message_type` message in `room`; what it returns goes to
+        `reply_to` as `reply_type` (default: the same type), without joining it if `join_reply_room=False`."""
         def register(function: Callable) -> Callable:
             self.entries.append(lambda client: client.add_eventHandler(
                 function, reply_type or message_type, responseRooms=reply_to, trigger=Trigger(message_type, room),

@@ -1,9 +1,5 @@
 """What every component process does before it serves: who it is, its settings, its log, and
-exiting with its launcher.
-
-A launcher hands each child its name (SWARM_COMPONENT_NAME: model0, model1, ...) and its own pid
-(SWARM_PARENT_PID); a component started by hand has neither and uses its default name.
-"""
+exiting with its launcher."""
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +31,7 @@ def component_name(default: str) -> str:
 
 def hosted_names(name: str, count: int) -> list[str]:
     """The names of the `count` models a process called `name` hosts: itself alone, or from its
-    number on (model10 hosting 3: model10, model11, model12; `model`, started by hand: model0...)."""
+    number on (model10 hosting 3: model10, model11, model12; plain `model`: model0, ...)."""
     if count == 1:
         return [name]
     base, number = re.fullmatch(r"(.*?)(\d*)", name).groups()
@@ -44,9 +40,8 @@ def hosted_names(name: str, count: int) -> list[str]:
 
 
 def new_component_id(name: str, seed: int | None = None) -> str:
-    """Unique per process (the aggregation and evolution key on it) and readable in their
-    messages: the component's name and a random part, drawn from `seed` when there is one (so a
-    seeded swarm's ids, and the order the evolution sorts them in, repeat)."""
+    """A unique, readable id: the name and a random part, drawn from `seed` if given so that a
+    seeded swarm's ids (and the evolution's order of them) repeat."""
     suffix = uuid.uuid4().hex[:12] if seed is None else f"{seed:08x}"
     return f"{name}-{suffix}"
 
@@ -66,17 +61,13 @@ def setup_component(name: str, settings_class: type[S] = SwarmSettings) -> S:  #
 
 
 def dump_stacks_on_sigusr1(file: IO[str] | None = None) -> None:
-    """`kill -USR1 <pid>` writes every thread's stack to `file` (default: the process's stderr):
-    the first look at a process that hangs."""
+    """`kill -USR1 <pid>` writes every thread's stack to `file` (default: stderr), to look at a hang."""
     faulthandler.register(signal.SIGUSR1, file=file or sys.__stderr__, all_threads=True)
 
 
 def yield_to_the_critical_path(niceness: int = 5) -> None:
-    """For the model processes: lower priority and SCHED_BATCH (Linux; both allowed without
-    privileges). Each step passes through the server, the aggregation and the environment one
-    message at a time while the models compute side by side, so the few should get a core first;
-    and a batch process is not preempted by every wake-up, so twenty of them switch less often
-    (measured on 2 cores with 20 models: 10-25% more steps per second)."""
+    """For the model processes: lower priority and SCHED_BATCH, so the server, aggregation and
+    environment every step passes through get a core first (see docs/performance.md)."""
     with contextlib.suppress(AttributeError, OSError):
         os.nice(niceness)
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))

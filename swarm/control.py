@@ -13,11 +13,8 @@ from swarm.protocol import COMPONENT_ID, ERROR, ROOM_CONTROL, ROOM_EVOLUTION, RO
 
 
 class ControlClient(SwarmClient):
-    """The control's client: sends a request into `control` and waits, bounded, for its reply.
-
-    Any failure while waiting (timeout, a dead component, Ctrl-C, a notebook interrupt) stops
-    the whole swarm before the error reaches the caller: nothing is left running.
-    """
+    """The control's client. Any failure while waiting (timeout, a dead component, Ctrl-C) stops
+    the whole swarm before the error reaches the caller."""
 
     def __init__(self, swarm: ManagedSwarm | None = None, name: str = "control", **kwargs: Any) -> None:
         self.swarm = swarm
@@ -30,8 +27,8 @@ class ControlClient(SwarmClient):
         return self.swarm.stop_on_failure() if self.swarm is not None else contextlib.nullcontext()
 
     def _name_the_dead(self, within: float) -> None:
-        """The connection dropped: if the server (or anything) died, say which. A killed process
-        is collected a moment after its socket closes, so look again for up to `within` s."""
+        """The connection dropped: say which process died, looking for up to `within` s (a killed
+        process is collected a moment after its socket closes)."""
         if self.swarm is None:
             return
         deadline = time.monotonic() + within
@@ -43,12 +40,8 @@ class ControlClient(SwarmClient):
 
     def request(self, payload: dict[str, Any], until: str, timeout: float | None = None,
                 progress: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
-        """Send `payload` to `control`; return the reply whose STATUS is `until`.
-
-        `timeout` bounds the silence: each progress message of this request restarts it.
-        `progress`, if given, sees each progress message; when it returns True, that message is
-        returned at once (the run goes on until a new request replaces it).
-        """
+        """Send `payload` to `control`; return the reply whose STATUS is `until`, or the first
+        progress message for which `progress` returns True. `timeout` bounds each silence."""
         with self._stop_swarm_on_failure():
             for message in self._answers(ROOM_CONTROL, payload, timeout, lambda: f"no {until}"):
                 if message.get(STATUS) == until or (progress is not None and progress(message)):
@@ -57,8 +50,7 @@ class ControlClient(SwarmClient):
 
     def gather(self, room: str, payload: dict[str, Any], count: int, key: str,
                timeout: float | None = None) -> list[dict[str, Any]]:
-        """Send `payload` into `room`; return the `count` answers to it that carry `key` (one per
-        COMPONENT_ID), or fail after `timeout` seconds of silence naming how many came."""
+        """Send `payload` into `room`; return the `count` answers that carry `key`, one per COMPONENT_ID."""
         answers: dict[Any, dict[str, Any]] = {}
         with self._stop_swarm_on_failure():
             for message in self._answers(room, payload, timeout, lambda: f"{len(answers)} of {count} answers with {key}"):
@@ -70,9 +62,8 @@ class ControlClient(SwarmClient):
 
     def _answers(self, room: str, payload: dict[str, Any], timeout: float | None,
                  waiting_for: Callable[[], str]) -> Iterator[dict[str, Any]]:
-        """Send `payload` into `room` and yield every message that answers it. A silence of
-        `timeout` seconds (each answer starts it anew), a dead component, a lost connection or an
-        ERROR answer raises SwarmError; `waiting_for` says what had not come."""
+        """Send `payload` into `room` and yield every answer; a silence of `timeout` seconds, a dead
+        component, a lost connection or an ERROR raises SwarmError saying `waiting_for()`."""
         timeout = self.settings.reply_timeout if timeout is None else timeout
         root_id = uuid.uuid4().hex
         self.send(custom_message(room, payload, root_id))

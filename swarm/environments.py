@@ -1,10 +1,5 @@
-"""The swarm's environment: any gymnasium environment with a Box observation and Discrete actions.
-
-CartPole-v1 is the tutorial's (and the default, SWARM_ENV_ID). The models take their spaces from
-the environment itself, and "solved" is the environment's own reward threshold, averaged over 100
-consecutive episodes as gymnasium defines it; an environment without one is trained until its
-budget runs out.
-"""
+"""The swarm's environment (SWARM_ENV_ID, default the tutorial's CartPole-v1): any gymnasium
+environment with a flat Box observation and Discrete actions; "solved" is its own reward threshold."""
 from __future__ import annotations
 
 import gymnasium

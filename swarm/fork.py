@@ -1,16 +1,6 @@
-"""SWARM_LAUNCHER=fork: start the model processes as forks of one interpreter that imported
-torch once.
-
-The tutorial's way stays the default: one interpreter per model process, started by
-swergio-toolbox's Swarm. Here torch, stable-baselines3 and gymnasium are imported once and every
-model process is a fork of this one: its start costs no imports, and the libraries' memory is
-shared between them. Each child runs exactly 02_model.py's main(), with its own name (model0,
-model1, ...; with SWARM_MODELS_PER_PROCESS=k it hosts k models from that name on), COMPONENT_ID,
-random seed and log file.
-
-If a model process dies, this launcher stops the others and exits with an error, so the control's
-dead-component check reports it.
-"""
+"""SWARM_LAUNCHER=fork: the model processes as forks of one interpreter that imported the
+libraries once, so they start without imports and share that memory. Each child runs 02_model.py's
+main() under its own name; if one dies, the others are stopped and this exits with an error."""
 from __future__ import annotations
 
 import logging

@@ -1,9 +1,5 @@
-"""Starting and stopping a swarm: swergio-toolbox's Swarm, made to check first, wait for
-readiness, and never leave a process behind.
-
-swergio-toolbox 0.0.2 is used as it is; where it misbehaves we subclass (never copy) it, and each
-override says why.
-"""
+"""Starting and stopping a swarm: swergio-toolbox 0.0.2's Swarm, subclassed to check first, wait
+for readiness, and never leave a process behind."""
 from __future__ import annotations
 
 import atexit
@@ -56,21 +52,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def model_processes(models: int, per_process: int) -> dict[str, list[str]]:
-    """The model processes of a swarm, each with the models it hosts (the names 02_model.py gives
-    them): one each, model0, model1, ...; k each, model0 hosting model0 to model<k-1>, model<k>
-    from there (the last may host fewer)."""
+    """Each model process's name and the models it hosts: k each, model0 hosting model0 to
+    model<k-1>, model<k> the next k (the last may host fewer)."""
     return {f"model{first}": hosted_names(f"model{first}", min(per_process, models - first))
             for first in range(0, models, per_process)}
 
 
 class ManagedComponent(Component):
-    """A toolbox Component started without `python -i` and stopped for sure.
-
-    0.0.2 runs `python -i script`: a finished or crashed component then waits at an interactive
-    prompt on the inherited stdin instead of exiting, and stop() only sends SIGTERM. Here stdin
-    is closed, output goes to the component's log file, the child gets its own process group
-    (Ctrl-C reaches the control, which stops everyone in order) and knows its launcher's pid.
-    """
+    """A toolbox Component started without `python -i` (0.0.2's, which leaves a finished one at a
+    prompt) and stopped for sure: stdin closed, output to its log file, its own process group."""
 
     def __init__(self, name: str, base: Component, cwd: Path, settings: RuntimeSettings) -> None:
         super().__init__(base.filepath, base.envpath, base.delay, base.terminal_cmd, base.python_cmd)
@@ -126,12 +116,9 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
 
 
 class ManagedSwarm(Swarm):
-    """swergio-toolbox's Swarm that checks the port first, waits for readiness, and always stops.
-
-    Components run with this interpreter (so the project's .venv is used even when it is not
-    activated) unless swarm.yaml names a python_cmd. Everything it started is stopped on stop(),
-    on interpreter exit and on SIGTERM.
-    """
+    """swergio-toolbox's Swarm that checks the port first, waits for readiness, and stops everything
+    it started on stop(), exit or SIGTERM. Components run with this interpreter unless swarm.yaml
+    names a python_cmd."""
 
     def __init__(self, config_file: str | os.PathLike = PROJECT_DIR / "swarm.yaml",
                  settings: RuntimeSettings | None = None) -> None:
@@ -168,10 +155,8 @@ class ManagedSwarm(Swarm):
             super().start(names)
 
     def start_models(self) -> list[str]:
-        """Start the settings' SWARM_MODELS models, SWARM_MODELS_PER_PROCESS in each process (the
-        tutorial's: one `02_model.py` each), by SWARM_LAUNCHER: `swarm` starts every process with
-        this Swarm, `fork` starts one that imports the libraries once and forks them (swarm/fork.py).
-        The names of the components started."""
+        """Start SWARM_MODELS models, SWARM_MODELS_PER_PROCESS per process, each process here or
+        (SWARM_LAUNCHER=fork) forked by swarm/fork.py; the names of the components started."""
         settings = self.settings
         if not isinstance(settings, SwarmSettings):
             raise TypeError("start_models needs the RL swarm's settings (SwarmSettings)")
@@ -192,8 +177,7 @@ class ManagedSwarm(Swarm):
 
     @contextlib.contextmanager
     def stop_on_failure(self) -> Iterator[None]:
-        """Any exception inside (an error, a timeout, Ctrl-C, a notebook interrupt) stops the
-        whole swarm before it propagates: a failed run leaves nothing behind."""
+        """Any exception inside (even Ctrl-C) stops the whole swarm before it propagates."""
         try:
             yield
         except BaseException:
@@ -236,10 +220,8 @@ class ManagedSwarm(Swarm):
 
     def wait_ready(self, client: SwarmClient, components: Iterable[str], models: int,
                    timeout: float | None = None) -> float:
-        """Ping until `components` and `models` model processes answer; the seconds it took.
-
-        A component that dies meanwhile is reported at once; on any failure the swarm is stopped.
-        """
+        """Ping until `components` and `models` model processes answer; the seconds it took. On any
+        failure, such as a component that dies meanwhile, the swarm is stopped."""
         with self.stop_on_failure():
             return wait_for_answers(client, components, models,
                                     self.settings.start_timeout if timeout is None else timeout,
@@ -248,10 +230,8 @@ class ManagedSwarm(Swarm):
 
 def wait_for_answers(client: SwarmClient, components: Iterable[str], models: int = 0, timeout: float = 180.0,
                      check: Callable[[], None] | None = None) -> float:
-    """Ping (in the `ping` room) until every named component and `models` model processes
-    answer; the seconds it took. Other messages received meanwhile are dropped, so call it before
-    work starts. `check` runs once a round (a launcher passes its dead-process check).
-    """
+    """Ping until every named component and `models` model processes answer; the seconds it took.
+    Drops other messages meanwhile, so call it before work starts; `check` runs once a round."""
     wanted = set(components)
     started = time.monotonic()
     answered: set[str] = set()

@@ -1,8 +1,5 @@
-"""The numbered scripts as modules, for tests and benchmarks that call their handlers directly.
-
-Importing a script runs only its definitions; its `main()` (connecting and serving) runs when the
-script itself is run.
-"""
+"""The numbered scripts as modules, for tests and benchmarks that call their handlers directly
+(importing a script does not run its `main()`)."""
 from __future__ import annotations
 
 import importlib.util

@@ -1,10 +1,5 @@
-"""SwarmServer: swergio's Server with a connection loop that survives bad input and sends each
-message in one write.
-
-The hub of a swarm: clients register, join rooms, and every message sent to a room is passed on
-to the room's other members. swergio's Server keeps the rooms and the registration; this module
-replaces its per-connection loop (see SwarmServer) and starts it quietly.
-"""
+"""The swarm's hub: swergio's Server (rooms, registration) with a per-connection loop that
+survives bad input and sends each message in one write."""
 from __future__ import annotations
 
 import contextlib
@@ -35,25 +30,16 @@ def log_server_line(*args, **kwargs) -> None:
 
 
 class SwarmServer(Server):
-    """swergio's Server with a connection loop that survives bad input and sends in one write.
+    """swergio's Server with `handle_client` made sturdy; unlike 0.0.2's:
 
-    What 0.0.2's `handle_client` does and this one does not:
-    - a message to a room nobody has joined raises KeyError and drops the sender: here it is
-      delivered to nobody;
-    - a truncated frame or an absurd length header makes the thread spin on `recv() == b''`
-      forever: here a closed connection ends the loop, and a header that is not a length closes
-      that one connection (a byte stream cannot be re-synchronised after it);
-    - a body that is not JSON drops the sender (NameError): here it is logged and skipped;
-    - a recipient whose socket fails drops the *sender*: here the recipient is dropped;
-    - every delivery is two writes (header, then body), which stalls on Nagle's algorithm and
-      delayed ACKs: here it is one write with TCP_NODELAY;
-    - every message is printed: here connections and rooms are logged, and with
-      SWARM_LOG_LEVEL=DEBUG every message too;
-    - a member that stops reading blocks every sender into its room for good: here a delivery
-      that cannot be written for `send_timeout` seconds drops that member.
+    - a message to an empty room is delivered to nobody, instead of dropping the sender;
+    - a closed connection ends its loop, and a broken header closes that connection, instead of spinning;
+    - a body that is not JSON is logged and skipped;
+    - a failing recipient is dropped, not the sender, and so is one that blocks for `send_timeout`;
+    - each delivery is one write with TCP_NODELAY; messages are logged only at DEBUG.
 
-    With a `token` (SWARM_TOKEN) it also admits only connections whose first message carries it
-    as TOKEN: see `_admit`. The secret is never passed on, and never logged.
+    With a `token` (SWARM_TOKEN) it admits only connections that present it (`_admit`), and never
+    passes the secret on or logs it.
     """
 
     send_timeout = 30.0  # seconds a recipient may leave its socket full before it is dropped
@@ -94,11 +80,8 @@ class SwarmServer(Server):
             yield body
 
     def _admit(self, client: socket.socket, addr) -> bytes | None:
-        """The connection's first message body, if its TOKEN is the server's secret (our clients
-        put it into their REGISTER); else None, logged with the peer's address and the reason, and
-        the connection is to be closed. Until then the connection has no name and no room, so
-        nothing reaches it, and nothing it sends is read beyond this first message, which must
-        arrive whole within `handshake_timeout` seconds."""
+        """The connection's first message body if its TOKEN is the server's secret and it arrives
+        within `handshake_timeout` seconds; else None (logged), and the connection is to be closed."""
         expired = threading.Event()
 
         def expire() -> None:
@@ -225,8 +208,7 @@ class SwarmServer(Server):
 
 
 def _recv_exactly(client: socket.socket, size: int) -> tuple[bytes | None, int]:
-    """`size` bytes, or None if the peer closes first (a blocked recv costs no CPU); and how many
-    bytes arrived."""
+    """`size` bytes, or None if the peer closes first; and how many bytes arrived."""
     chunks, left = [], size
     while left > 0:
         chunk = client.recv(min(left, 1 << 20))
@@ -240,7 +222,7 @@ def _recv_exactly(client: socket.socket, size: int) -> tuple[bytes | None, int]:
 def serve(settings: RuntimeSettings) -> None:
     """Listen on the settings' host and port until the process is stopped."""
     swergio.server.print = log_server_line  # route the module's print() calls into our log
-    # Nobody in these tutorials reads swergio's `_logging` room, so the server does not feed it.
+    # nobody reads swergio's `_logging` room
     server = SwarmServer(settings.host, settings.port, FORMAT, HEADER_LENGTH, enable_logging=False,
                          token=settings.token)
     log.info("swergio server on %s:%s%s", settings.host, settings.port,

@@ -1,7 +1,5 @@
-"""swergio's wire format: every message is a JSON body behind a fixed-size length header.
-
-Server and clients must agree on both constants.
-"""
+"""swergio's wire format, which server and clients must share: a JSON body behind a fixed-size
+length header."""
 from __future__ import annotations
 
 FORMAT = "utf-8"  # message encoding
