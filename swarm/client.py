@@ -2,7 +2,6 @@
 registers each handler where it defines it."""
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import select
@@ -34,7 +33,6 @@ class _Timer:
     function: Callable
     interval: float
     rooms: list[str]
-    argument_names: list[str] | None  # None: the function takes the state object
     due: float = field(default_factory=time.monotonic)
 
 
@@ -43,12 +41,6 @@ class Reply:
     """A handler's message for `room`, when it is not (only) for the handler's own reply room."""
     room: str
     message: dict[str, Any]
-
-
-def _wants_state(function: Callable) -> bool:
-    """Whether `function` takes the component's state object (`state`) rather than keyword
-    arguments by name."""
-    return "state" in inspect.getfullargspec(function).args
 
 
 def _trigger_sets(trigger: Trigger | None) -> tuple[frozenset[str], frozenset[str]]:
@@ -64,17 +56,17 @@ class SwarmClient(Client):
     - connect waits (bounded) for the server instead of failing on the first refusal;
     - send is one thread-safe write with TCP_NODELAY (two writes stall on Nagle's algorithm);
     - receive takes a timeout, keeps partial frames and skips undecodable bodies;
-    - handlers run in the order added, and one that raises is logged and its message skipped;
+    - handlers run in the order added, each as `handler(msg, state)` with the client's one state
+      object, and one that raises is logged and its message skipped;
     - triggers are matched against sets made once, not looked up per message;
     - it answers PING in `ping`, so launchers can tell when it is ready;
     - with SWARM_TOKEN its REGISTER carries the secret the server asks for.
     """
 
     def __init__(self, name: str, settings: RuntimeSettings | None = None, component_id: str | None = None,
-                 connect_timeout: float = 30.0, member_ids: list[str] | None = None, state: Any = None,
-                 **kwargs: Any) -> None:
+                 connect_timeout: float = 30.0, member_ids: list[str] | None = None, state: Any = None) -> None:
         self.settings = settings or RuntimeSettings.from_env()
-        self.state = state  # what handlers that take `state` receive
+        self.state = state  # the component's state: every handler and timer receives it
         self.component_id = component_id or uuid.uuid4().hex
         self.member_ids = member_ids or [self.component_id]  # who answers a PING: this client or each hosted model
         self.connect_timeout = connect_timeout
@@ -84,10 +76,11 @@ class SwarmClient(Client):
         self._heard = False  # whether the server has sent anything yet
         self._send_lock = threading.Lock()
         super().__init__(name, self.settings.host, self.settings.port, FORMAT, HEADER_LENGTH,
-                         component_id=self.component_id, **kwargs)  # handlers may ask for component_id by name
+                         component_id=self.component_id)
         self.add_eventHandler(self._pong, CUSTOM, responseRooms=ROOM_PING, trigger=Trigger(CUSTOM, ROOM_PING))
 
-    def _pong(self, msg: dict[str, Any]) -> list[dict[str, Any]] | None:
+    def _pong(self, msg: dict[str, Any], state: Any = None) -> list[dict[str, Any]] | None:
+        """Answer a PING for this client or each model it hosts; needs no state."""
         if PING in msg:
             return [{PONG: msg[PING], COMPONENT: self.name, COMPONENT_ID: member} for member in self.member_ids]
         return None
@@ -177,17 +170,12 @@ class SwarmClient(Client):
         (handler,) = self.eventHandlers - before
         if not listen_to_response_rooms:
             handler.responseRooms = responseRooms if isinstance(responseRooms, list) else [responseRooms]
-        wanted = inspect.getfullargspec(handleFunction).args
-        self.handlers.append((handler, None if _wants_state(handleFunction) else [k for k in self.kwargs if k in wanted],
-                              *_trigger_sets(handler.trigger)))
+        self.handlers.append((handler, *_trigger_sets(handler.trigger)))
 
-    def _arguments(self, argument_names: list[str] | None) -> dict[str, Any]:
-        return {"state": self.state} if argument_names is None else {k: self.kwargs[k] for k in argument_names}
-
-    def responses(self, handler, message: dict[str, Any], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    def responses(self, handler, message: dict[str, Any]) -> list[dict[str, Any]]:
         """What swergio's EventHandler.handle returns, without its deep copy of every response; a
         handler may return a list (one message each), and a `Reply` goes to its own room."""
-        returned = handler.handleFunction(message, **kwargs)
+        returned = handler.handleFunction(message, self.state)
         if returned is None:
             return []
         sent = []
@@ -213,11 +201,11 @@ class SwarmClient(Client):
             log.warning("%s: skipped a message without a valid TYPE/TO_ROOM: %.200r", self.name, message)
             return
         kind, room = message["TYPE"], message["TO_ROOM"]
-        for handler, argument_names, type_ids, rooms in self.handlers:
+        for handler, type_ids, rooms in self.handlers:
             if kind not in type_ids or room not in rooms:
                 continue
             try:
-                for response in self.responses(handler, message, self._arguments(argument_names)):
+                for response in self.responses(handler, message):
                     self.send(response)
             except BadMessage as error:
                 log.warning("%s: skipped message in %s from %s: %s", self.name, message.get("TO_ROOM"),
@@ -229,12 +217,10 @@ class SwarmClient(Client):
                               handler.handleFunction.__name__, message.get("TO_ROOM"))
 
     def add_timer(self, function: Callable, interval: float, responseRooms: str | list[str]) -> None:
-        """While listening, call `function` every `interval` seconds; a dict it returns goes to
-        `responseRooms` (so a component can notice that what it waits for did not come)."""
-        wanted = inspect.getfullargspec(function).args
+        """While listening, call `function(state)` every `interval` seconds; a dict it returns goes
+        to `responseRooms` (so a component can notice that what it waits for did not come)."""
         rooms = responseRooms if isinstance(responseRooms, list) else [responseRooms]
-        self.timers.append(_Timer(function, interval, rooms,
-                                  None if _wants_state(function) else [k for k in self.kwargs if k in wanted]))
+        self.timers.append(_Timer(function, interval, rooms))
 
     def run_due_timers(self) -> None:
         now = time.monotonic()
@@ -243,7 +229,7 @@ class SwarmClient(Client):
                 continue
             timer.due = now + timer.interval
             try:
-                response = timer.function(**self._arguments(timer.argument_names))
+                response = timer.function(self.state)
             except Exception:
                 log.exception("%s: timer %s failed", self.name, timer.function.__name__)
                 continue
@@ -275,7 +261,7 @@ class Handlers:
 
     def on(self, room: str, reply_to: str | None = None, join_reply_room: bool = True,
            message_type: MessageTypeSetting = CUSTOM, reply_type: MessageTypeSetting | None = None) -> Callable:
-        """Call the handler for every `message_type` message in `room`; what it returns goes to
+        """Call `handler(msg, state)` for every `message_type` message in `room`; what it returns goes to
         `reply_to` as `reply_type` (default: the same type), without joining it if `join_reply_room=False`."""
         def register(function: Callable) -> Callable:
             self.entries.append(lambda client: client.add_eventHandler(
@@ -285,7 +271,7 @@ class Handlers:
         return register
 
     def every(self, seconds: float, reply_to: str) -> Callable:
-        """Call the function every `seconds` while listening; what it returns goes to `reply_to`."""
+        """Call `function(state)` every `seconds` while listening; what it returns goes to `reply_to`."""
         def register(function: Callable) -> Callable:
             self.entries.append(lambda client: client.add_timer(function, seconds, responseRooms=reply_to))
             return function

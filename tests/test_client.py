@@ -66,7 +66,7 @@ def test_handlers_run_in_the_order_they_were_added(hub):
     seen = []
     receiver = SwarmClient("receiver", hub.settings)
     for index in range(6):
-        receiver.add_eventHandler(lambda msg, i=index: seen.append(i), CUSTOM,
+        receiver.add_eventHandler(lambda msg, state, i=index: seen.append(i), CUSTOM,
                                   trigger=Trigger(CUSTOM, "room"))
     sender = SwarmClient("sender", hub.settings)
     sender.join_room("room")
@@ -81,7 +81,7 @@ def test_handlers_run_in_the_order_they_were_added(hub):
 def test_a_failing_handler_is_logged_and_the_client_keeps_serving(hub, caplog):
     handled = []
 
-    def picky(msg):
+    def picky(msg, state):
         if msg["X"] < 0:
             raise BadMessage("X must not be negative")
         if msg["X"] == 0:
@@ -175,7 +175,7 @@ def test_listen_returns_when_the_server_goes_away(raw_peer):
 def test_messages_without_type_or_room_are_skipped_and_serving_goes_on(raw_peer, caplog):
     client, peer = raw_peer
     handled = []
-    client.add_eventHandler(lambda msg: handled.append(msg["X"]), CUSTOM, trigger=Trigger(CUSTOM, "room"))
+    client.add_eventHandler(lambda msg, state: handled.append(msg["X"]), CUSTOM, trigger=Trigger(CUSTOM, "room"))
     with caplog.at_level(logging.WARNING, logger="swarm"):
         serve(client)
         for body in [b'{"TO_ROOM": "room", "X": 1}', b'{"TYPE": "DATA/CUSTOM", "TO": "client", "X": 2}',
@@ -190,7 +190,7 @@ def test_replies_can_go_to_a_room_without_listening_to_it(hub):
     models = []
     for name in ("model-a", "model-b"):
         client = SwarmClient(name, hub.settings)
-        client.add_eventHandler(lambda msg: {"FROM": msg["X"]}, CUSTOM, responseRooms="out",
+        client.add_eventHandler(lambda msg, state: {"FROM": msg["X"]}, CUSTOM, responseRooms="out",
                                 trigger=Trigger(CUSTOM, "in"), listen_to_response_rooms=False)
         models.append(client)
     collector = SwarmClient("collector", hub.settings)
@@ -234,13 +234,14 @@ def test_large_messages_from_two_senders_never_interleave(hub):
 
 
 def test_timers_run_while_listening_and_their_replies_are_sent(hub):
-    ticks = []
+    ticks, states = [], []
 
-    def tick(counter):
+    def tick(state):
+        states.append(state)
         ticks.append(time.monotonic())
         return {"TICK": len(ticks)} if len(ticks) == 3 else None
 
-    client = SwarmClient("ticker", hub.settings, counter=0)
+    client = SwarmClient("ticker", hub.settings, state="ticker state")
     client.add_timer(tick, 0.1, responseRooms="ticks")
     listener = SwarmClient("listener", hub.settings)
     listener.join_room("ticks")
@@ -250,6 +251,7 @@ def test_timers_run_while_listening_and_their_replies_are_sent(hub):
     assert message["TICK"] == 3 and message["SENT_BY"] == "ticker" and message["TYPE"] == CUSTOM.id
     wait_for(lambda: len(ticks) >= 5)
     assert min(np.diff(ticks)) >= 0.09  # not a busy loop
+    assert set(states) == {"ticker state"}  # a timer receives the client's state object
     client.close(), listener.close()
 
 

@@ -39,7 +39,7 @@ def wind_target(n=5, seed=0):
 def net():
     torch.manual_seed(0)
     model = control.ControlNet()
-    return dict(model=model, optimizer=control.make_optimizer(model), memory=tp.BoundedMemory())
+    return control.ControlModelState(model, control.make_optimizer(model), tp.BoundedMemory())
 
 
 # --------------------------------------------------------------------------- settings
@@ -56,46 +56,55 @@ def test_train_steps_is_a_checked_setting_passed_on_to_the_components():
 
 
 # --------------------------------------------------------------------------- control model
+def test_new_states_are_what_the_handlers_share_and_swarm_seed_fixes_the_weights():
+    settings = TrebuchetSettings.from_env({"SWARM_SEED": "7"})
+    first, second = control.new_state(settings), control.new_state(settings)
+    assert all(torch.equal(p, q) for p, q in zip(first.model.parameters(), second.model.parameters()))
+    assert len(first.memory) == 0 and first.optimizer.param_groups[0]["params"] == list(first.model.parameters())
+    shooter = trebuchet.new_state(settings)
+    assert shooter.trebuchet is trebuchet.TREBUCHET and len(shooter.memory) == 0
+
+
 def test_control_forward_sends_wind_and_aim_under_a_new_id(net):
     batch = wind_target()
-    out = control.forward(incoming(batch.tolist()), net["model"], net["memory"])
+    out = control.forward(incoming(batch.tolist()), net)
     rows = np.array(out[tp.DATA])
     assert rows.shape == (5, 3)
     np.testing.assert_allclose(rows[:, 0], batch[:, 0], rtol=1e-6)  # the wind, passed on
     with torch.no_grad():
-        np.testing.assert_allclose(rows[:, 1:], net["model"](torch.tensor(batch, dtype=torch.float32)).numpy(), rtol=1e-6)
-    assert out[tp.ID] != "in-1" and list(net["memory"]) == [out[tp.ID]]
-    assert net["memory"][out[tp.ID]][0] == "in-1"
+        np.testing.assert_allclose(rows[:, 1:], net.model(torch.tensor(batch, dtype=torch.float32)).numpy(), rtol=1e-6)
+    assert out[tp.ID] != "in-1" and list(net.memory) == [out[tp.ID]]
+    assert net.memory[out[tp.ID]][0] == "in-1"
 
 
 def test_control_backward_steps_and_returns_the_input_gradient_under_the_received_id(net):
     batch = wind_target()
-    before = copy.deepcopy(net["model"])
-    out = control.forward(incoming(batch.tolist()), net["model"], net["memory"])
+    before = copy.deepcopy(net.model)
+    out = control.forward(incoming(batch.tolist()), net)
     gradient = np.random.default_rng(1).normal(size=(5, 3))
-    back = control.backward({tp.ID: out[tp.ID], tp.DATA: gradient.tolist()}, **net)
+    back = control.backward({tp.ID: out[tp.ID], tp.DATA: gradient.tolist()}, net)
 
-    assert back[tp.ID] == "in-1" and len(net["memory"]) == 0
+    assert back[tp.ID] == "in-1" and len(net.memory) == 0
     # d/d input of  sum(gradient * [wind, aim(wind, target)]), by autograd on the untouched copy
     x = torch.tensor(batch, dtype=torch.float32, requires_grad=True)
     g = torch.tensor(gradient, dtype=torch.float32)
     ((before(x) * g[:, 1:]).sum() + (x[:, 0] * g[:, 0]).sum()).backward()
     np.testing.assert_allclose(np.array(back[tp.DATA]), x.grad.numpy(), rtol=1e-5, atol=1e-7)
-    changed = [not torch.equal(p, q) for p, q in zip(before.parameters(), net["model"].parameters())]
+    changed = [not torch.equal(p, q) for p, q in zip(before.parameters(), net.model.parameters())]
     assert all(changed), "the optimizer did not step every layer"
 
 
 def test_control_ignores_unknown_ids_and_does_not_train(net):
-    before = copy.deepcopy(net["model"].state_dict())
-    assert control.backward({tp.ID: "never-sent", tp.DATA: [[0.1, 0.2, 0.3]]}, **net) is None
-    assert all(torch.equal(v, net["model"].state_dict()[k]) for k, v in before.items())
+    before = copy.deepcopy(net.model.state_dict())
+    assert control.backward({tp.ID: "never-sent", tp.DATA: [[0.1, 0.2, 0.3]]}, net) is None
+    assert all(torch.equal(v, net.model.state_dict()[k]) for k, v in before.items())
 
 
 def test_control_validate_neither_remembers_nor_trains(net):
     batch = wind_target().tolist()
-    validate = control.forward(incoming(batch, status=MODEL_STATUS.VALIDATE), net["model"], net["memory"])
-    assert len(net["memory"]) == 0
-    train = control.forward(incoming(batch), net["model"], net["memory"])
+    validate = control.forward(incoming(batch, status=MODEL_STATUS.VALIDATE), net)
+    assert len(net.memory) == 0
+    train = control.forward(incoming(batch), net)
     assert validate[tp.DATA] == train[tp.DATA]
 
 
@@ -105,41 +114,42 @@ def test_control_rejects_malformed_batches(net, data):
     if data is None:
         del msg[tp.DATA]
     with pytest.raises(BadMessage):
-        control.forward(msg, net["model"], net["memory"])
-    assert len(net["memory"]) == 0
+        control.forward(msg, net)
+    assert len(net.memory) == 0
 
 
 def test_control_rejects_a_gradient_of_the_wrong_shape_and_keeps_the_batch(net):
-    out = control.forward(incoming(wind_target().tolist()), net["model"], net["memory"])
+    out = control.forward(incoming(wind_target().tolist()), net)
     with pytest.raises(BadMessage):
-        control.backward({tp.ID: out[tp.ID], tp.DATA: [[0.0, 0.0, 0.0]] * 4}, **net)  # 4 rows for 5
-    back = control.backward({tp.ID: out[tp.ID], tp.DATA: [[0.0, 0.0, 0.0]] * 5}, **net)
+        control.backward({tp.ID: out[tp.ID], tp.DATA: [[0.0, 0.0, 0.0]] * 4}, net)  # 4 rows for 5
+    back = control.backward({tp.ID: out[tp.ID], tp.DATA: [[0.0, 0.0, 0.0]] * 5}, net)
     assert back[tp.ID] == "in-1"
 
 
 def test_unknown_model_status_is_rejected(net):
     with pytest.raises(BadMessage):
-        control.forward({**incoming(wind_target().tolist()), tp.MODEL_STATUS_KEY: 7}, net["model"], net["memory"])
+        control.forward({**incoming(wind_target().tolist()), tp.MODEL_STATUS_KEY: 7}, net)
 
 
 def test_memory_forgets_the_oldest_beyond_its_limit(net):
     memory = tp.BoundedMemory(limit=3)
-    ids = [control.forward(incoming(wind_target().tolist(), f"in-{i}"), net["model"], memory)[tp.ID]
-           for i in range(5)]
+    net.memory = memory
+    ids = [control.forward(incoming(wind_target().tolist(), f"in-{i}"), net)[tp.ID] for i in range(5)]
     assert list(memory) == ids[2:]
 
 
 # --------------------------------------------------------------------------- trebuchet
 def test_trebuchet_forward_and_backward_chain_by_id():
     rows = np.array([[-3.0, -0.5, 20.0], [0.0, 0.0, 0.0], [6.0, -1.5, -40.0]])
-    memory = tp.BoundedMemory()
-    out = trebuchet.forward(incoming(rows.tolist(), "from-control"), trebuchet.TREBUCHET, memory)
+    state = trebuchet.TrebuchetState(trebuchet.TREBUCHET, tp.BoundedMemory())
+    memory = state.memory
+    out = trebuchet.forward(incoming(rows.tolist(), "from-control"), state)
     expected = trebuchet.TREBUCHET.shoot(*torch.tensor(rows, dtype=torch.float64).T)
     np.testing.assert_allclose(out[tp.DATA], expected.numpy(), rtol=1e-12)
     assert out[tp.ID] != "from-control" and list(memory) == [out[tp.ID]]
 
     loss_gradient = [0.5, -1.0, 2.0]
-    back = trebuchet.backward({tp.ID: out[tp.ID], tp.DATA: loss_gradient}, memory)
+    back = trebuchet.backward({tp.ID: out[tp.ID], tp.DATA: loss_gradient}, state)
     assert back[tp.ID] == "from-control" and len(memory) == 0
     x = torch.tensor(rows, dtype=torch.float64, requires_grad=True)
     (trebuchet.TREBUCHET.shoot(*x.T) * torch.tensor(loss_gradient, dtype=torch.float64)).sum().backward()
@@ -147,12 +157,12 @@ def test_trebuchet_forward_and_backward_chain_by_id():
 
 
 def test_trebuchet_ignores_unknown_ids_and_validate_keeps_nothing():
-    memory = tp.BoundedMemory()
-    assert trebuchet.backward({tp.ID: "never-sent", tp.DATA: [1.0]}, memory) is None
-    trebuchet.forward(incoming([[0.0, 0.0, 0.0]], status=MODEL_STATUS.VALIDATE), trebuchet.TREBUCHET, memory)
-    assert len(memory) == 0
+    state = trebuchet.TrebuchetState(trebuchet.TREBUCHET, tp.BoundedMemory())
+    assert trebuchet.backward({tp.ID: "never-sent", tp.DATA: [1.0]}, state) is None
+    trebuchet.forward(incoming([[0.0, 0.0, 0.0]], status=MODEL_STATUS.VALIDATE), state)
+    assert len(state.memory) == 0
     with pytest.raises(BadMessage):
-        trebuchet.forward(incoming([[0.0, 0.0]]), trebuchet.TREBUCHET, memory)  # no weight column
+        trebuchet.forward(incoming([[0.0, 0.0]]), state)  # no weight column
 
 
 # --------------------------------------------------------------------------- trainer
@@ -214,15 +224,17 @@ def test_training_by_messages_without_sockets_lowers_the_loss():
     """The whole loop, handler to handler, as the server would pass the messages on."""
     torch.manual_seed(0)
     net = control.ControlNet()
-    optimizer, control_memory, trebuchet_memory = control.make_optimizer(net), tp.BoundedMemory(), tp.BoundedMemory()
+    control_state = control.ControlModelState(net, control.make_optimizer(net), tp.BoundedMemory())
+    trebuchet_state = trebuchet.TrebuchetState(trebuchet.TREBUCHET, tp.BoundedMemory())
+    control_memory, trebuchet_memory = control_state.memory, trebuchet_state.memory
     state = trainer.TrainerState(train_steps=40, rng=np.random.default_rng(0))
     batch, reports = trainer.new_msg(state), []
     while batch is not None:
-        to_model = reply(batch, control.forward(batch, net, control_memory))
-        to_output = reply(to_model, trebuchet.forward(to_model, trebuchet.TREBUCHET, trebuchet_memory))
+        to_model = reply(batch, control.forward(batch, control_state))
+        to_output = reply(to_model, trebuchet.forward(to_model, trebuchet_state))
         loss_gradient = reply(to_output, trainer.backward(to_output, state))
-        to_model_back = reply(loss_gradient, trebuchet.backward(loss_gradient, trebuchet_memory))
-        to_input = reply(to_model_back, control.backward(to_model_back, net, optimizer, control_memory))
+        to_model_back = reply(loss_gradient, trebuchet.backward(loss_gradient, trebuchet_state))
+        to_input = reply(to_model_back, control.backward(to_model_back, control_state))
         assert to_input[tp.ID] == batch[tp.ID] and to_input[ROOT_ID] == batch[ROOT_ID]
         batch = trainer.new_data(to_input, state)
         reports.append(trainer.report(to_input, state))

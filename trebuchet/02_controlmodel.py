@@ -11,6 +11,7 @@ back with that ID; ours goes back with the ID we originally received.
 """
 import logging
 import uuid
+from dataclasses import dataclass, field
 
 import torch
 from swergio import MODEL_STATUS
@@ -50,25 +51,44 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
 
 
+@dataclass
+class ControlModelState:
+    """What the handlers share: the network, its optimizer and the batches awaiting a gradient."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    memory: tp.BoundedMemory = field(default_factory=tp.BoundedMemory)  # outgoing ID -> (incoming ID, input, output)
+
+
+def new_state(settings: TrebuchetSettings) -> ControlModelState:
+    """A fresh network and optimizer; with SWARM_SEED, the same initial weights every run."""
+    seed = settings.component_seed(COMPONENT_NAME)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = ControlNet()
+    return ControlModelState(model, make_optimizer(model))
+
+
 @handlers.on(tp.ROOM_INPUT, reply_to=tp.ROOM_MODEL, message_type=tp.FORWARD)
-def forward(msg, model, memory):
+def forward(msg, state: ControlModelState):
     """[wind, target] rows in; [wind, angle_logit, weight] rows out (to `model`)."""
     incoming_id = tp.get_id(msg)
     wind_target = torch.tensor(tp.get_matrix(msg, tp.DATA, 2), dtype=torch.float32)
     training = tp.get_status(msg) == MODEL_STATUS.TRAIN
     wind_target.requires_grad_(training)
     with torch.set_grad_enabled(training):
-        aim = model(wind_target)  # columns: angle_logit, weight
+        aim = state.model(wind_target)  # columns: angle_logit, weight
     outgoing_id = uuid.uuid4().hex
     if training:  # VALIDATE: no gradient will come, so nothing to remember and no training
-        memory[outgoing_id] = (incoming_id, wind_target, aim)
+        state.memory[outgoing_id] = (incoming_id, wind_target, aim)
     rows = torch.cat([wind_target[:, :1], aim], dim=1)  # the trebuchet needs the wind as well
     return {tp.ID: outgoing_id, tp.DATA: rows.detach().tolist()}
 
 
 @handlers.on(tp.ROOM_MODEL, reply_to=tp.ROOM_INPUT, message_type=tp.GRADIENT)
-def backward(msg, model, optimizer, memory):
+def backward(msg, state: ControlModelState):
     """d loss / d [wind, angle_logit, weight] in; one Adam step; d loss / d [wind, target] out."""
+    memory, optimizer = state.memory, state.optimizer
     outgoing_id = tp.get_id(msg)
     if outgoing_id not in memory:
         log.info("gradient for an unknown batch %s (not ours, or forgotten): ignored", outgoing_id)
@@ -88,13 +108,7 @@ def main() -> None:
     """Connect and serve until the server goes away."""
     settings = setup_component(COMPONENT_NAME, TrebuchetSettings)
     torch.set_num_threads(1)  # three torch processes share two cores; small tensors gain nothing from more
-    seed = settings.component_seed(COMPONENT_NAME)
-    if seed is not None:  # SWARM_SEED: the same initial weights every run
-        torch.manual_seed(seed)
-    model = ControlNet()
-    client = SwarmClient(COMPONENT_NAME, settings, model=model, optimizer=make_optimizer(model),
-                         memory=tp.BoundedMemory())
-    handlers.wire(client).listen()
+    handlers.wire(SwarmClient(COMPONENT_NAME, settings, state=new_state(settings))).listen()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ gradient for it comes back with that ID, and our gradient goes back with the ID 
 import logging
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -124,25 +124,39 @@ class Trebuchet:
 TREBUCHET = Trebuchet()
 
 
+@dataclass
+class TrebuchetState:
+    """What the handlers share: the simulator and the batches awaiting a gradient."""
+
+    trebuchet: Trebuchet = TREBUCHET
+    memory: tp.BoundedMemory = field(default_factory=tp.BoundedMemory)  # outgoing ID -> (incoming ID, input, output)
+
+
+def new_state(settings: TrebuchetSettings) -> TrebuchetState:
+    """The shared TREBUCHET and an empty memory (the simulator has nothing random to seed)."""
+    return TrebuchetState(TREBUCHET, tp.BoundedMemory())
+
+
 # --------------------------------------------------------------------------- handlers
 @handlers.on(tp.ROOM_MODEL, reply_to=tp.ROOM_OUTPUT, message_type=tp.FORWARD)
-def forward(msg, trebuchet, memory):
+def forward(msg, state: TrebuchetState):
     """[wind, angle_logit, weight] rows in, distances out (to `output`)."""
     incoming_id = tp.get_id(msg)
     batch = tp.get_matrix(msg, tp.DATA, 3)
     training = tp.get_status(msg) == MODEL_STATUS.TRAIN
     inputs = torch.tensor(batch, dtype=torch.float64, requires_grad=training)
     with torch.set_grad_enabled(training):
-        distances = trebuchet.shoot(inputs[:, 0], inputs[:, 1], inputs[:, 2])
+        distances = state.trebuchet.shoot(inputs[:, 0], inputs[:, 1], inputs[:, 2])
     outgoing_id = uuid.uuid4().hex
     if training:  # VALIDATE: nothing will come back, so nothing to remember
-        memory[outgoing_id] = (incoming_id, inputs, distances)
+        state.memory[outgoing_id] = (incoming_id, inputs, distances)
     return {tp.ID: outgoing_id, tp.DATA: distances.detach().tolist()}
 
 
 @handlers.on(tp.ROOM_OUTPUT, reply_to=tp.ROOM_MODEL, message_type=tp.GRADIENT)
-def backward(msg, memory):
+def backward(msg, state: TrebuchetState):
     """d loss / d distance in, d loss / d [wind, angle_logit, weight] out (to `model`)."""
+    memory = state.memory
     outgoing_id = tp.get_id(msg)
     if outgoing_id not in memory:
         log.info("gradient for an unknown batch %s (not ours, or forgotten): ignored", outgoing_id)
@@ -158,8 +172,7 @@ def main() -> None:
     """Connect and serve until the server goes away."""
     settings = setup_component(COMPONENT_NAME, TrebuchetSettings)
     torch.set_num_threads(1)  # three torch processes share two cores; small tensors gain nothing from more
-    client = SwarmClient(COMPONENT_NAME, settings, trebuchet=TREBUCHET, memory=tp.BoundedMemory())
-    handlers.wire(client).listen()
+    handlers.wire(SwarmClient(COMPONENT_NAME, settings, state=new_state(settings))).listen()
 
 
 if __name__ == "__main__":
