@@ -1,11 +1,12 @@
 """Documentation that is generated from the code matches what is committed."""
 from tests.helpers import ROOT
-from trebuchet.settings import README, TrebuchetSettings, readme_with_table
+from swarm.settings import readme_with_table
+from trebuchet.settings import README, TrebuchetSettings
 
 
 def test_the_trebuchet_readme_table_is_the_generated_one():
     readme = README.read_text()
     assert README == ROOT / "trebuchet" / "README.md"
-    assert readme_with_table(readme) == readme, "run: python -m trebuchet.settings --readme"
+    assert readme_with_table(readme, TrebuchetSettings) == readme, "run: python -m trebuchet.settings --readme"
     for f in TrebuchetSettings.fields():
         assert f"`{f.metadata['env']}`" in readme

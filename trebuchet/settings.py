@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from swarm.settings import README_END, README_START, RuntimeSettings, setting, whole
+from swarm.settings import RuntimeSettings, readme_with_table, setting, whole
 
 README = Path(__file__).resolve().parent / "README.md"
 
@@ -23,16 +23,9 @@ class TrebuchetSettings(RuntimeSettings):
                                "training steps (batches of 100 pairs) the trainer runs before it reports and exits")
 
 
-def readme_with_table(readme: str) -> str:
-    """The trebuchet README with the generated settings table between its two markers."""
-    head, rest = readme.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    return f"{head}{README_START}\n{TrebuchetSettings.markdown_table()}\n{README_END}{tail}"
-
-
 if __name__ == "__main__":
     if "--readme" in sys.argv:
-        README.write_text(readme_with_table(README.read_text()))
+        README.write_text(readme_with_table(README.read_text(), TrebuchetSettings))
         print(f"settings table written to {README}")
     else:
         print(TrebuchetSettings.markdown_table())
