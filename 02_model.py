@@ -27,8 +27,6 @@ from swarm.settings import SwarmSettings
 
 COMPONENT_NAME = "model"
 NET_ARCH = [16, 16]  # the tutorial's: two 16-unit layers for the policy and for the value
-A2C = A2CConfig()  # stable-baselines3's A2C defaults, with a rollout of 5 steps, as the tutorial
-
 handlers = Handlers()
 
 
@@ -49,7 +47,7 @@ def new_state(settings: SwarmSettings, names: list[str]) -> Members:
         ids.append(new_component_id(name, seed))
         policies.append(make_policy(*spaces(settings.env_id), NET_ARCH))
         learning_rates.append(initial_learning_rate(settings, seed))
-    config = A2CConfig(normalize_advantage=settings.normalize_advantage)
+    config = A2CConfig(normalize_advantage=settings.normalize_advantage, adam_eps=settings.adam_eps)
     return Members(policies, ids, learning_rates, settings.envs, config)
 
 

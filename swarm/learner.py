@@ -22,7 +22,7 @@ from swarm.protocol import EXP_AVG, EXP_AVG_SQ, STEP, NewState, Observed
 
 @dataclass(frozen=True)
 class A2CConfig:
-    """The tutorial's A2C: stable-baselines3's defaults, with a rollout of 5 steps."""
+    """The tutorial's A2C: stable-baselines3's defaults, with a rollout of 5 steps and Adam."""
     n_steps: int = 5
     gamma: float = 0.99
     gae_lambda: float = 1.0

@@ -43,8 +43,8 @@ VOTES = ("probabilities", "majority", "log-probabilities")  # SWARM_VOTE: 03_agg
 # SWARM_PRESET: the defaults a preset gives; a variable that is set wins over its preset.
 PRESETS: dict[str, dict[str, Any]] = {
     "swarm": {},  # the field defaults below
-    "tutorial": dict(envs=1, episodes=20, learning_rate=7e-4, training_actions="summed", fitness="contribution",
-                     operators="genetic"),
+    "tutorial": dict(envs=1, episodes=20, learning_rate=7e-4, adam_eps=1e-5, training_actions="summed",
+                     fitness="contribution", operators="genetic"),
 }
 
 
@@ -177,6 +177,9 @@ class SwarmSettings(RuntimeSettings):
                         "a majority of their own choices, or summed log-probabilities")
     learning_rate: float = setting("SWARM_LEARNING_RATE", 0.002, number(0, above=True),
                                    "the models' Adam learning rate (with SWARM_OPERATORS=pbt: the middle of their range)")
+    adam_eps: float = setting("SWARM_ADAM_EPS", 1e-8, number(0, above=True),
+                              "the models' Adam epsilon (ActorCriticPolicy's own is 1e-5; 1e-8, torch's default, "
+                              "learns faster here: docs/learning.md)")
     normalize_advantage: bool = setting("SWARM_NORMALIZE_ADVANTAGE", False, switch(),
                                         "normalise the advantages of each A2C update")
     model_timeout: float = setting("SWARM_MODEL_TIMEOUT", 5.0, number(0, above=True),

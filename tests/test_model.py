@@ -375,3 +375,8 @@ def test_logits_carry_what_came_of_the_last_action(parts):
     evaluation = forward(observation_message(2, deterministic=True), parts)
     assert DONE not in first and DONE not in evaluation
     assert step[REWARD] == 1.0 and step[DONE] is True
+
+
+def test_adam_epsilon_is_the_settings_the_tutorials_is_actor_critic_policys():
+    assert new_model().adam.eps == 1e-8
+    assert model.new_state(SwarmSettings.from_env({"SWARM_PRESET": "tutorial"}), ["model0"]).adam.eps == 1e-5
