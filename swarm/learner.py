@@ -60,9 +60,10 @@ class _Heads(torch.nn.Module):
 
 
 class Members:
-    """k A2C members of one architecture: stacked weights, Adam states, rollouts and learning rates.
+    """k A2C members of one architecture: their weights, Adam states, rollouts and learning rates.
 
-    A member's flat weight vector is in `policy.parameters()` order, as its own process sends it.
+    Member j's weights are row j of `weights`, in `policy.parameters()` order: the flat vector its
+    own process sends. The template policy's parameters are views of row 0.
     """
 
     def __init__(self, policies: list[ActorCriticPolicy], ids: list[str], learning_rates: list[float],
@@ -71,12 +72,14 @@ class Members:
         self.ids, self.k, self.envs, self.config = list(ids), len(policies), envs, config
         self.width, self.n_actions = template.observation_space.shape[0], int(template.action_space.n)
         self.heads = _Heads(template)
-        self.names = [f"policy.{name}" for name, _ in template.named_parameters()]
+        self.shapes = {f"policy.{name}": p.shape for name, p in template.named_parameters()}
         with torch.no_grad():
-            self.params = {f"policy.{name}": torch.stack([dict(p.named_parameters())[name].detach() for p in policies])
-                           for name, _ in template.named_parameters()}
-        self.size = sum(p[0].numel() for p in self.params.values())
-        self.adam = StackedAdam(self.params, learning_rates, eps=config.adam_eps)
+            self.weights = torch.stack([torch.nn.utils.parameters_to_vector(p.parameters()) for p in policies])
+        self.size = self.weights.shape[1]
+        self.params = self.unflatten(self.weights)
+        for parameter, view in zip(template.parameters(), self.params.values()):
+            parameter.data = view[0]  # so the template itself computes member 0
+        self.adam = StackedAdam(self.k, self.size, learning_rates, eps=config.adam_eps)
         self.buffer = RolloutBuffer(config.n_steps, template.observation_space, template.action_space, device="cpu",
                                     gamma=config.gamma, gae_lambda=config.gae_lambda, n_envs=self.k * envs)
         self.positions = np.zeros(self.k, dtype=np.int64)  # each member's next row in its columns
@@ -86,11 +89,27 @@ class Members:
         self.memory: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ the networks
-    def forward(self, obs: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (members, rows, actions) and values (members, rows) of obs (rows, features)."""
-        params = self.params if params is None else params
+    def unflatten(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each parameter of every row of `weights` (members, size), as views: {name: (members, *shape)}."""
+        views, offset = {}, 0
+        for name, shape in self.shapes.items():
+            size = shape.numel()
+            views[name] = weights[:, offset:offset + size].view(len(weights), *shape)
+            offset += size
+        return views
+
+    def forward(self, obs: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (members, rows, actions) and values (members, rows) of obs (rows, features), for
+        every member or for the rows `weights`."""
+        if weights is None and self.k == 1:  # the template holds member 0: no reparametrisation
+            logits, values = self.heads(obs)
+            return logits.unsqueeze(0), values.unsqueeze(0)
+        params = self.params if weights is None else self.unflatten(weights)
         members = len(next(iter(params.values())))
-        return over_members(lambda p, x: functional_call(self.heads, p, (x,)), params, obs.expand(members, *obs.shape))
+        return over_members(self._heads, params, obs.expand(members, *obs.shape))
+
+    def _heads(self, params: dict[str, torch.Tensor], obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return functional_call(self.heads, params, (obs,), tie_weights=False)
 
     def logits(self, obs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -137,7 +156,7 @@ class Members:
             # (as stable-baselines3 does), instead of treating the last step as a fall.
             with torch.no_grad():
                 final = self.forward(torch.as_tensor(seen.final_observation, dtype=torch.float32),
-                                     {n: p[who] for n, p in self.params.items()})[1]
+                                     self.weights[who] if len(who) < self.k else None)[1]
             reward = reward + self.config.gamma * final.numpy() * seen.truncated
         rows, columns, buffer = self.positions[who][:, None], self._columns(who), self.buffer
         buffer.observations[rows, columns] = self.memory["obs"]
@@ -162,20 +181,18 @@ class Members:
         observations, actions = batch(buffer.observations, torch.float32), batch(buffer.actions, torch.long)[..., 0]
         advantages, returns = batch(buffer.advantages, torch.float32), batch(buffer.returns, torch.float32)
         index = torch.as_tensor(who)
-        params = {n: p[index].requires_grad_() for n, p in self.params.items()}
+        weights = self.weights[index].requires_grad_()
         with torch.enable_grad():  # each member's loss depends on its own weights only: one backward for all
-            losses = over_members(self._loss, params, observations, actions, advantages, returns)
-            grads = dict(zip(params, torch.autograd.grad(losses.sum(), list(params.values()))))
-        norms = torch.sqrt(sum((g.flatten(1) ** 2).sum(1) for g in grads.values()))
-        clip = torch.clamp(config.max_grad_norm / (norms + 1e-6), max=1.0)  # as clip_grad_norm_, per member
-        grads = {n: g * clip.view((-1,) + (1,) * (g.dim() - 1)) for n, g in grads.items()}
-        self.adam.step(self.params, grads, index)
+            losses = over_members(self._loss, self.unflatten(weights), observations, actions, advantages, returns)
+            (grads,) = torch.autograd.grad(losses.sum(), weights)
+        clip = torch.clamp(config.max_grad_norm / (grads.norm(dim=1) + 1e-6), max=1.0)  # as clip_grad_norm_, per member
+        self.adam.step(self.weights, grads * clip.unsqueeze(1), index)
 
     def _loss(self, params: dict[str, torch.Tensor], observations: torch.Tensor, actions: torch.Tensor,
               advantages: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
         """A2C's loss for one member: policy gradient, value error and entropy bonus."""
         config = self.config
-        logits, values = functional_call(self.heads, params, (observations,))
+        logits, values = self._heads(params, observations)
         log_probs = torch.log_softmax(logits, -1)
         log_prob = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         entropy = -(log_probs.exp() * log_probs).sum(-1)
@@ -187,7 +204,7 @@ class Members:
 
     # ------------------------------------------------------------------ what the evolution sees
     def vector(self, j: int) -> list[float]:
-        return torch.cat([p[j].flatten() for p in self.params.values()]).tolist()
+        return self.weights[j].tolist()
 
     def learning_rate(self, j: int) -> float:
         return float(self.adam.learning_rates[j])
@@ -196,19 +213,18 @@ class Members:
         """Member j's Adam step and moments, flat as its weights; None before its first update."""
         if self.adam.steps[j] == 0:
             return None
-        return {STEP: float(self.adam.steps[j]),
-                EXP_AVG: torch.cat([s[j].flatten() for s in self.adam.exp_avg.values()]).tolist(),
-                EXP_AVG_SQ: torch.cat([s[j].flatten() for s in self.adam.exp_avg_sq.values()]).tolist()}
+        return {STEP: float(self.adam.steps[j]), EXP_AVG: self.adam.exp_avg[j].tolist(),
+                EXP_AVG_SQ: self.adam.exp_avg_sq[j].tolist()}
 
     def load(self, j: int, new: NewState) -> None:
         """Member j takes a SET. New weights drop what the old ones left: Adam's moments (unless
         the SET brings the weights' own) and the rollout stored with the old values."""
         if new.vector is not None:
-            _unflatten(self.params, j, new.vector)
+            self.weights[j] = torch.as_tensor(new.vector, dtype=torch.float32)
             step, exp_avg, exp_avg_sq = new.adam if new.adam is not None else (0.0, np.zeros(self.size), np.zeros(self.size))
             self.adam.steps[j] = step
-            _unflatten(self.adam.exp_avg, j, exp_avg)
-            _unflatten(self.adam.exp_avg_sq, j, exp_avg_sq)
+            self.adam.exp_avg[j] = torch.as_tensor(exp_avg, dtype=torch.float32)
+            self.adam.exp_avg_sq[j] = torch.as_tensor(exp_avg_sq, dtype=torch.float32)
             self.positions[j] = 0
             self.remembers[j] = False
         if new.learning_rate is not None:
@@ -225,11 +241,3 @@ def over_members(function, params: dict[str, torch.Tensor], *args: torch.Tensor)
         return result.unsqueeze(0)
     return tuple(r.unsqueeze(0) for r in result)
 
-
-def _unflatten(stacked: dict[str, torch.Tensor], j: int, flat: np.ndarray) -> None:
-    """Write member j's part of every stacked tensor from one flat vector."""
-    offset = 0
-    for tensor in stacked.values():
-        size = tensor[j].numel()
-        tensor[j] = torch.as_tensor(flat[offset:offset + size], dtype=tensor.dtype).view_as(tensor[j])
-        offset += size

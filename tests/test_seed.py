@@ -8,7 +8,7 @@ from swarm.settings import SwarmSettings
 from tests.helpers import run_control
 
 # The defaults (06_control.py with no settings) and a seed whose run solves in a few minutes.
-SEED = "3"
+SEED = "0"
 ROUND_FIELDS = ("round", "steps", "train_mean", "eval_mean", "eval_std", "confirm_mean", "fitness_spread",
                 "after_mean", "after_std")
 
@@ -27,7 +27,7 @@ def test_a_seeded_run_repeats_to_its_last_round_in_process_and_over_sockets(swar
            "SWARM_MAX_SECONDS": "0"}  # a wall-time budget would end the runs where the machine's load says
     settings = SwarmSettings.from_env(env)
     first, second = (LocalSwarm(settings).train_until_solved(report=lambda line: None) for _ in range(2))
-    assert first["solved"] and len(first["history"]) >= 20, "a run too short to show the drift"
+    assert first["solved"] and len(first["history"]) >= 18, "a run too short to show the drift"
     assert rounds(first["history"]) == rounds(second["history"])
 
     process = run_control(env)
