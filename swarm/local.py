@@ -1,17 +1,9 @@
-"""The whole swarm in one process: the real handlers of 02-05, wired to an in-memory hub.
+"""The whole swarm in one process: the scripts' own handlers and states on an in-memory hub
+that does what swergio's server does, every message through JSON once as on the wire. A seeded
+swarm plays the same rounds here as over sockets. Evaluations skip the messages (`play`): they
+train nothing, so the scores are the same (a test holds them to it).
 
-No sockets and no server: `LocalHub` does what swergio's server does (rooms, delivery to every
-other member, SENT_BY), and every message still goes through JSON once, as on the wire. Each
-component is the script's own `handlers` with the state its `new_state` builds, as its `main()`
-does; models are grouped as the launcher groups them into processes. A seeded swarm takes the
-same actions here as over sockets.
-
-Evaluations (deterministic runs) skip the messages: the environment's handlers step its copies,
-and the members' logits and the aggregation's `get_action` choose the actions (`LocalSwarm.play`).
-They train nothing, so they give the same scores as the messages would (a test holds them to it).
-
-    runner = LocalSwarm(settings)
-    result = runner.train_until_solved()
+    result = LocalSwarm(settings).train_until_solved()
 """
 from __future__ import annotations
 

@@ -1,14 +1,6 @@
-"""The control's round loop: train, evaluate, evolve, evaluate again, until solved or out of budget.
-
-One loop for every way of running the swarm: `06_control.py` passes functions that send requests
-over sockets, the in-process runner (`swarm.local`) functions that call the same handlers
-directly. A round is the tutorial's: training episodes, a deterministic evaluation, an evolution
-step, and an evaluation of the new population.
-
-"Solved" is gymnasium's definition for CartPole-v1: a mean of at least 475 over 100 consecutive
-episodes. A round whose evaluation reaches the threshold is confirmed with 100 deterministic
-episodes (their steps train nothing and are not counted as training steps; their time is counted
-in the wall time); unconfirmed, training goes on.
+"""The control's round loop, shared by `06_control.py` (over sockets) and `swarm.local`: training
+episodes, an evaluation, an evolution step and an evaluation of the new population, until solved
+(an evaluation at the threshold, confirmed over 100 deterministic episodes) or out of budget.
 """
 from __future__ import annotations
 
