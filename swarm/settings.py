@@ -178,8 +178,8 @@ class SwarmSettings(RuntimeSettings):
     learning_rate: float = setting("SWARM_LEARNING_RATE", 0.002, number(0, above=True),
                                    "the models' Adam learning rate (with SWARM_OPERATORS=pbt: the middle of their range)")
     adam_eps: float = setting("SWARM_ADAM_EPS", 1e-8, number(0, above=True),
-                              "the models' Adam epsilon (ActorCriticPolicy's own is 1e-5; 1e-8, torch's default, "
-                              "learns faster here: docs/learning.md)")
+                              "the models' Adam epsilon (ActorCriticPolicy's own is 1e-5; the defaults were tuned "
+                              "with torch's 1e-8: docs/learning.md)")
     normalize_advantage: bool = setting("SWARM_NORMALIZE_ADVANTAGE", False, switch(),
                                         "normalise the advantages of each A2C update")
     model_timeout: float = setting("SWARM_MODEL_TIMEOUT", 5.0, number(0, above=True),
