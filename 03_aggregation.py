@@ -264,7 +264,7 @@ def check_missing_models(state: AggregationState) -> dict[str, Any] | None:
 
 
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
-def send_contribution(msg: dict[str, Any], state: AggregationState) -> dict[str, Any] | None:
+def send_fitness(msg: dict[str, Any], state: AggregationState) -> dict[str, Any] | None:
     """GET from the evolution: hand over the fitness, under the tutorial's key."""
     if msg.get(CMD) != GET:
         return None

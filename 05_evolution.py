@@ -45,8 +45,8 @@ toolbox.register("mate", tools.cxTwoPoint)
 toolbox.register("mutate", tools.mutGaussian, mu=0.0, sigma=1.0, indpb=0.01)
 
 
-def evolve(weights: dict[str, np.ndarray], contribution: dict[str, float]) -> dict[str, list[float]]:
-    """One generation: the models' vectors are the population, their contributions the fitness.
+def evolve(weights: dict[str, np.ndarray], fitness: dict[str, float]) -> dict[str, list[float]]:
+    """One generation: the models' vectors are the population, ranked by their fitness.
 
     Offspring i goes to the i-th model (in a fixed order); the genome length is whatever the
     models sent.
@@ -55,7 +55,7 @@ def evolve(weights: dict[str, np.ndarray], contribution: dict[str, float]) -> di
     population = []
     for model_id in model_ids:
         individual = creator.Individual(weights[model_id].tolist())
-        individual.fitness.values = (contribution.get(model_id, 0.0),)
+        individual.fitness.values = (fitness.get(model_id, 0.0),)
         population.append(individual)
     offspring = toolbox.select(population, len(population))
     offspring = algorithms.varAnd(offspring, toolbox, cxpb=CROSSOVER_PROB, mutpb=MUTATION_PROB)
@@ -103,7 +103,7 @@ class Evolution:
     request_id: str | None = None  # of the control's EVOLUTION: EVO_DONE carries it back
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     learning_rates: dict[str, float] = field(default_factory=dict)
-    contribution: dict[str, float] | None = None
+    fitness: dict[str, float] | None = None  # by model id, from the aggregation (the tutorial's key: CONTRIBUTION)
     started_at: float = 0.0  # when our GET went out (time.monotonic)
 
     def __post_init__(self) -> None:
@@ -112,11 +112,11 @@ class Evolution:
 
 @handlers.on(ROOM_CONTROL, reply_to=ROOM_EVOLUTION)
 def start_evolution(msg: dict, state: Evolution) -> dict | None:
-    """EVOLUTION from the control: forget everything and ask for fresh weights and contributions."""
+    """EVOLUTION from the control: forget everything and ask for fresh weights and fitness."""
     if EVOLUTION not in msg or not get_bool(msg, EVOLUTION):
         return None
     state.root_id, state.request_id = uuid.uuid4().hex, msg.get(ROOT_ID)
-    state.weights, state.learning_rates, state.contribution = {}, {}, None
+    state.weights, state.learning_rates, state.fitness = {}, {}, None
     state.started_at = time.monotonic()
     return {CMD: GET, ROOT_ID: state.root_id}
 
@@ -139,20 +139,20 @@ def collect(msg: dict, state: Evolution) -> list[dict | Reply] | None:
         contribution = require(msg, CONTRIBUTION)
         if not isinstance(contribution, dict):
             raise BadMessage("CONTRIBUTION must map model ids to numbers")
-        state.contribution = {k: get_float(contribution, k) for k in contribution}
-    if len(state.weights) < state.nr_of_models or state.contribution is None:
+        state.fitness = {k: get_float(contribution, k) for k in contribution}
+    if len(state.weights) < state.nr_of_models or state.fitness is None:
         return None
     if state.operators == "pbt":
-        choices = exploit_and_explore(list(state.weights), state.contribution, state.learning_rates, random)
+        choices = exploit_and_explore(list(state.weights), state.fitness, state.learning_rates, random)
         message = {CMD: SET,
                    WEIGHTS: {loser: state.weights[winner].tolist() for loser, (winner, _) in choices.items()},
                    HYPERPARAMETERS: {loser: {LEARNING_RATE: rate} for loser, (_, rate) in choices.items()}}
     else:
-        message = {CMD: SET, WEIGHTS: evolve(state.weights, state.contribution)}
-    ranked = [model_id for model_id in state.weights if model_id in state.contribution]
+        message = {CMD: SET, WEIGHTS: evolve(state.weights, state.fitness)}
+    ranked = [model_id for model_id in state.weights if model_id in state.fitness]
     # EVO_DONE after the SET: the control's next request must find the models with their new weights.
     report = {STATUS: EVO_DONE, ROOT_ID: state.request_id or state.root_id,
-              FITNESS_SPREAD: fitness_spread(state.contribution, ranked)}
+              FITNESS_SPREAD: fitness_spread(state.fitness, ranked)}
     state.root_id = None  # done: late or repeated answers start nothing
     return [message, Reply(ROOM_CONTROL, report)]
 
@@ -164,7 +164,7 @@ def check_missing_answers(state: Evolution) -> dict | None:
     if state.root_id is None or time.monotonic() - state.started_at < state.model_timeout:
         return None
     missing = sorted(state.models.known - set(state.weights))
-    silent = missing + (["aggregation (CONTRIBUTION)"] if state.contribution is None else [])
+    silent = missing + (["aggregation (CONTRIBUTION)"] if state.fitness is None else [])
     error = (f"no answer to GET within {state.model_timeout:g} s from: {', '.join(silent) or 'models not yet known'}; "
              f"{len(state.weights)} of {state.nr_of_models} models answered")
     log.error(error)

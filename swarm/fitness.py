@@ -157,10 +157,10 @@ def make_fitness(name: str) -> Fitness:
     return FITNESSES[name]()
 
 
-def fitness_spread(contribution: dict[str, float], models: Iterable[str]) -> float:
+def fitness_spread(fitness: dict[str, float], models: Iterable[str]) -> float:
     """(best - worst) / mean size of the models' fitness: how much there was to select on."""
-    fitness = np.array([contribution.get(model_id, 0.0) for model_id in sorted(models)])  # one order, one sum
-    if len(fitness) < 2:
+    values = np.array([fitness.get(model_id, 0.0) for model_id in sorted(models)])  # one order, one sum
+    if len(values) < 2:
         return 0.0
-    size = np.abs(fitness).mean()  # a fitness that credits returns can be negative
-    return float((fitness.max() - fitness.min()) / size) if size > 0 else 0.0
+    size = np.abs(values).mean()  # a fitness that credits returns can be negative
+    return float((values.max() - values.min()) / size) if size > 0 else 0.0

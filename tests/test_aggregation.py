@@ -153,11 +153,11 @@ def test_bad_logits_do_not_count_towards_the_step(broken):
 def test_get_hands_over_the_contributions_and_clears_them():
     state = new_state(2)
     state.fitness.earned = {"a": 1.5, "b": 0.5}
-    reply = aggregation.send_contribution({CMD: GET}, state)
+    reply = aggregation.send_fitness({CMD: GET}, state)
     assert reply == {CONTRIBUTION: {"a": 1.5, "b": 0.5}}
     assert state.fitness.earned == {}
     state.fitness.earned = {"a": 1.0}
-    assert aggregation.send_contribution({CMD: SET}, state) is None and state.fitness.earned == {"a": 1.0}
+    assert aggregation.send_fitness({CMD: SET}, state) is None and state.fitness.earned == {"a": 1.0}
 
 
 # --------------------------------------------------------------------------- SWARM_ENVS > 1
@@ -327,8 +327,8 @@ def test_members_given_new_weights_lose_their_record_and_get_reports_the_latest(
         lead_step(state, done=done)
     before = state.fitness.scores()
     assert set(before) == {"a", "b"}
-    assert aggregation.send_contribution({CMD: GET}, state) == {CONTRIBUTION: before}
-    assert aggregation.send_contribution({CMD: GET}, state) == {CONTRIBUTION: before}, "a record, not a tally"
+    assert aggregation.send_fitness({CMD: GET}, state) == {CONTRIBUTION: before}
+    assert aggregation.send_fitness({CMD: GET}, state) == {CONTRIBUTION: before}, "a record, not a tally"
     aggregation.forget_replaced({CMD: SET, WEIGHTS: {"a": [0.0]}}, state)
     assert state.fitness.scores() == {"b": before["b"]}
 

@@ -78,7 +78,7 @@ def test_a_second_request_uses_fresh_data_only():
     feed(evolution, answers(first[ROOT_ID], population(2, 5, seed=2), {}))
     second = evolution_script.start_evolution({EVOLUTION: True, ROOT_ID: "r2"}, evolution)
     assert second[ROOT_ID] != first[ROOT_ID]
-    assert evolution.weights == {} and evolution.contribution is None
+    assert evolution.weights == {} and evolution.fitness is None
     stale = answers(first[ROOT_ID], population(2, 5, seed=3), {})
     assert feed(evolution, stale) == ([], []), "answers to the first GET must not start the second"
     fresh = population(2, 5, seed=4)
@@ -123,7 +123,7 @@ def test_bad_answers_are_rejected_and_not_stored(broken):
     feed(evolution, [{WEIGHTS: [0.0, 0.0], COMPONENT_ID: "model0", ROOT_ID: get[ROOT_ID]}])
     with pytest.raises(BadMessage):
         evolution_script.collect({**broken, ROOT_ID: get[ROOT_ID]}, evolution)
-    assert list(evolution.weights) == ["model0"] and evolution.contribution is None
+    assert list(evolution.weights) == ["model0"] and evolution.fitness is None
 
 
 def test_weights_from_an_unknown_model_do_not_count():
