@@ -1,7 +1,7 @@
 """bench/paired.py: one arm of two studies, seed by seed (the same seeds play the same episodes
 until the two algorithms first act differently), with a Wilcoxon signed-rank test.
 
-    python bench/paired.py docs/study/evolution-window3/study.json docs/study/evolution/study.json swarm
+    python bench/paired.py docs/study/evolution/study.json docs/study/vote-majority/study.json swarm
 """
 import argparse
 import json
