@@ -1,8 +1,8 @@
 """The A2C learner: k members, each a stable-baselines3 ActorCriticPolicy, computed together.
 
 A model process is k = 1, the tutorial's; SWARM_MODELS_PER_PROCESS=k hosts k. The members'
-weights are stacked along a first axis and run through the policy's own modules with
-`torch.func` (`functional_call`, `vmap` over members). Their steps are stored in one
+weights are the rows of one matrix, run through the policy's own modules with `torch.func`
+(`functional_call`, `vmap` over members; one member is the policy itself). Their steps are stored in one
 stable-baselines3 RolloutBuffer, a block of columns per member, whose GAE gives the advantages;
 the update is A2C.train's: policy loss, value loss, entropy, gradient-norm clipping, Adam.
 """
