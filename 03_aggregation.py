@@ -79,19 +79,17 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def decide(all_logits: np.ndarray, vote: str = "probabilities", summed: np.ndarray | None = None) -> np.ndarray:
+def decide(all_logits: np.ndarray, vote: str = "probabilities") -> np.ndarray:
     """The swarm's deterministic action for each environment from every model's logits,
     (models, envs, actions), by SWARM_VOTE:
     - `probabilities`: the argmax of the summed probabilities (the tutorial's);
     - `majority`: the action most models would choose alone (a tie goes to the summed probabilities);
     - `log-probabilities`: the argmax of the summed log-probabilities (a product of experts).
     A few confident models can outweigh many that agree in a sum of probabilities; a majority
-    follows the many (docs/learning.md measures the three). `summed`: the summed probabilities,
-    if the caller has them already."""
+    follows the many (docs/learning.md measures the three)."""
     if vote == "log-probabilities":
         return log_softmax(all_logits).sum(axis=0).argmax(axis=-1)
-    if summed is None:
-        summed = softmax(all_logits).sum(axis=0)  # (envs, actions)
+    summed = softmax(all_logits).sum(axis=0)  # (envs, actions)
     if vote == "majority":
         votes = np.eye(all_logits.shape[-1])[all_logits.argmax(axis=-1)].sum(axis=0)
         return (votes + summed / (len(all_logits) + 1)).argmax(axis=-1)  # the sum only breaks ties
@@ -103,19 +101,6 @@ def shares_of(probs: np.ndarray, actions: np.ndarray) -> np.ndarray:
     models' `probs`, (models, envs, actions): the shares of one environment sum to 1."""
     rows = np.arange(probs.shape[1])
     return probs[:, rows, actions] / probs.sum(axis=0)[rows, actions]
-
-
-def get_action(logits_by_model: dict[str, np.ndarray], rng: np.random.Generator | None,
-               deterministic: bool = False, vote: str = "probabilities") -> tuple[np.ndarray, np.ndarray]:
-    """One action per environment and each model's share of it (`shares_of`): chosen by `vote`
-    (deterministic, see `decide`) or sampled from the summed probabilities.
-
-    `logits_by_model` maps a model to its logits, one row per environment: (envs, actions).
-    """
-    all_logits = np.stack(list(logits_by_model.values()))  # (models, envs, actions)
-    probs = softmax(all_logits)
-    actions = decide(all_logits, vote) if deterministic else SummedActions().choose(probs, rng, None)
-    return actions, shares_of(probs, actions)
 
 
 # --------------------------------------------------------------------------- SWARM_TRAINING_ACTIONS

@@ -148,8 +148,7 @@ class LocalSwarm:
         logits = {}
         for client in self.models:
             logits.update(zip(client.state.ids, client.state.logits(rows).numpy().astype(np.float64)))
-        return aggregation.get_action(dict(sorted(logits.items())), rng=None, deterministic=True,
-                                      vote=vote or self.settings.vote)[0]
+        return aggregation.decide(np.stack([logits[model_id] for model_id in sorted(logits)]), vote or self.settings.vote)
 
     def members(self) -> list[tuple[str, Members, int]]:
         """(model id, the learner that holds it, its index there) of every model, in the order of the ids."""
