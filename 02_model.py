@@ -40,12 +40,13 @@ def initial_learning_rate(settings: SwarmSettings, seed: int | None) -> float:
 
 def new_state(settings: SwarmSettings, names: list[str]) -> Members:
     """The models `names`, each with its own initial weights and learning rate from its seed."""
+    observation_space, action_space = spaces(settings.env_id)
     ids, policies, learning_rates = [], [], []
     for name in names:
         seed = settings.component_seed(name)
         torch.manual_seed(secrets.randbits(63) if seed is None else seed)
         ids.append(new_component_id(name, seed))
-        policies.append(make_policy(*spaces(settings.env_id), NET_ARCH))
+        policies.append(make_policy(observation_space, action_space, NET_ARCH))
         learning_rates.append(initial_learning_rate(settings, seed))
     config = A2CConfig(normalize_advantage=settings.normalize_advantage, adam_eps=settings.adam_eps)
     return Members(policies, ids, learning_rates, settings.envs, config)
