@@ -16,13 +16,12 @@ import torch
 
 from swarm.checks import BadMessage, unbatch
 from swarm.client import Handlers, SwarmClient
-from swarm.component import (component_name, hosted_names, new_component_id, setup_component,
-                             yield_to_the_critical_path)
+from swarm.component import component_name, hosted_names, new_component_id, setup_component, yield_to_the_critical_path
 from swarm.environments import spaces
 from swarm.learner import A2CConfig, Members, make_policy
-from swarm.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, DONE, GET, HYPERPARAMETERS, LEARNING_RATE, LOGITS,
-                            OPTIMIZER, REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION, SET, STATE, WEIGHTS,
-                            read_observation, read_set)
+from swarm.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENT_COEF, GAMMA, GET, HYPERPARAMETERS,
+                            LEARNING_RATE, LOGITS, OPTIMIZER, REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION,
+                            SET, STATE, WEIGHTS, read_observation, read_set)
 from swarm.settings import SwarmSettings
 
 COMPONENT_NAME = "model"
@@ -30,26 +29,40 @@ NET_ARCH = [16, 16]  # the tutorial's: two 16-unit layers for the policy and for
 handlers = Handlers()
 
 
-def initial_learning_rate(settings: SwarmSettings, seed: int | None) -> float:
-    """SWARM_LEARNING_RATE; with population-based training each member starts log-uniformly between
-    half and twice it, so the population differs in more than its initial weights."""
+def initial_hyperparameters(settings: SwarmSettings, seed: int | None) -> dict[str, float]:
+    """SWARM_LEARNING_RATE and A2C's entropy coefficient (0) and discount (0.99). With
+    population-based training each member starts with its own learning rate, log-uniformly
+    between half and twice the setting, so the population differs in more than its initial
+    weights; with SWARM_EVOLVED=all also its own entropy coefficient (1e-4 to 1e-2) and discount
+    (1 - gamma from 0.005 to 0.05), log-uniformly."""
+    config = A2CConfig()
+    values = {LEARNING_RATE: settings.learning_rate, ENT_COEF: config.ent_coef, GAMMA: config.gamma}
     if settings.operators != "pbt":
-        return settings.learning_rate
-    return settings.learning_rate * 2.0 ** np.random.default_rng(seed).uniform(-1.0, 1.0)
+        return values
+    rng = np.random.default_rng(seed)
+    values[LEARNING_RATE] = settings.learning_rate * 2.0 ** rng.uniform(-1.0, 1.0)
+    if settings.evolved == "all":
+        values[ENT_COEF] = 10.0 ** rng.uniform(-4.0, -2.0)
+        values[GAMMA] = 1.0 - 10.0 ** rng.uniform(np.log10(0.005), np.log10(0.05))
+    return values
 
 
 def new_state(settings: SwarmSettings, names: list[str]) -> Members:
-    """The models `names`, each with its own initial weights and learning rate from its seed."""
+    """The models `names`, each with its own initial weights and hyperparameters from its seed."""
     observation_space, action_space = spaces(settings.env_id)
-    ids, policies, learning_rates = [], [], []
+    ids, policies, hyperparameters = [], [], []
     for name in names:
         seed = settings.component_seed(name)
         torch.manual_seed(secrets.randbits(63) if seed is None else seed)
         ids.append(new_component_id(name, seed))
         policies.append(make_policy(observation_space, action_space, NET_ARCH))
-        learning_rates.append(initial_learning_rate(settings, seed))
-    config = A2CConfig(normalize_advantage=settings.normalize_advantage, adam_eps=settings.adam_eps)
-    return Members(policies, ids, learning_rates, settings.envs, config)
+        hyperparameters.append(initial_hyperparameters(settings, seed))
+    config = A2CConfig(normalize_advantage=settings.normalize_advantage, adam_eps=settings.adam_eps,
+                       vtrace=settings.correction == "vtrace")
+    members = Members(policies, ids, [h[LEARNING_RATE] for h in hyperparameters], settings.envs, config)
+    for j, values in enumerate(hyperparameters):
+        members.set_hyperparameters(j, values)
+    return members
 
 
 @handlers.on(ROOM_OBSERVATION, reply_to=ROOM_LOGITS, join_reply_room=False)
@@ -65,20 +78,20 @@ def forward(msg, state: Members):
 
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
 def send_weights(msg, state: Members):
-    """GET: every model's weight vector and learning rate, and training paused until the SET.
+    """GET: every model's weight vector and hyperparameters, and training paused until the SET.
     STATE (for a checkpoint): the same with Adam's state; training goes on."""
     if msg.get(CMD) not in (GET, STATE):
         return None
     if msg[CMD] == GET:
         state.training_enabled[:] = False
-    return [{WEIGHTS: state.vector(j), COMPONENT_ID: model_id, HYPERPARAMETERS: {LEARNING_RATE: state.learning_rate(j)},
+    return [{WEIGHTS: state.vector(j), COMPONENT_ID: model_id, HYPERPARAMETERS: state.hyperparameters(j),
              **({OPTIMIZER: state.optimizer_state(j)} if msg[CMD] == STATE else {})}
             for j, model_id in enumerate(state.ids)]
 
 
 @handlers.on(ROOM_EVOLUTION, reply_to=ROOM_EVOLUTION)
 def set_weights(msg, state: Members):
-    """SET: each model takes its own part (weights, learning rate, Adam state), checked first, and
+    """SET: each model takes its own part (weights, hyperparameters, Adam state), checked first, and
     resumes training. A model whose part is bad changes nothing and stays paused; one the SET
     does not name stays as it is."""
     if msg.get(CMD) != SET:

@@ -20,7 +20,7 @@ from swarm.checks import BadMessage, as_batch, get_bool, get_per_env, get_str, r
 from swarm.client import Handlers, SwarmClient
 from swarm.component import setup_component
 from swarm.fitness import Fitness, Outcome, make_fitness
-from swarm.protocol import (ACTION, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, GET, LOGITS, REWARD,
+from swarm.protocol import (ACTION, BEHAVIOUR, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, GET, LOGITS, REWARD,
                             ROOM_ACTION, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_PING, ROOT_ID, SET, WEIGHTS,
                             ModelRegistry, error_report, register_model)
 from swarm.settings import SwarmSettings
@@ -109,12 +109,15 @@ class TrainingActions(Protocol):
 
     def start_run(self) -> None: ...
 
-    def leaders(self, model_ids: list[str]) -> list[str] | None:
-        """Per copy, the member leading its episode in progress; None: no one leads."""
+    def leaders(self, model_ids: list[str]) -> list[str | None] | None:
+        """Per copy, the member whose episode in progress the fitness may credit to it (None for a
+        copy whose episode no one's alone); None: no one leads."""
 
-    def choose(self, probs: np.ndarray, rng: np.random.Generator, dones: np.ndarray | None) -> np.ndarray:
-        """One action per copy from `probs`, (models, envs, actions); `dones`: which copies' episodes
-        ended with the previous step (None at a run's first step)."""
+    def choose(self, probs: np.ndarray, rng: np.random.Generator,
+               dones: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """One action per copy from `probs`, (models, envs, actions), and the probability each had
+        where it was drawn (the behaviour the members' updates correct for); `dones`: which
+        copies' episodes ended with the previous step (None at a run's first step)."""
 
 
 class SummedActions:
@@ -123,12 +126,15 @@ class SummedActions:
     def start_run(self) -> None:
         pass
 
-    def leaders(self, model_ids: list[str]) -> list[str] | None:
+    def leaders(self, model_ids: list[str]) -> list[str | None] | None:
         return None
 
-    def choose(self, probs: np.ndarray, rng: np.random.Generator, dones: np.ndarray | None) -> np.ndarray:
+    def choose(self, probs: np.ndarray, rng: np.random.Generator,
+               dones: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         summed = probs.sum(axis=0)  # (envs, actions)
-        return sample(summed / summed.sum(axis=-1, keepdims=True), rng)
+        summed = summed / summed.sum(axis=-1, keepdims=True)
+        actions = sample(summed, rng)
+        return actions, summed[np.arange(len(actions)), actions]
 
 
 @dataclass
@@ -143,6 +149,10 @@ class LeaderActions:
     """
     leading: list[int] | None = None  # per copy: the index of the member leading its episode
     turn: int = 0  # the member that led last
+    greedy_every_other: bool = False  # the leaders of copies 1, 3, 5, ... act greedily
+
+    def greedy(self, envs: int) -> np.ndarray:
+        return (np.arange(envs) % 2 == 1) & self.greedy_every_other
 
     def next_leader(self, members: int) -> int:
         self.turn = (self.turn + 1) % members
@@ -151,12 +161,15 @@ class LeaderActions:
     def start_run(self) -> None:
         self.leading = None
 
-    def leaders(self, model_ids: list[str]) -> list[str] | None:
+    def leaders(self, model_ids: list[str]) -> list[str | None] | None:
         if self.leading is None:
             return None
-        return [model_ids[index % len(model_ids)] for index in self.leading]
+        credited = self.greedy(len(self.leading)) if self.greedy_every_other else np.ones(len(self.leading), dtype=bool)
+        return [model_ids[index % len(model_ids)] if counts else None
+                for index, counts in zip(self.leading, credited)]
 
-    def choose(self, probs: np.ndarray, rng: np.random.Generator, dones: np.ndarray | None) -> np.ndarray:
+    def choose(self, probs: np.ndarray, rng: np.random.Generator,
+               dones: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """A run's first step gives every copy a leader, a finished episode's copy the next member."""
         members, envs = probs.shape[:2]
         if self.leading is None:
@@ -164,10 +177,23 @@ class LeaderActions:
         elif dones is not None:
             for copy in np.flatnonzero(dones):
                 self.leading[copy] = self.next_leader(members)
-        return sample(probs[np.array(self.leading) % members, np.arange(envs)], rng)
+        led = probs[np.array(self.leading) % members, np.arange(envs)]  # (envs, actions)
+        actions = sample(led, rng)
+        behaviour = led[np.arange(envs), actions]
+        greedy = self.greedy(envs)
+        actions[greedy], behaviour[greedy] = led[greedy].argmax(axis=-1), 1.0
+        return actions, behaviour
 
 
-TRAINING_ACTIONS: dict[str, Callable[[], TrainingActions]] = {"summed": SummedActions, "leader": LeaderActions}
+def greedy_leaders() -> LeaderActions:
+    """SWARM_TRAINING_ACTIONS=greedy-leader: led as `leader`, but in every other copy the leader
+    takes its most probable action. Those episodes show what a member does deterministically,
+    and the `lead` fitness is the return of those alone; everyone learns from every step."""
+    return LeaderActions(greedy_every_other=True)
+
+
+TRAINING_ACTIONS: dict[str, Callable[[], TrainingActions]] = {
+    "summed": SummedActions, "leader": LeaderActions, "greedy-leader": greedy_leaders}
 
 
 @dataclass
@@ -221,9 +247,9 @@ def aggregate(msg: dict[str, Any], state: AggregationState) -> dict[str, Any] | 
         return {ACTION: decide(all_logits, state.vote).tolist()}
     model_ids, probs = list(by_model), softmax(all_logits)
     outcome = None if echoed is None else Outcome(*echoed, leaders=state.training_actions.leaders(model_ids))
-    actions = state.training_actions.choose(probs, state.rng, None if outcome is None else outcome.dones)
+    actions, behaviour = state.training_actions.choose(probs, state.rng, None if outcome is None else outcome.dones)
     state.fitness.observe(model_ids, shares_of(probs, actions), outcome)
-    return {ACTION: actions.tolist()}
+    return {ACTION: actions.tolist(), BEHAVIOUR: behaviour.tolist() if state.envs > 1 else float(behaviour[0])}
 
 
 # A model's answer to the control's readiness ping tells us its id.

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 import gymnasium
 import numpy as np
 
-from swarm.checks import get_actions, get_bool, get_int, unbatch
+from swarm.checks import get_actions, get_bool, get_int, get_per_env, unbatch
 from swarm.client import Handlers, Reply, SwarmClient
 from swarm.component import setup_component
-from swarm.protocol import (ACTION, AVG_SCORE, DETERMINISTIC, DONE, ENV_DONE, ENV_PROGRESS, EPISODE, FINAL_OBSERVATION,
-                            NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL, ROOM_OBSERVATION, ROOT_ID,
-                            SCORE, SCORES, STATUS, STEPS, TRUNCATED)
+from swarm.protocol import (ACTION, AVG_SCORE, BEHAVIOUR, DETERMINISTIC, DONE, ENV_DONE, ENV_PROGRESS, EPISODE,
+                            FINAL_OBSERVATION, NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL,
+                            ROOM_OBSERVATION, ROOT_ID, SCORE, SCORES, STATUS, STEPS, TRUNCATED)
 from swarm.settings import SwarmSettings
 
 COMPONENT_NAME = "environment"
@@ -94,6 +94,8 @@ def step(msg: dict, state: EnvironmentCopies) -> list[dict | Reply] | None:
         done_report, run.done_report = run.done_report, None
         return [Reply(ROOM_CONTROL, done_report)] if done_report is not None else None
     action = get_actions(msg, ACTION, len(state.envs), state.envs[0].action_space.n).tolist()
+    # where each action was drawn: the models' updates correct for it
+    behaviour = get_per_env(msg, BEHAVIOUR, len(state.envs), float).tolist() if BEHAVIOUR in msg else None
     observations, rewards, dones, truncations, final_observations, finished = [], [], [], [], [], []
     for i, env in enumerate(state.envs):
         observation, reward, terminated, truncated, _info = env.step(action[i])
@@ -114,6 +116,8 @@ def step(msg: dict, state: EnvironmentCopies) -> list[dict | Reply] | None:
     message = {OBSERVATION: unbatch(np.stack(observations)), REWARD: state.per_copy(rewards),
                DONE: state.per_copy(dones), DETERMINISTIC: run.deterministic, ACTION: action,
                ROOT_ID: run.root_id}
+    if behaviour is not None:
+        message[BEHAVIOUR] = state.per_copy(behaviour)
     if any(truncations):  # the time limit, not a fall: the models bootstrap from where the pole was
         message.update({TRUNCATED: state.per_copy(truncations),
                         FINAL_OBSERVATION: unbatch(np.stack(final_observations))})

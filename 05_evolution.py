@@ -6,7 +6,8 @@ tells the control EVO_DONE. Two sets of operators (SWARM_OPERATORS):
 - `genetic`, the tutorial's: deap's tournaments of 3, two-point crossover and Gaussian mutation
   over the whole population;
 - `pbt`, population-based training's exploit and explore: the worst quarter copy the whole vector
-  of a member of the best quarter, and its learning rate, multiplied by 0.8 or 1.2.
+  of a member of the best quarter, and its hyperparameters, those SWARM_EVOLVED names multiplied
+  by 0.8 or 1.2.
 
 Every request starts from fresh data and gives exactly one evolution and one EVO_DONE, or, when
 answers are missing after SWARM_MODEL_TIMEOUT seconds, an ERROR naming who did not answer.
@@ -24,10 +25,9 @@ from swarm.checks import BadMessage, as_vector, get_bool, get_float, get_str, re
 from swarm.client import Handlers, Reply, SwarmClient
 from swarm.component import setup_component
 from swarm.fitness import fitness_spread
-from swarm.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, EVO_DONE, EVOLUTION, FITNESS_SPREAD, GET, HYPERPARAMETERS,
-                            LEARNING_RATE, ROOM_CONTROL,
-                            ROOM_EVOLUTION, ROOM_PING, ROOT_ID, SET, STATUS, WEIGHTS, ModelRegistry, error_report,
-                            register_model)
+from swarm.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, ENT_COEF, EVOLUTION, EVO_DONE, FITNESS_SPREAD, GAMMA, GET,
+                            HYPERPARAMETERS, LEARNING_RATE, ModelRegistry, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING,
+                            ROOT_ID, SET, STATUS, WEIGHTS, error_report, read_hyperparameters, register_model)
 from swarm.settings import SwarmSettings
 
 COMPONENT_NAME = "evolution"
@@ -63,19 +63,27 @@ def evolve(weights: dict[str, np.ndarray], fitness: dict[str, float]) -> dict[st
 
 
 # Population-based training (Jaderberg et al. 2017, arXiv 1711.09846): truncation selection, whole
-# vectors copied (no crossover of networks whose hidden units do not line up), and a perturbed
-# learning rate, kept within LEARNING_RATE_BOUNDS.
+# vectors copied (no crossover of networks whose hidden units do not line up), and the winner's
+# hyperparameters perturbed, each within its bounds. The discount is perturbed as its horizon, 1 - gamma.
 QUARTER = 0.25
 PERTURBATIONS = (0.8, 1.2)
-LEARNING_RATE_BOUNDS = (1e-4, 1e-2)
+BOUNDS = {LEARNING_RATE: (1e-4, 1e-2), ENT_COEF: (1e-5, 0.05), GAMMA: (0.9, 0.999)}
+EVOLVED = {"learning-rate": (LEARNING_RATE,), "all": (LEARNING_RATE, ENT_COEF, GAMMA)}  # SWARM_EVOLVED
 
 
-def exploit_and_explore(members: list[str], fitness: dict[str, float], learning_rates: dict[str, float],
-                        rng: random.Random) -> dict[str, tuple[str, float]]:
+def perturb(key: str, value: float, rng: random.Random) -> float:
+    """`value` times 0.8 or 1.2 (a discount: its 1 - gamma), kept within BOUNDS[key]."""
+    factor = rng.choice(PERTURBATIONS)
+    new = 1.0 - (1.0 - value) * factor if key == GAMMA else value * factor
+    return float(np.clip(new, *BOUNDS[key]))
+
+
+def exploit_and_explore(members: list[str], fitness: dict[str, float], hyperparameters: dict[str, dict[str, float]],
+                        rng: random.Random, evolved: tuple[str, ...] = (LEARNING_RATE,)) -> dict[str, tuple[str, dict]]:
     """Who changes, and how: each of the worst quarter (of the members with a fitness) takes a
-    random member of the best quarter, whose whole vector it copies, and that member's learning
-    rate times 0.8 or 1.2: {loser: (winner, new rate)}. Nothing changes while fewer than two
-    quarters have a fitness.
+    random member of the best quarter, whose whole vector it copies, and that member's
+    hyperparameters with each of `evolved` times 0.8 or 1.2: {loser: (winner, new hyperparameters)}.
+    Nothing changes while fewer than two quarters have a fitness.
 
     The copy starts with fresh Adam moments. Copying the winner's moments as well made it a
     clone that, learning from the same steps, stayed one, and the population lost the variety
@@ -87,8 +95,10 @@ def exploit_and_explore(members: list[str], fitness: dict[str, float], learning_
     choices = {}
     for loser in ranked[:quarter]:
         winner = rng.choice(ranked[-quarter:])
-        rate = learning_rates[winner] * rng.choice(PERTURBATIONS)
-        choices[loser] = (winner, float(np.clip(rate, *LEARNING_RATE_BOUNDS)))
+        new = dict(hyperparameters[winner])
+        for key in evolved:
+            new[key] = perturb(key, new[key], rng)
+        choices[loser] = (winner, new)
     return choices
 
 
@@ -98,11 +108,12 @@ class Evolution:
     nr_of_models: int
     operators: str  # SWARM_OPERATORS: "genetic" (the tutorial's) or "pbt"
     model_timeout: float  # SWARM_MODEL_TIMEOUT: seconds to wait for the answers to a GET
+    evolved: tuple[str, ...] = (LEARNING_RATE,)  # the hyperparameters PBT perturbs (SWARM_EVOLVED)
     models: ModelRegistry | None = None  # whose weights count (default: the first nr_of_models)
     root_id: str | None = None  # of our GET: the answers carry it back
     request_id: str | None = None  # of the control's EVOLUTION: EVO_DONE carries it back
     weights: dict[str, np.ndarray] = field(default_factory=dict)
-    learning_rates: dict[str, float] = field(default_factory=dict)
+    hyperparameters: dict[str, dict[str, float]] = field(default_factory=dict)
     fitness: dict[str, float] | None = None  # by model id, from the aggregation (the tutorial's key: CONTRIBUTION)
     started_at: float = 0.0  # when our GET went out (time.monotonic)
 
@@ -116,7 +127,7 @@ def start_evolution(msg: dict, state: Evolution) -> dict | None:
     if EVOLUTION not in msg or not get_bool(msg, EVOLUTION):
         return None
     state.root_id, state.request_id = uuid.uuid4().hex, msg.get(ROOT_ID)
-    state.weights, state.learning_rates, state.fitness = {}, {}, None
+    state.weights, state.hyperparameters, state.fitness = {}, {}, None
     state.started_at = time.monotonic()
     return {CMD: GET, ROOT_ID: state.root_id}
 
@@ -133,7 +144,10 @@ def collect(msg: dict, state: Evolution) -> list[dict | Reply] | None:
         known_length = len(next(iter(state.weights.values()))) if state.weights else None
         weights = as_vector(msg[WEIGHTS], f"{WEIGHTS} of {model_id}", known_length)
         if state.operators == "pbt":  # checked before anything is kept: a bad answer changes nothing
-            state.learning_rates[model_id] = get_float(require(msg, HYPERPARAMETERS), LEARNING_RATE)
+            mine = read_hyperparameters(require(msg, HYPERPARAMETERS), f"{HYPERPARAMETERS} of {model_id}")
+            if missing := [key for key in state.evolved if key not in mine]:
+                raise BadMessage(f"{HYPERPARAMETERS} of {model_id} lacks {', '.join(missing)}")
+            state.hyperparameters[model_id] = mine
         state.weights[model_id] = weights
     elif CONTRIBUTION in msg:
         contribution = require(msg, CONTRIBUTION)
@@ -143,10 +157,10 @@ def collect(msg: dict, state: Evolution) -> list[dict | Reply] | None:
     if len(state.weights) < state.nr_of_models or state.fitness is None:
         return None
     if state.operators == "pbt":
-        choices = exploit_and_explore(list(state.weights), state.fitness, state.learning_rates, random)
+        choices = exploit_and_explore(list(state.weights), state.fitness, state.hyperparameters, random, state.evolved)
         message = {CMD: SET,
                    WEIGHTS: {loser: state.weights[winner].tolist() for loser, (winner, _) in choices.items()},
-                   HYPERPARAMETERS: {loser: {LEARNING_RATE: rate} for loser, (_, rate) in choices.items()}}
+                   HYPERPARAMETERS: {loser: new for loser, (_, new) in choices.items()}}
     else:
         message = {CMD: SET, WEIGHTS: evolve(state.weights, state.fitness)}
     ranked = [model_id for model_id in state.weights if model_id in state.fitness]
@@ -180,7 +194,7 @@ handlers.on(ROOM_PING)(register_model)
 def new_state(settings: SwarmSettings, name: str = COMPONENT_NAME) -> Evolution:
     """The evolution's state, which its handlers receive as `state`."""
     random.seed(settings.component_seed(name))  # deap draws from Python's random
-    return Evolution(settings.models, settings.operators, settings.model_timeout)
+    return Evolution(settings.models, settings.operators, settings.model_timeout, EVOLVED[settings.evolved])
 
 
 def main() -> None:

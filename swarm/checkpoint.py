@@ -10,7 +10,7 @@ import torch
 
 from swarm.checks import BadMessage, as_vector, get_float, get_str, require
 from swarm.protocol import (CMD, COMPONENT_ID, EXP_AVG, EXP_AVG_SQ, HYPERPARAMETERS, LEARNING_RATE, OPTIMIZER, SET,
-                            STEP, WEIGHTS)
+                            STEP, WEIGHTS, read_hyperparameters)
 from swarm.settings import SettingsError, SwarmSettings, refuse
 
 FILE_NAME = "swarm.pt"
@@ -23,6 +23,7 @@ def member(answer: dict[str, Any]) -> dict[str, Any]:
     return {"model_id": get_str(answer, COMPONENT_ID),
             "weights": torch.as_tensor(as_vector(require(answer, WEIGHTS), WEIGHTS), dtype=torch.float32),
             "learning_rate": get_float(require(answer, HYPERPARAMETERS), LEARNING_RATE),
+            "hyperparameters": read_hyperparameters(answer[HYPERPARAMETERS], HYPERPARAMETERS),
             "optimizer": None if adam is None else {
                 "step": get_float(adam, STEP),
                 "exp_avg": torch.as_tensor(as_vector(require(adam, EXP_AVG), EXP_AVG), dtype=torch.float32),
@@ -72,7 +73,9 @@ def restore_message(checkpoint: dict[str, Any], model_ids: list[str]) -> dict[st
     pairs = list(zip(sorted(model_ids), checkpoint["members"], strict=True))
     return {CMD: SET,
             WEIGHTS: {model_id: saved["weights"].tolist() for model_id, saved in pairs},
-            HYPERPARAMETERS: {model_id: {LEARNING_RATE: saved["learning_rate"]} for model_id, saved in pairs},
+            # a checkpoint from before the evolved hyperparameters holds the learning rate alone
+            HYPERPARAMETERS: {model_id: saved.get("hyperparameters", {LEARNING_RATE: saved["learning_rate"]})
+                              for model_id, saved in pairs},
             OPTIMIZER: {model_id: {STEP: saved["optimizer"]["step"], EXP_AVG: saved["optimizer"]["exp_avg"].tolist(),
                                    EXP_AVG_SQ: saved["optimizer"]["exp_avg_sq"].tolist()}
                         for model_id, saved in pairs if saved["optimizer"] is not None}}

@@ -21,8 +21,9 @@ class Outcome:
     """What came of a training step's actions, echoed by the models with their next logits."""
     rewards: np.ndarray  # (envs,)
     dones: np.ndarray  # (envs,) bool: the copy's episode ended with that step
-    # per copy, the member leading the episode that step belonged to (SWARM_TRAINING_ACTIONS=leader)
-    leaders: list[str] | None = None
+    # per copy, the member leading the episode that step belonged to (SWARM_TRAINING_ACTIONS=leader),
+    # None for a copy whose episodes earn no one anything
+    leaders: list[str | None] | None = None
 
 
 class Fitness(ABC):
@@ -136,7 +137,8 @@ class LeadReturn(Fitness):
         self.returns += outcome.rewards
         for copy in np.flatnonzero(outcome.dones):
             leader = outcome.leaders[copy]
-            self.led.setdefault(leader, deque(maxlen=self.window)).append(float(self.returns[copy]))
+            if leader is not None:
+                self.led.setdefault(leader, deque(maxlen=self.window)).append(float(self.returns[copy]))
             self.returns[copy] = 0.0
 
     def scores(self) -> dict[str, float]:

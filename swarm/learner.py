@@ -3,8 +3,10 @@
 A model process is k = 1, the tutorial's; SWARM_MODELS_PER_PROCESS=k hosts k. The members'
 weights are the rows of one matrix, run through the policy's own modules with `torch.func`
 (`functional_call`, `vmap` over members; one member is the policy itself). Their steps are stored in one
-stable-baselines3 RolloutBuffer, a block of columns per member, whose GAE gives the advantages;
-the update is A2C.train's: policy loss, value loss, entropy, gradient-norm clipping, Adam.
+stable-baselines3 RolloutBuffer, a block of columns per member. The update is A2C.train's: policy
+loss, value loss, entropy, gradient-norm clipping, Adam; its advantages are SB3's GAE or, for
+actions a member did not choose itself, V-trace's (Espeholt et al. 2018), which weighs each step by
+the member's truncated probability ratio to the behaviour that chose it.
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch.func import functional_call, vmap  # not torch.func.grad: it imports torch._dynamo
 
 from swarm.adam import StackedAdam
-from swarm.protocol import EXP_AVG, EXP_AVG_SQ, STEP, NewState, Observed
+from swarm.protocol import ENT_COEF, EXP_AVG, EXP_AVG_SQ, GAMMA, LEARNING_RATE, STEP, NewState, Observed
 
 
 @dataclass(frozen=True)
 class A2CConfig:
-    """The tutorial's A2C: stable-baselines3's defaults, with a rollout of 5 steps and Adam."""
+    """The tutorial's A2C: stable-baselines3's defaults, with a rollout of 5 steps and Adam.
+    `vtrace`: correct each member's update for the actions it did not choose (gamma and ent_coef
+    are each member's starting values; the evolution may change them)."""
     n_steps: int = 5
     gamma: float = 0.99
     gae_lambda: float = 1.0
@@ -31,6 +35,36 @@ class A2CConfig:
     max_grad_norm: float = 0.5
     normalize_advantage: bool = False
     adam_eps: float = 1e-5  # what ActorCriticPolicy gives its Adam
+    vtrace: bool = False
+    rho_bar: float = 1.0  # V-trace's truncation of the importance weights (IMPALA's 1)
+
+
+def advantages_and_returns(rewards: np.ndarray, values: np.ndarray, episode_starts: np.ndarray,
+                           last_values: np.ndarray, dones: np.ndarray, gammas: np.ndarray, gae_lambda: float,
+                           ratios: np.ndarray | None = None, rho_bar: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The policy-gradient advantages and the value targets of a rollout, (steps, columns) each.
+
+    Without `ratios` (target over behaviour probability of each action taken), SB3's GAE
+    (RolloutBuffer.compute_returns_and_advantage). With them, V-trace: rho = min(rho_bar, ratio)
+    weighs each temporal difference, c = gae_lambda * min(1, ratio) carries it back, and the
+    advantage is rho * (r + gamma * v_next - V). With ratios of 1 and gae_lambda 1 both are the
+    n-step advantage and return. `gammas` is one discount per column."""
+    steps = len(rewards)
+    rho = np.ones_like(rewards) if ratios is None else np.minimum(rho_bar, ratios)
+    c = gae_lambda * (np.ones_like(rewards) if ratios is None else np.minimum(1.0, ratios))
+    next_values = np.concatenate([values[1:], last_values[None]])
+    next_non_terminal = 1.0 - np.concatenate([episode_starts[1:], dones[None]]).astype(np.float64)
+    deltas = rho * (rewards + gammas * next_values * next_non_terminal - values)
+    corrections = np.zeros_like(rewards)  # v_t - V(x_t)
+    carried = np.zeros(rewards.shape[1:])
+    for t in reversed(range(steps)):
+        carried = deltas[t] + gammas * c[t] * next_non_terminal[t] * carried
+        corrections[t] = carried
+    targets = corrections + values
+    if ratios is None:
+        return corrections, targets  # GAE's advantage
+    next_targets = np.concatenate([targets[1:], last_values[None]])
+    return rho * (rewards + gammas * next_targets * next_non_terminal - values), targets
 
 
 class _NoOptimizer:
@@ -80,9 +114,13 @@ class Members:
         for parameter, view in zip(template.parameters(), self.params.values()):
             parameter.data = view[0]  # so the template itself computes member 0
         self.adam = StackedAdam(self.k, self.size, learning_rates, eps=config.adam_eps)
+        self.ent_coefs = np.full(self.k, config.ent_coef)
+        self.gammas = np.full(self.k, config.gamma)
         self.buffer = RolloutBuffer(config.n_steps, template.observation_space, template.action_space, device="cpu",
                                     gamma=config.gamma, gae_lambda=config.gae_lambda, n_envs=self.k * envs)
         self.positions = np.zeros(self.k, dtype=np.int64)  # each member's next row in its columns
+        # log-probability of each stored action under the behaviour that chose it
+        self.behaviour_log_probs = np.zeros((config.n_steps, self.k * envs), dtype=np.float32)
         self.training_enabled = np.ones(self.k, dtype=bool)
         # A step's reward and action come with the next observation: what each member saw of the last one.
         self.remembers = np.zeros(self.k, dtype=bool)
@@ -157,20 +195,25 @@ class Members:
             with torch.no_grad():
                 final = self.forward(torch.as_tensor(seen.final_observation, dtype=torch.float32),
                                      self.weights[who] if len(who) < self.k else None)[1]
-            reward = reward + self.config.gamma * final.numpy() * seen.truncated
+            reward = reward + self.gammas[who][:, None] * final.numpy() * seen.truncated
         rows, columns, buffer = self.positions[who][:, None], self._columns(who), self.buffer
         buffer.observations[rows, columns] = self.memory["obs"]
         buffer.actions[rows, columns] = seen.action[:, None]
         buffer.rewards[rows, columns] = reward
         buffer.episode_starts[rows, columns] = self.memory["episode_start"]
         buffer.values[rows, columns] = self.memory["values"][who]
-        buffer.log_probs[rows, columns] = self.memory["log_probs"][who][:, np.arange(self.envs), seen.action]
+        own = self.memory["log_probs"][who][:, np.arange(self.envs), seen.action]
+        buffer.log_probs[rows, columns] = own
+        self.behaviour_log_probs[rows, columns] = own if seen.behaviour is None else np.log(seen.behaviour)
         self.positions[who] += 1
 
     def _update(self, who: np.ndarray, last_values: np.ndarray, dones: np.ndarray) -> None:
         """One A2C update (A2C.train) for each of the members `who`, on its whole rollout."""
         buffer, config = self.buffer, self.config
-        buffer.compute_returns_and_advantage(torch.as_tensor(last_values.flatten()), np.tile(dones, self.k))
+        ratios = np.exp(buffer.log_probs - self.behaviour_log_probs) if config.vtrace else None
+        buffer.advantages, buffer.returns = advantages_and_returns(
+            buffer.rewards, buffer.values, buffer.episode_starts, last_values.flatten(), np.tile(dones, self.k),
+            np.repeat(self.gammas, self.envs), config.gae_lambda, ratios, config.rho_bar)
 
         def batch(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             """Member-major rows, environment by environment in step order (as RolloutBuffer.get)."""
@@ -181,15 +224,17 @@ class Members:
         observations, actions = batch(buffer.observations, torch.float32), batch(buffer.actions, torch.long)[..., 0]
         advantages, returns = batch(buffer.advantages, torch.float32), batch(buffer.returns, torch.float32)
         index = torch.as_tensor(who)
+        ent_coefs = torch.as_tensor(self.ent_coefs[who], dtype=torch.float32)
         weights = self.weights[index].requires_grad_()
         with torch.enable_grad():  # each member's loss depends on its own weights only: one backward for all
-            losses = over_members(self._loss, self.unflatten(weights), observations, actions, advantages, returns)
+            losses = over_members(self._loss, self.unflatten(weights), observations, actions, advantages, returns,
+                                  ent_coefs)
             (grads,) = torch.autograd.grad(losses.sum(), weights)
         clip = torch.clamp(config.max_grad_norm / (grads.norm(dim=1) + 1e-6), max=1.0)  # as clip_grad_norm_, per member
         self.adam.step(self.weights, grads * clip.unsqueeze(1), index)
 
     def _loss(self, params: dict[str, torch.Tensor], observations: torch.Tensor, actions: torch.Tensor,
-              advantages: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+              advantages: torch.Tensor, returns: torch.Tensor, ent_coef: torch.Tensor) -> torch.Tensor:
         """A2C's loss for one member: policy gradient, value error and entropy bonus."""
         config = self.config
         logits, values = self._heads(params, observations)
@@ -200,7 +245,7 @@ class Members:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         policy_loss = -(advantages * log_prob).mean()
         value_loss = torch.nn.functional.mse_loss(returns, values)
-        return policy_loss - config.ent_coef * entropy.mean() + config.vf_coef * value_loss
+        return policy_loss - ent_coef * entropy.mean() + config.vf_coef * value_loss
 
     # ------------------------------------------------------------------ what the evolution sees
     def vector(self, j: int) -> list[float]:
@@ -208,6 +253,18 @@ class Members:
 
     def learning_rate(self, j: int) -> float:
         return float(self.adam.learning_rates[j])
+
+    def hyperparameters(self, j: int) -> dict[str, float]:
+        """Member j's learning rate, entropy coefficient and discount."""
+        return {LEARNING_RATE: self.learning_rate(j), ENT_COEF: float(self.ent_coefs[j]), GAMMA: float(self.gammas[j])}
+
+    def set_hyperparameters(self, j: int, values: dict[str, float]) -> None:
+        if LEARNING_RATE in values:
+            self.adam.learning_rates[j] = values[LEARNING_RATE]
+        if ENT_COEF in values:
+            self.ent_coefs[j] = values[ENT_COEF]
+        if GAMMA in values:
+            self.gammas[j] = values[GAMMA]
 
     def optimizer_state(self, j: int) -> dict | None:
         """Member j's Adam step and moments, flat as its weights; None before its first update."""
@@ -218,7 +275,8 @@ class Members:
 
     def load(self, j: int, new: NewState) -> None:
         """Member j takes a SET. New weights drop what the old ones left: Adam's moments (unless
-        the SET brings the weights' own) and the rollout stored with the old values."""
+        the SET brings the weights' own) and the rollout stored with the old values. A new discount
+        keeps the rollout: it applies from the next update."""
         if new.vector is not None:
             self.weights[j] = torch.as_tensor(new.vector, dtype=torch.float32)
             step, exp_avg, exp_avg_sq = new.adam if new.adam is not None else (0.0, np.zeros(self.size), np.zeros(self.size))
@@ -227,8 +285,7 @@ class Members:
             self.adam.exp_avg_sq[j] = torch.as_tensor(exp_avg_sq, dtype=torch.float32)
             self.positions[j] = 0
             self.remembers[j] = False
-        if new.learning_rate is not None:
-            self.adam.learning_rates[j] = new.learning_rate
+        self.set_hyperparameters(j, new.hyperparameters)
 
 
 def over_members(function, params: dict[str, torch.Tensor], *args: torch.Tensor):

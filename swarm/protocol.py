@@ -50,8 +50,13 @@ PONG = "PONG"
 COMPONENT = "COMPONENT"
 ERROR = "ERROR"  # STATUS ERROR: a component tells the control why a run cannot go on
 MISSING = "MISSING"  # in an ERROR: the model ids that did not answer
-HYPERPARAMETERS = "HYPERPARAMETERS"  # with WEIGHTS: a model's own ({LEARNING_RATE: x}); in a SET: by model id
+HYPERPARAMETERS = "HYPERPARAMETERS"  # with WEIGHTS: a model's own ({LEARNING_RATE: x, ...}); in a SET: by model id
 LEARNING_RATE = "LEARNING_RATE"
+ENT_COEF = "ENT_COEF"  # A2C's entropy coefficient
+GAMMA = "GAMMA"  # the discount
+# What each hyperparameter may be: (lowest, highest, whether the lowest itself is allowed).
+HYPERPARAMETER_RANGES = {LEARNING_RATE: (0.0, 1.0, False), ENT_COEF: (0.0, 1.0, True), GAMMA: (0.0, 1.0, False)}
+BEHAVIOUR = "BEHAVIOUR"  # with ACTION: per copy, the probability the action had where it was drawn
 OPTIMIZER = "OPTIMIZER"  # with WEIGHTS: a model's Adam state ({STEP, EXP_AVG, EXP_AVG_SQ}); in a SET: by model id
 STEP, EXP_AVG, EXP_AVG_SQ = "STEP", "EXP_AVG", "EXP_AVG_SQ"  # Adam's step count and moments, flat as the weights
 
@@ -87,6 +92,7 @@ class Observed:
     action: np.ndarray | None = None
     truncated: np.ndarray | None = None
     final_observation: np.ndarray | None = None
+    behaviour: np.ndarray | None = None  # the action's probability where it was drawn; None: unknown
 
     @property
     def is_step(self) -> bool:
@@ -100,6 +106,10 @@ def read_observation(msg: dict[str, Any], envs: int, width: int, n_actions: int)
         seen.reward = get_per_env(msg, REWARD, envs, float)
         seen.done = get_per_env(msg, DONE, envs, bool)
         seen.action = get_actions(msg, ACTION, envs, n_actions)
+        if BEHAVIOUR in msg:
+            seen.behaviour = get_per_env(msg, BEHAVIOUR, envs, float)
+            if not ((seen.behaviour > 0) & (seen.behaviour <= 1)).all():
+                raise BadMessage(f"{BEHAVIOUR} must be probabilities in (0, 1], got {msg[BEHAVIOUR]!r:.200}")
         if TRUNCATED in msg:
             seen.truncated = get_per_env(msg, TRUNCATED, envs, bool)
             seen.final_observation = as_batch(require(msg, FINAL_OBSERVATION), FINAL_OBSERVATION, envs, width)
@@ -108,10 +118,10 @@ def read_observation(msg: dict[str, Any], envs: int, width: int, n_actions: int)
 
 @dataclass
 class NewState:
-    """What a SET gives one model: a weight vector, a learning rate, Adam's state (step, first and
-    second moments, flat as the weights); None where the SET leaves it as it is."""
+    """What a SET gives one model: a weight vector, hyperparameters, Adam's state (step, first and
+    second moments, flat as the weights); None (or none given) where the SET leaves it as it is."""
     vector: np.ndarray | None = None
-    learning_rate: float | None = None
+    hyperparameters: dict[str, float] = field(default_factory=dict)
     adam: tuple[float, np.ndarray, np.ndarray] | None = None
 
 
@@ -128,13 +138,28 @@ def read_set(msg: dict[str, Any], model_id: str, size: int) -> NewState:
         except BadMessage as error:
             raise BadMessage(f"{error}; weights unchanged") from None
     if model_id in all_hyper:
-        mine = all_hyper[model_id]
-        new.learning_rate = get_float(mine, LEARNING_RATE) if isinstance(mine, dict) else None
-        if new.learning_rate is None or new.learning_rate <= 0:
-            raise BadMessage(f"{HYPERPARAMETERS}[{model_id}] needs a {LEARNING_RATE} > 0; weights unchanged")
+        new.hyperparameters = read_hyperparameters(all_hyper[model_id], f"{HYPERPARAMETERS}[{model_id}]")
     if all_optimizers.get(model_id) is not None:
         new.adam = read_optimizer_state(all_optimizers[model_id], size)
     return new
+
+
+def read_hyperparameters(given: Any, what: str) -> dict[str, float]:
+    """A model's hyperparameters ({LEARNING_RATE: x, ...}, at least one), each within its range; a
+    BadMessage otherwise."""
+    if not isinstance(given, dict) or not given or not set(given) <= set(HYPERPARAMETER_RANGES):
+        raise BadMessage(f"{what} must map some of {', '.join(HYPERPARAMETER_RANGES)} to numbers; weights unchanged")
+    values = {}
+    for key, value in given.items():
+        low, high, low_allowed = HYPERPARAMETER_RANGES[key]
+        try:
+            values[key] = get_float(given, key)
+        except BadMessage as error:
+            raise BadMessage(f"{what}: {error}; weights unchanged") from None
+        if not (low <= values[key] <= high) or (values[key] == low and not low_allowed):
+            raise BadMessage(f"{what}: {key} must be in {'[' if low_allowed else '('}{low:g}, {high:g}], "
+                             f"got {value!r}; weights unchanged")
+    return values
 
 
 def read_optimizer_state(saved: Any, size: int) -> tuple[float, np.ndarray, np.ndarray]:

@@ -50,8 +50,14 @@ class Round:
 
 def describe(settings: SwarmSettings) -> str:
     """How the swarm learns, in one line: the choices that make it this project's or the tutorial's."""
-    evolution = f"evolution: {settings.operators}" if settings.evolution else "no evolution"
-    return f"training actions: {settings.training_actions}, fitness: {settings.fitness}, {evolution}, vote: {settings.vote}"
+    evolution = "no evolution"
+    if settings.evolution:
+        evolution = f"evolution: {settings.operators}"
+        if settings.operators == "pbt":
+            evolution += f" ({settings.evolved})"
+    correction = ", correction: vtrace" if settings.correction == "vtrace" else ""
+    return (f"training actions: {settings.training_actions}{correction}, fitness: {settings.fitness}, {evolution}, "
+            f"vote: {settings.vote}")
 
 
 def evaluate(start: Start, episodes: int, envs: int) -> tuple[float, float]:

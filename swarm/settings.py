@@ -162,16 +162,23 @@ class SwarmSettings(RuntimeSettings):
     max_seconds: float = setting("SWARM_MAX_SECONDS", 1200.0, number(0),
                                  "training budget in wall-clock seconds from the first round (0: none)")
     evolution: bool = setting("SWARM_EVOLUTION", True, switch(), "evolve the population after every round")
-    training_actions: str = setting("SWARM_TRAINING_ACTIONS", "leader", choice("summed", "leader"),
+    training_actions: str = setting("SWARM_TRAINING_ACTIONS", "leader", choice("summed", "leader", "greedy-leader"),
                                     "how training actions are chosen: sampled from the members' summed probabilities "
                                     "(the tutorial's), or each episode of each copy led by one member in turn, "
-                                    "whose own sampled actions it takes")
+                                    "whose own sampled actions it takes (greedy-leader: in every other copy its "
+                                    "most probable ones, and only those episodes earn fitness)")
+    correction: str = setting("SWARM_CORRECTION", "none", choice("none", "vtrace"),
+                              "how a member learns from actions it did not choose: as if it had (the tutorial's), "
+                              "or weighted by its truncated probability ratio to the behaviour (V-trace)")
     fitness: str = setting("SWARM_FITNESS", "lead", choice("lead", "contribution", "return"),
                            "the evolution's fitness: the returns of the episodes a member led (needs "
                            "SWARM_TRAINING_ACTIONS=leader), the tutorial's contribution, or credit for returns")
     operators: str = setting("SWARM_OPERATORS", "pbt", choice("pbt", "genetic"),
-                             "the evolution: the worst quarter copy the best quarter and perturb its learning rate "
-                             "(population-based training), or the tutorial's genetic algorithm")
+                             "the evolution: the worst quarter copy the best quarter and perturb its "
+                             "hyperparameters (population-based training), or the tutorial's genetic algorithm")
+    evolved: str = setting("SWARM_EVOLVED", "learning-rate", choice("learning-rate", "all"),
+                           "the hyperparameters population-based training spreads and perturbs: the learning rate, "
+                           "or all (learning rate, entropy coefficient, discount)")
     vote: str = setting("SWARM_VOTE", "probabilities", choice(*VOTES),
                         "how the members' deterministic action is chosen: summed probabilities (the tutorial's), "
                         "a majority of their own choices, or summed log-probabilities")
@@ -200,9 +207,12 @@ class SwarmSettings(RuntimeSettings):
         problems = super().problems()
         if (problem := environment_problem(self.env_id)) is not None:
             problems.append(f"SWARM_ENV_ID={self.env_id!r} is not allowed: {problem}")
-        if self.fitness == "lead" and self.training_actions != "leader":
+        if self.fitness == "lead" and self.training_actions == "summed":
             problems.append(f"SWARM_FITNESS=lead is not allowed with SWARM_TRAINING_ACTIONS={self.training_actions}: "
                             "it ranks members on the episodes they led (SWARM_TRAINING_ACTIONS=leader)")
+        if self.training_actions == "greedy-leader" and self.envs < 2:
+            problems.append(f"SWARM_TRAINING_ACTIONS=greedy-leader is not allowed with SWARM_ENVS={self.envs}: "
+                            "every other copy is led greedily, so it needs at least 2")
         return problems
 
 

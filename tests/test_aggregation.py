@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from swarm.checks import BadMessage
-from swarm.fitness import Contribution, LeadReturn, ReturnCredit
-from swarm.protocol import (ACTION, CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, ERROR, GET, LOGITS,
-                            MISSING, PONG, REWARD, ROOT_ID, SET, STATUS, WEIGHTS)
+from swarm.fitness import Contribution, LeadReturn, Outcome, ReturnCredit
+from swarm.protocol import (ACTION, BEHAVIOUR, CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, ERROR,
+                            GET, LOGITS, MISSING, PONG, REWARD, ROOT_ID, SET, STATUS, WEIGHTS)
 from swarm.settings import SwarmSettings
 from tests.helpers import load_script
 
@@ -96,8 +96,8 @@ def test_a_training_step_credits_each_models_share_of_the_chosen_action(monkeypa
     messages = [logits_message(k, p, deterministic=False) for k, p in [("a", 0.99), ("b", 0.4), ("c", 0.4)]]
     replies, state = run_step(messages, 3)
     contribution = state.fitness.earned
-    assert replies[2] == {ACTION: [1]}
     summed1 = 0.01 + 0.6 + 0.6
+    assert replies[2] == {ACTION: [1], BEHAVIOUR: pytest.approx(summed1 / 3)}, "the action's summed probability"
     assert contribution["a"] == pytest.approx(0.01 / summed1)
     assert contribution["b"] == pytest.approx(0.6 / summed1)
     assert sum(contribution.values()) == pytest.approx(1.0)
@@ -132,7 +132,7 @@ def test_answers_from_an_abandoned_run_are_ignored():
     replies, _ = run_step([logits_message("a", 0.6, root_id="old")], 2, state)  # late, stale
     assert replies == [None] and list(state.step.logits) == ["b"]
     replies, _ = run_step([logits_message("a", 0.6, root_id="new")], 2, state)
-    assert replies == [{ACTION: [0]}]
+    assert replies[0][ACTION] == [0]
 
 
 @pytest.mark.parametrize("broken", [
@@ -170,7 +170,8 @@ def test_a_batch_gets_one_action_per_environment_from_one_pass(monkeypatch, dete
     state = new_state(2, envs=2)
     contribution = state.fitness.earned
     replies = [aggregate(m, state) for m in messages]
-    assert replies == [None, {ACTION: [0, 1]}]
+    assert replies[0] is None and replies[1][ACTION] == [0, 1]
+    assert replies[1].get(BEHAVIOUR) == (None if deterministic else pytest.approx([(0.99 + 0.4) / 2, (0.8 + 0.6) / 2]))
     if deterministic:
         assert contribution == {}
         return
@@ -359,13 +360,34 @@ def test_leadership_goes_round_the_members_and_a_finished_episode_passes_it_on()
     probs = np.array([[[1.0, 0.0]] * 2, [[0.0, 1.0]] * 2, [[1.0, 0.0]] * 2])  # members 0 and 2 take action 0
     rng = np.random.default_rng(0)
     assert actions.leaders(["a", "b", "c"]) is None, "no one leads before a run's first step"
-    assert actions.choose(probs, rng, None).tolist() == [1, 0]  # copies 0 and 1: members 1 and 2
+    chosen, behaviour = actions.choose(probs, rng, None)
+    assert chosen.tolist() == [1, 0] and behaviour.tolist() == [1.0, 1.0]  # copies 0 and 1: members 1 and 2
     assert actions.leaders(["a", "b", "c"]) == ["b", "c"]
     actions.choose(probs, rng, np.array([False, True]))
     assert actions.leaders(["a", "b", "c"]) == ["b", "a"], "the next member leads copy 1's next episode"
     actions.start_run()
     actions.choose(probs, rng, None)
     assert actions.leaders(["a", "b", "c"]) == ["b", "c"], "a new run goes on with the next members"
+
+
+def test_greedy_leaders_act_greedily_in_every_other_copy_and_only_those_earn_fitness():
+    actions = aggregation.TRAINING_ACTIONS["greedy-leader"]()
+    probs = np.array([[[0.7, 0.3]] * 4, [[0.2, 0.8]] * 4])  # (members, copies, actions)
+    greedy_actions = set()
+    for seed in range(20):
+        actions.start_run()
+        chosen, behaviour = actions.choose(probs, np.random.default_rng(seed), None)
+        leaders = [int(i) % 2 for i in actions.leading]
+        for copy in (1, 3):
+            greedy_actions.add(chosen[copy])
+            assert chosen[copy] == probs[leaders[copy], copy].argmax() and behaviour[copy] == 1.0
+        for copy in (0, 2):
+            assert behaviour[copy] == probs[leaders[copy], copy, chosen[copy]], "a sampled action's own probability"
+    named = actions.leaders(["a", "b"])
+    assert named[0] is None and named[2] is None and named[1] in ("a", "b") and named[3] in ("a", "b")
+    fitness = LeadReturn()
+    fitness.observe(["a", "b"], np.zeros((2, 4)), Outcome(np.ones(4), np.ones(4, dtype=bool), named))
+    assert set(fitness.scores()) == {named[1], named[3]}
 
 
 def test_leader_actions_with_the_contribution_credit_each_models_share():

@@ -6,9 +6,10 @@ import pytest
 
 from swarm.checks import BadMessage
 from swarm.client import Reply
-from swarm.protocol import (CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, ERROR, EVO_DONE, EVOLUTION, FITNESS_SPREAD, GET,
-                            HYPERPARAMETERS, LEARNING_RATE, MISSING, NR_OF_EPISODE, OPTIMIZER, PONG, ROOM_CONTROL,
-                            ROOM_EVOLUTION, ROOM_PING, ROOT_ID, SET, STATUS, WEIGHTS, custom_message)
+from swarm.protocol import (CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, ENT_COEF, ERROR, EVO_DONE, EVOLUTION,
+                            FITNESS_SPREAD, GAMMA, GET, HYPERPARAMETERS, LEARNING_RATE, MISSING, NR_OF_EPISODE,
+                            OPTIMIZER, PONG, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING, ROOT_ID, SET, STATUS, WEIGHTS,
+                            custom_message)
 from swarm.settings import SwarmSettings
 from tests.helpers import load_script
 
@@ -172,23 +173,39 @@ def ladder(n=8, length=5):
 def test_pbt_the_worst_quarter_copy_members_of_the_best_quarter():
     members = [f"m{i}" for i in range(8)]
     fitness = {f"m{i}": float(i) for i in range(8)}  # m0, m1 worst; m6, m7 best
-    rates = {f"m{i}": 0.001 * (i + 1) for i in range(8)}
-    choices = evolution_script.exploit_and_explore(members, fitness, rates, random.Random(0))
+    hyper = {f"m{i}": {LEARNING_RATE: 0.001 * (i + 1), ENT_COEF: 0.001, GAMMA: 0.99} for i in range(8)}
+    choices = evolution_script.exploit_and_explore(members, fitness, hyper, random.Random(0))
     assert set(choices) == {"m0", "m1"}
-    for winner, rate in choices.values():
+    for winner, new in choices.values():
         assert winner in ("m6", "m7")
-        assert rate in (pytest.approx(rates[winner] * 0.8), pytest.approx(rates[winner] * 1.2))
+        rate = hyper[winner][LEARNING_RATE]
+        assert new[LEARNING_RATE] in (pytest.approx(rate * 0.8), pytest.approx(rate * 1.2))
+        assert new[ENT_COEF] == 0.001 and new[GAMMA] == 0.99, "only the learning rate evolves by default"
 
 
-def test_pbt_keeps_learning_rates_within_bounds():
-    low, high = evolution_script.LEARNING_RATE_BOUNDS
+def test_pbt_over_all_hyperparameters_perturbs_each_by_its_factor():
     members = [f"m{i}" for i in range(8)]
-    for rate in (low, high):
-        rates = {member: rate for member in members}
+    hyper = {m: {LEARNING_RATE: 0.002, ENT_COEF: 0.001, GAMMA: 0.99} for m in members}
+    seen = {key: set() for key in (LEARNING_RATE, ENT_COEF, GAMMA)}
+    for seed in range(20):
+        choices = evolution_script.exploit_and_explore(members, {m: float(i) for i, m in enumerate(members)}, hyper,
+                                                       random.Random(seed), evolution_script.EVOLVED["all"])
+        for _, new in choices.values():
+            seen[LEARNING_RATE].add(round(new[LEARNING_RATE] / 0.002, 6))
+            seen[ENT_COEF].add(round(new[ENT_COEF] / 0.001, 6))
+            seen[GAMMA].add(round((1 - new[GAMMA]) / 0.01, 6))  # the horizon is what is scaled
+    assert seen == {key: {0.8, 1.2} for key in seen}
+
+
+def test_pbt_keeps_hyperparameters_within_bounds():
+    members = [f"m{i}" for i in range(8)]
+    for edge in (0, 1):
+        hyper = {m: {key: bounds[edge] for key, bounds in evolution_script.BOUNDS.items()} for m in members}
         for seed in range(20):
-            choices = evolution_script.exploit_and_explore(members, {f"m{i}": float(i) for i in range(8)},
-                                                           rates, random.Random(seed))
-            assert all(low <= new_rate <= high for _, new_rate in choices.values())
+            choices = evolution_script.exploit_and_explore(members, {f"m{i}": float(i) for i in range(8)}, hyper,
+                                                           random.Random(seed), evolution_script.EVOLVED["all"])
+            for _, new in choices.values():
+                assert all(low <= new[key] <= high for key, (low, high) in evolution_script.BOUNDS.items())
 
 
 def test_pbt_ranks_only_members_with_a_fitness_and_waits_for_enough():
@@ -196,7 +213,8 @@ def test_pbt_ranks_only_members_with_a_fitness_and_waits_for_enough():
     none = evolution_script.exploit_and_explore(members, {"m0": 1.0, "m1": 2.0, "m2": 3.0}, {}, random.Random(0))
     assert none == {}, "three ranked members cannot fill two quarters of eight"
     fitness = {"m0": 9.0, "m1": 1.0, "m2": 5.0, "m3": 0.0}  # m4..m7 have led nothing yet
-    choices = evolution_script.exploit_and_explore(members, fitness, {m: 0.001 for m in members}, random.Random(0))
+    choices = evolution_script.exploit_and_explore(members, fitness, {m: {LEARNING_RATE: 0.001} for m in members},
+                                                   random.Random(0))
     assert set(choices) == {"m3", "m1"} and all(winner in ("m0", "m2") for winner, _ in choices.values())
 
 

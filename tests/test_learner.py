@@ -11,8 +11,8 @@ from stable_baselines3.common.logger import configure
 
 from swarm.adam import StackedAdam
 from swarm.environments import spaces
-from swarm.learner import A2CConfig, Members, make_policy
-from swarm.protocol import NewState, Observed
+from swarm.learner import A2CConfig, Members, advantages_and_returns, make_policy
+from swarm.protocol import ENT_COEF, GAMMA, NewState, Observed
 from tests.helpers import ROOT
 
 ENVS = 2
@@ -39,11 +39,13 @@ def observations(rng: np.random.Generator, count: int) -> list[Observed]:
     return seen
 
 
-def reference(config: A2CConfig, learning_rate: float) -> A2C:
+def reference(config: A2CConfig, learning_rate: float, gamma: float | None = None,
+              ent_coef: float | None = None) -> A2C:
     """stable-baselines3's A2C with the tutorial's network, Adam and this configuration."""
     import gymnasium
     model = A2C("MlpPolicy", gymnasium.make("CartPole-v1"), learning_rate=learning_rate, n_steps=config.n_steps,
-                gamma=config.gamma, gae_lambda=config.gae_lambda, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
+                gamma=gamma or config.gamma, gae_lambda=config.gae_lambda,
+                ent_coef=config.ent_coef if ent_coef is None else ent_coef, vf_coef=config.vf_coef,
                 max_grad_norm=config.max_grad_norm, normalize_advantage=config.normalize_advantage,
                 use_rms_prop=False, policy_kwargs=dict(net_arch=dict(pi=[16, 16], vf=[16, 16]),
                                                         optimizer_class=torch.optim.Adam,
@@ -90,6 +92,71 @@ def test_each_update_equals_stable_baselines3s_a2c_train(k, config):
             np.testing.assert_allclose(ours.vector(j), model.policy.parameters_to_vector(), atol=2e-6,
                                        err_msg=f"member {j} after update {step // config.n_steps}")
     assert not np.allclose(ours.vector(0), members(1, config, [7e-4]).vector(0)), "nothing was learned"
+
+
+@pytest.mark.parametrize("vtrace", [False, True], ids=["gae", "vtrace-own-behaviour"])
+def test_each_member_learns_with_its_own_discount_and_entropy_coefficient(vtrace):
+    """Members with their own gamma and ent_coef each make A2C.train's update with them; with
+    V-trace and every action drawn from the member itself, the update is the plain A2C one."""
+    config, hyper = A2CConfig(vtrace=vtrace), [(0.95, 0.01), (0.99, 0.0), (0.9, 0.05)]
+    ours = members(3, config, [2e-3] * 3)
+    references = []
+    for j, (gamma, ent_coef) in enumerate(hyper):
+        ours.set_hyperparameters(j, {GAMMA: gamma, ENT_COEF: ent_coef})
+        references.append(reference(config, 2e-3, gamma, ent_coef))
+        references[j].policy.load_from_vector(np.array(ours.vector(j)))
+    seen = observations(np.random.default_rng(1), 2 * config.n_steps)
+    ours.step(seen[0])
+    for step, message in enumerate(seen[1:], start=1):
+        if vtrace:  # every action drawn by member 0
+            message.behaviour = np.exp(ours.memory["log_probs"][0, np.arange(ENVS), message.action])
+        ours.step(message)
+        if step % config.n_steps:
+            continue
+        for j, model in enumerate(references):
+            reference_update(model, ours, j, message.observation, message.done)
+            if vtrace and j > 0:  # the others learn from member 0's actions, corrected
+                assert np.abs(np.array(ours.vector(j)) - model.policy.parameters_to_vector()).max() > 1e-6
+                model.policy.load_from_vector(np.array(ours.vector(j)))
+                continue
+            np.testing.assert_allclose(ours.vector(j), model.policy.parameters_to_vector(), atol=2e-6,
+                                       err_msg=f"member {j} after update {step // config.n_steps}")
+
+
+def test_vtrace_weights_stay_within_their_truncation():
+    """rho = min(1, ratio): a ratio above 1 counts as 1, one below weighs the step's advantage."""
+    rng = np.random.default_rng(0)
+    steps, columns = 5, 3
+    rollout = dict(rewards=rng.normal(size=(steps, columns)), values=rng.normal(size=(steps, columns)),
+                   episode_starts=np.zeros((steps, columns)), last_values=rng.normal(size=columns),
+                   dones=np.zeros(columns), gammas=np.full(columns, 0.99), gae_lambda=1.0)
+    plain = advantages_and_returns(**rollout)
+    for ratio in (1.0, 3.0, 100.0):
+        np.testing.assert_allclose(advantages_and_returns(**rollout, ratios=np.full((steps, columns), ratio)), plain)
+    ratios = rng.uniform(0.01, 5.0, (steps, columns))
+    advantages, targets = advantages_and_returns(**rollout, ratios=ratios)
+    capped, _ = advantages_and_returns(**rollout, ratios=np.minimum(ratios, 1.0))
+    np.testing.assert_allclose(advantages, capped)
+    last = rollout["rewards"][-1] + 0.99 * rollout["last_values"] - rollout["values"][-1]
+    np.testing.assert_allclose(advantages[-1], np.minimum(ratios[-1], 1.0) * last)
+    np.testing.assert_allclose(targets[-1] - rollout["values"][-1], np.minimum(ratios[-1], 1.0) * last)
+    tiny, _ = advantages_and_returns(**rollout, ratios=np.full((steps, columns), 1e-6))
+    assert np.abs(tiny).max() < 1e-4, "a member that would never take these actions learns almost nothing from them"
+
+
+def test_gae_equals_stable_baselines3s_with_episode_ends():
+    from stable_baselines3.common.buffers import RolloutBuffer
+    observation_space, action_space = spaces()
+    buffer = RolloutBuffer(5, observation_space, action_space, gamma=0.97, gae_lambda=0.9, n_envs=3)
+    rng = np.random.default_rng(2)
+    buffer.rewards[:], buffer.values[:] = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    buffer.episode_starts[:] = rng.random((5, 3)) < 0.3
+    last_values, dones = rng.normal(size=3), np.array([0.0, 1.0, 0.0])
+    advantages, returns = advantages_and_returns(buffer.rewards, buffer.values, buffer.episode_starts, last_values,
+                                                 dones, np.full(3, 0.97), 0.9)
+    buffer.compute_returns_and_advantage(torch.as_tensor(last_values), dones)
+    np.testing.assert_allclose(advantages, buffer.advantages, rtol=1e-5)
+    np.testing.assert_allclose(returns, buffer.returns, rtol=1e-5)
 
 
 def test_a_full_batch_is_taken_in_order_so_a_seed_repeats():

@@ -6,7 +6,8 @@ import torch
 from swarm.checks import BadMessage
 from swarm.environments import spaces
 from swarm.learner import Members, make_policy
-from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, GET,
+from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENT_COEF, EXP_AVG, EXP_AVG_SQ,
+                            FINAL_OBSERVATION, GAMMA, GET,
                             HYPERPARAMETERS, LEARNING_RATE, LOGITS, OBSERVATION, OPTIMIZER, REWARD, SET, STATE, STEP,
                             TRUNCATED, WEIGHTS)
 from swarm.scripts import load_script
@@ -276,7 +277,7 @@ def test_a_set_for_other_models_resumes_training_and_changes_nothing_else(parts)
 
 def test_get_reports_and_set_changes_the_learning_rate(parts):
     reply = send_weights({CMD: GET}, parts)
-    assert reply[HYPERPARAMETERS] == {LEARNING_RATE: pytest.approx(7e-4)}
+    assert reply[HYPERPARAMETERS] == {LEARNING_RATE: pytest.approx(7e-4), ENT_COEF: 0.0, GAMMA: 0.99}
     model.set_weights({CMD: SET, WEIGHTS: {}, HYPERPARAMETERS: {parts.ids[0]: {LEARNING_RATE: 0.003}}}, parts)
     assert parts.learning_rate(0) == pytest.approx(0.003)
     assert parts.training_enabled[0]
@@ -294,11 +295,24 @@ def test_a_bad_learning_rate_changes_nothing(parts, hyper):
     assert not parts.training_enabled[0]
 
 
-def test_population_based_training_spreads_the_initial_learning_rates():
+def test_population_based_training_spreads_the_initial_hyperparameters():
     settings = SwarmSettings(learning_rate=0.002, operators="pbt")
-    rates = [model.initial_learning_rate(settings, seed) for seed in range(50)]
+    starts = [model.initial_hyperparameters(settings, seed) for seed in range(50)]
+    rates = [start[LEARNING_RATE] for start in starts]
     assert all(0.001 <= rate <= 0.004 for rate in rates) and np.std(np.log2(rates)) > 0.4
-    assert model.initial_learning_rate(settings.replace(operators="genetic"), 3) == 0.002
+    assert all(start[ENT_COEF] == 0.0 and start[GAMMA] == 0.99 for start in starts)
+    assert model.initial_hyperparameters(settings.replace(operators="genetic"), 3)[LEARNING_RATE] == 0.002
+    every = [model.initial_hyperparameters(settings.replace(evolved="all"), seed) for seed in range(50)]
+    assert all(1e-4 <= start[ENT_COEF] <= 1e-2 and 0.95 <= start[GAMMA] <= 0.995 for start in every)
+    assert len({start[GAMMA] for start in every}) == 50
+
+
+def test_a_set_gives_a_model_its_hyperparameters(parts):
+    model.set_weights({CMD: SET, WEIGHTS: {}, HYPERPARAMETERS: {parts.ids[0]: {ENT_COEF: 0.01, GAMMA: 0.95}}}, parts)
+    assert parts.hyperparameters(0) == {LEARNING_RATE: pytest.approx(7e-4), ENT_COEF: 0.01, GAMMA: 0.95}
+    with pytest.raises(BadMessage, match="GAMMA must be in"):
+        model.set_weights({CMD: SET, WEIGHTS: {}, HYPERPARAMETERS: {parts.ids[0]: {GAMMA: 1.5}}}, parts)
+    assert parts.hyperparameters(0)[GAMMA] == 0.95
 
 
 @pytest.mark.parametrize("broken", [

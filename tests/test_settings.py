@@ -129,7 +129,7 @@ def test_to_env_reproduces_every_setting_in_a_child(field):
                "start_timeout": 1.5, "reply_timeout": 2.5, "token": "a-shared-secret", "models": 3, "launch": False,
                "models_per_process": 2, "launcher": "fork", "rounds": 4, "episodes": 5, "envs": 6,
                "eval_episodes": 7, "max_steps": 8, "max_seconds": 9.5, "evolution": False, "fitness": "return",
-               "training_actions": "summed",
+               "training_actions": "summed", "correction": "vtrace", "evolved": "all",
                "preset": "tutorial", "operators": "genetic", "vote": "majority",
                "learning_rate": 0.002, "adam_eps": 3e-7, "normalize_advantage": True, "model_timeout": 0.5,
                "resume": Path(__file__),
