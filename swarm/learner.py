@@ -214,6 +214,10 @@ class Members:
         buffer.advantages, buffer.returns = advantages_and_returns(
             buffer.rewards, buffer.values, buffer.episode_starts, last_values.flatten(), np.tile(dones, self.k),
             np.repeat(self.gammas, self.envs), config.gae_lambda, ratios, config.rho_bar)
+        if config.vtrace:
+            # A greedy action (probability 1) shows nothing of the others: its step trains the
+            # values only. (A sampled action of probability 1 has no policy gradient anyway.)
+            buffer.advantages = buffer.advantages * (self.behaviour_log_probs < 0)
 
         def batch(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             """Member-major rows, environment by environment in step order (as RolloutBuffer.get)."""

@@ -144,6 +144,20 @@ def test_vtrace_weights_stay_within_their_truncation():
     assert np.abs(tiny).max() < 1e-4, "a member that would never take these actions learns almost nothing from them"
 
 
+def test_greedy_steps_train_the_values_and_not_the_policy():
+    """Actions of probability 1 (a greedy leader's) give no policy gradient: with only such steps
+    the policy heads keep their weights and the value heads learn."""
+    ours = members(1, A2CConfig(vtrace=True), [2e-3])
+    before = {name: p.detach().clone() for name, p in ours.heads.policy.named_parameters()}
+    for message in observations(np.random.default_rng(3), 5):
+        if message.is_step:
+            message.behaviour = np.ones(ENVS)
+        ours.step(message)
+    after = dict(ours.heads.policy.named_parameters())
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {name for name in before if "value" in name}, changed
+
+
 def test_gae_equals_stable_baselines3s_with_episode_ends():
     from stable_baselines3.common.buffers import RolloutBuffer
     observation_space, action_space = spaces()
