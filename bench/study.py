@@ -1,16 +1,19 @@
-"""bench/study.py: how many training steps does each arm need to solve CartPole-v1 (or
-`--set SWARM_ENV_ID=...`), over many seeds?
+"""bench/study.py: how many training steps does each arm need to solve CartPole-v1 (or `--env`
+Acrobot-v1, LunarLander-v3, ...), over many seeds?
 
-Arms (the study names each swarm arm's training actions and fitness in its output):
+Arms (the study names each arm's setup in its output):
 - `swarm`: the swarm with its defaults (`06_control.py` with no settings);
-- `swarm-no-evolution`: the same with SWARM_EVOLUTION=0 (the same leader-led training actions);
+- `swarm-no-evolution`: the same with SWARM_EVOLUTION=0 (the same training actions);
 - `tutorial`: the tutorial's exact algorithm (SWARM_PRESET=tutorial: summed training actions);
-- `sb3-a2c`: stable-baselines3's A2C with its defaults, in one process.
+- `sb3-a2c`: stable-baselines3's A2C with its defaults, in one process;
+- `sb3-a2c-zoo`, `sb3-ppo-zoo`: A2C and PPO with the RL Zoo's hyperparameters for the environment
+  (bench/baselines.py cites them).
 
-Every arm is judged the same way: "solved" is gymnasium's definition, a mean of at least 475 over
-100 consecutive episodes. The swarm evaluates after every round (10 deterministic episodes) and
-confirms an evaluation that reaches 475 with 100 more; SB3's A2C evaluates every 2,000 steps and
-confirms the same way. An unsolved run counts as the budget (SWARM_MAX_STEPS) in the medians.
+Every arm is judged the same way: "solved" is gymnasium's definition, a mean of at least the
+environment's threshold (CartPole-v1: 475) over 100 consecutive episodes. The swarm evaluates after
+every round (10 deterministic episodes) and confirms an evaluation that reaches the threshold with
+100 more; the SB3 arms evaluate every 2,000 steps and confirm the same way. An unsolved run counts
+as the budget (the environment's SWARM_MAX_STEPS) in the medians.
 
 The swarm runs in process by default (`swarm.local`: the real handlers, no sockets; a seeded swarm
 plays the same rounds there as over sockets), or over sockets with `--sockets` (`06_control.py`).
@@ -20,10 +23,11 @@ Runs go `--jobs` at a time, each in a process of its own.
     python bench/study.py --seeds 0-2 --arms tutorial           # the tutorial's algorithm (slow)
     python bench/study.py --seeds 0-2 --arms swarm --sockets    # the real swarm, over sockets
     python bench/study.py --quick                               # a smoke test: tiny swarms, tiny budgets
-    python bench/study.py --seeds 0-1 --arms swarm sb3-a2c --set SWARM_ENV_ID=Acrobot-v1   # another game
+    python bench/study.py --seeds 0-9 --env Acrobot-v1 --arms swarm sb3-a2c-zoo sb3-ppo-zoo   # another game
 
-It prints a table per run and per arm and the Mann-Whitney U p-value of `swarm` against
-`swarm-no-evolution` (steps to solve); writes study.json, study.md and study.png to --out; and its
+It prints a table per run and per arm, the Mann-Whitney U p-value of `swarm` against
+`swarm-no-evolution` (steps to solve) and the ratio of their median steps with a 95% bootstrap
+interval; writes study.json, study.md and study.png to --out; and its
 last line is one JSON object with the per-arm summary and the p-value.
 """
 from __future__ import annotations
@@ -46,17 +50,18 @@ import numpy as np
 from swarm import rounds
 from swarm.environments import DEFAULT_ENV_ID, solved_at
 from swarm.launcher import free_port
-from swarm.scripts import PROJECT_DIR
+from swarm.scripts import PROJECT_DIR, load_script
 from swarm.settings import SwarmSettings
+
+baselines = load_script("bench/baselines.py")
 
 ARMS: dict[str, dict[str, str] | None] = {  # the settings that make each swarm arm; None: SB3
     "swarm": {},
     "swarm-no-evolution": {"SWARM_EVOLUTION": "0"},
     "tutorial": {"SWARM_PRESET": "tutorial"},
-    "sb3-a2c": None,
+    **{arm: None for arm in baselines.ARMS},
 }
 DEFAULT_ARMS = ["swarm", "swarm-no-evolution", "sb3-a2c"]
-CONFIRM_EPISODES = 100
 
 
 def swarm_settings(arm: str, seed: int, args: argparse.Namespace, log_dir: Path) -> SwarmSettings:
@@ -69,7 +74,7 @@ def describe_arm(arm: str, args: argparse.Namespace) -> str:
     """What an arm runs: a swarm arm's training actions, fitness and evolution, or SB3's A2C. An
     arm whose settings cannot work together stops the study before it starts."""
     if ARMS[arm] is None:
-        return "stable-baselines3 A2C, its defaults"
+        return baselines.describe(arm, args.env_id)
     settings = swarm_settings(arm, 0, args, Path("."))
     if problems := settings.problems():
         raise SystemExit(f"arm {arm}: " + "; ".join(problems))
@@ -124,53 +129,6 @@ def run_over_sockets(arm: str, seed: int, args: argparse.Namespace) -> dict:
     return summarise_swarm(arm, seed, result)
 
 
-def run_sb3(seed: int, args: argparse.Namespace) -> dict:
-    """stable-baselines3's A2C with its defaults, one environment, judged as the swarm is."""
-    import gymnasium
-    import torch
-    from stable_baselines3 import A2C
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    torch.set_num_threads(1)  # one process, one core: as each swarm model
-    env_id, threshold = args.env_id, solved_at(args.env_id)
-    eval_env = gymnasium.make(env_id)
-
-    def mean_score(model: A2C, episodes: int) -> float:
-        scores = []
-        for _ in range(episodes):
-            obs, _ = eval_env.reset()
-            score, done = 0.0, False
-            while not done:
-                action, _ = model.predict(obs, deterministic=True)
-                obs, reward, terminated, truncated, _ = eval_env.step(action)
-                score, done = score + float(reward), terminated or truncated
-            scores.append(score)
-        return float(np.mean(scores))
-
-    class EvaluateUntilSolved(BaseCallback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.curve: list[tuple[int, float]] = []
-            self.solved_at: int | None = None
-
-        def _on_step(self) -> bool:
-            if self.num_timesteps % args.sb3_eval_every == 0:
-                score = mean_score(self.model, args.eval_episodes)
-                self.curve.append((self.num_timesteps, score))
-                if score >= threshold and mean_score(self.model, CONFIRM_EPISODES) >= threshold:
-                    self.solved_at = self.num_timesteps
-            return self.solved_at is None and time.monotonic() - began < args.max_seconds
-
-    began = time.monotonic()
-    eval_env.reset(seed=seed + 10_000)  # the evaluation episodes: their own seed
-    model = A2C("MlpPolicy", env_id, seed=seed, device="cpu")
-    callback = EvaluateUntilSolved()
-    model.learn(total_timesteps=args.max_steps, callback=callback)
-    return dict(arm="sb3-a2c", seed=seed, solved=callback.solved_at is not None,
-                steps=callback.solved_at or model.num_timesteps, seconds=time.monotonic() - began, spread=None,
-                curve=callback.curve)
-
-
 def exit_with_parent(parent: int) -> None:
     """A worker's initializer: end the worker when the study's process is gone."""
     def watch() -> None:
@@ -189,8 +147,9 @@ def run(arm: str, seed: int, args: argparse.Namespace) -> dict:
     """One run, in a worker process."""
     import logging
     logging.disable(logging.WARNING)  # a component's skipped messages would flood the study's output
-    if arm == "sb3-a2c":
-        return run_sb3(seed, args)
+    if ARMS[arm] is None:
+        return baselines.run(arm, seed, args.env_id, solved_at(args.env_id), args.max_steps, args.sb3_eval_every,
+                             args.eval_episodes, args.max_seconds)
     return (run_over_sockets if args.sockets else run_in_process)(arm, seed, args)
 
 
@@ -221,7 +180,21 @@ def p_value(results: list[dict], budget: int, a: str = "swarm", b: str = "swarm-
     return float(mannwhitneyu(steps[a], steps[b], alternative="two-sided").pvalue)
 
 
-def table(results: list[dict], summary: dict, p: float | None) -> list[str]:
+def median_ratio(results: list[dict], budget: int, a: str = "swarm", b: str = "swarm-no-evolution",
+                 resamples: int = 10_000) -> dict | None:
+    """Median steps of arm `a` over arm `b`, with a 95% bootstrap interval (each arm's runs
+    resampled with replacement, seeded: the same interval every time)."""
+    steps = {arm: np.array([counted_steps(r, budget) for r in results if r["arm"] == arm]) for arm in (a, b)}
+    if min(len(v) for v in steps.values()) < 2:
+        return None
+    rng = np.random.default_rng(0)
+    ratios = [np.median(rng.choice(steps[a], len(steps[a]))) / np.median(rng.choice(steps[b], len(steps[b])))
+              for _ in range(resamples)]
+    return dict(ratio=float(np.median(steps[a]) / np.median(steps[b])),
+                ci95=[float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))])
+
+
+def table(results: list[dict], summary: dict, p: float | None, ratio: dict | None = None) -> list[str]:
     lines = ["| arm | runs | solved | median steps [IQR] | median wall s [IQR] | median fitness spread | setup |",
              "| --- | ---: | ---: | --- | --- | ---: | --- |"]
     for arm, s in summary.items():
@@ -232,6 +205,9 @@ def table(results: list[dict], summary: dict, p: float | None) -> list[str]:
     lines.append("")
     lines.append("Mann-Whitney U, swarm against swarm-no-evolution (steps to solve, two-sided): "
                  + ("n/a" if p is None else f"p = {p:.3g}"))
+    if ratio is not None:
+        lines.append(f"Median steps, swarm over swarm-no-evolution: {ratio['ratio']:.2f} "
+                     f"(95% bootstrap interval {ratio['ci95'][0]:.2f} to {ratio['ci95'][1]:.2f})")
     lines.append("")
     lines.append("| arm | seed | solved | training steps | wall s |")
     lines.append("| --- | ---: | --- | ---: | ---: |")
@@ -289,8 +265,10 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
     parser.add_argument("--sockets", action="store_true", help="the swarm arms over sockets (06_control.py)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time (default: one per CPU)")
-    parser.add_argument("--max-steps", type=int, default=100_000, help="training budget per run")
-    parser.add_argument("--max-seconds", type=float, default=1800.0, help="wall-clock budget per run")
+    parser.add_argument("--env", help="the environment of every arm (as --set SWARM_ENV_ID=...; default CartPole-v1)")
+    parser.add_argument("--max-steps", type=int, help="training budget per run (default: the environment's, "
+                        "SWARM_MAX_STEPS's default for it)")
+    parser.add_argument("--max-seconds", type=float, help="wall-clock budget per run (default: the environment's)")
     parser.add_argument("--eval-episodes", type=int, default=10, help="SB3's evaluation (the swarm: SWARM_EVAL_EPISODES)")
     parser.add_argument("--sb3-eval-every", type=int, default=2000, help="SB3's training steps between evaluations")
     parser.add_argument("--set", type=setting, action="append", default=[], metavar="SWARM_NAME=VALUE",
@@ -302,10 +280,15 @@ def main() -> None:
                         help="keep each in-process swarm run's checkpoint as DIR/ARM-SEED.pt (for 07_watch.py)")
     args = parser.parse_args()
     args.seeds = args.seeds or seed_range("0-1" if args.quick else "0-19")
+    if args.env:
+        args.set.append(("SWARM_ENV_ID", args.env))
+    args.env_id = dict(args.set).get("SWARM_ENV_ID", DEFAULT_ENV_ID)  # every arm's, SB3's too
+    budget = SwarmSettings.from_env({"SWARM_ENV_ID": args.env_id})
+    args.max_steps = budget.max_steps if args.max_steps is None else args.max_steps
+    args.max_seconds = budget.max_seconds if args.max_seconds is None else args.max_seconds
     if args.quick:
         args.max_steps, args.sb3_eval_every = 400, 200
         args.set += [("SWARM_MODELS", "2"), ("SWARM_EVAL_EPISODES", "2"), ("SWARM_EPISODES", "2")]
-    args.env_id = dict(args.set).get("SWARM_ENV_ID", DEFAULT_ENV_ID)  # every arm's, SB3's too
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     args.out = args.out or Path(tempfile.mkdtemp(prefix="study-"))
@@ -331,19 +314,22 @@ def main() -> None:
 
     summary = {arm: {**arm_summary([r for r in results if r["arm"] == arm], args.max_steps), "setup": setups[arm]}
                for arm in args.arms}
-    p = p_value(results, args.max_steps) if {"swarm", "swarm-no-evolution"} <= set(args.arms) else None
-    lines = table(results, summary, p)
+    both = {"swarm", "swarm-no-evolution"} <= set(args.arms)
+    p = p_value(results, args.max_steps) if both else None
+    ratio = median_ratio(results, args.max_steps) if both else None
+    lines = table(results, summary, p, ratio)
     print("\n" + "\n".join(lines))
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    (args.out / "study.json").write_text(json.dumps(dict(command=command, machine=machine, arms=summary, p_value=p,
-                                                         runs=results), indent=1))
+    (args.out / "study.json").write_text(json.dumps(dict(command=command, machine=machine, env_id=args.env_id,
+                                                         arms=summary, p_value=p, median_ratio=ratio, runs=results),
+                                                    indent=1))
     (args.out / "study.md").write_text(f"`{command}` ({machine})\n\n" + "\n".join(lines) + "\n")
     plot(results, summary, args.max_steps, args.out / "study.png",
          f"{args.env_id}, seeds {args.seeds[0]}-{args.seeds[-1]}, {'sockets' if args.sockets else 'in process'}",
          solved_at(args.env_id))
     print(json.dumps({"arms": {arm: {k: s[k] for k in ("runs", "solved", "median_steps", "median_seconds",
                                                        "median_spread", "setup")} for arm, s in summary.items()},
-                      "p_value": p}))
+                      "p_value": p, "median_ratio": ratio}))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The training budget (steps, seconds) of the environments the swarm is measured on (docs/learning.md).
+BUDGETS: dict[str, tuple[int, float]] = {"CartPole-v1": (100_000, 1200.0), "Acrobot-v1": (500_000, 3600.0),
+                                         "LunarLander-v3": (1_000_000, 7200.0)}
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     """What every swergio component of this project needs: where the server is, where logs go."""
@@ -158,9 +163,11 @@ class SwarmSettings(RuntimeSettings):
     eval_episodes: int = setting("SWARM_EVAL_EPISODES", 10, whole(1),
                                  "deterministic episodes per evaluation, rounded up to a whole number per copy")
     max_steps: int = setting("SWARM_MAX_STEPS", 100_000, whole(0),
-                             "training budget in environment steps, checked after each round (0: none)")
+                             "training budget in environment steps, checked after each round (0: none; "
+                             "Acrobot-v1: 500000, LunarLander-v3: 1000000)")
     max_seconds: float = setting("SWARM_MAX_SECONDS", 1200.0, number(0),
-                                 "training budget in wall-clock seconds from the first round (0: none)")
+                                 "training budget in wall-clock seconds from the first round (0: none; "
+                                 "Acrobot-v1: 3600, LunarLander-v3: 7200)")
     evolution: bool = setting("SWARM_EVOLUTION", True, switch(), "evolve the population after every round")
     training_actions: str = setting("SWARM_TRAINING_ACTIONS", "leader", choice("summed", "leader", "greedy-leader"),
                                     "how training actions are chosen: sampled from the members' summed probabilities "
@@ -196,8 +203,12 @@ class SwarmSettings(RuntimeSettings):
 
     @classmethod
     def defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:
-        """SWARM_PRESET's values (an unknown preset is reported with the other bad values)."""
-        return dict(PRESETS.get(environ.get("SWARM_PRESET", "").strip(), {}))
+        """SWARM_PRESET's values (an unknown preset is reported with the other bad values), and
+        SWARM_ENV_ID's budget."""
+        values = dict(PRESETS.get(environ.get("SWARM_PRESET", "").strip(), {}))
+        if (budget := BUDGETS.get(environ.get("SWARM_ENV_ID", "").strip())) is not None:
+            values["max_steps"], values["max_seconds"] = budget
+        return values
 
     def problems(self) -> list[str]:
         """What the values allow but the swarm cannot do: the runtime's problems, an environment it

@@ -195,3 +195,12 @@ def test_an_option_wins_over_its_environment_variable(tmp_path):
                             text=True, timeout=60, cwd=tmp_path, env={**os.environ, "SWARM_MODELS": "3"})
     assert result.returncode == 2
     assert "SWARM_MODELS='0' is not allowed" in result.stderr and "SWARM_ENVS='x' is not allowed" in result.stderr
+
+
+def test_each_measured_environment_has_its_own_budget_unless_one_is_set():
+    assert SwarmSettings.from_env({}).max_steps == 100_000
+    acrobot = SwarmSettings.from_env({"SWARM_ENV_ID": "Acrobot-v1"})
+    assert (acrobot.max_steps, acrobot.max_seconds) == (500_000, 3600.0)
+    assert SwarmSettings.from_env({"SWARM_ENV_ID": "LunarLander-v3"}).max_steps == 1_000_000
+    assert SwarmSettings.from_env({"SWARM_ENV_ID": "LunarLander-v3", "SWARM_MAX_STEPS": "5000"}).max_steps == 5000
+    assert SwarmSettings.from_env({"SWARM_ENV_ID": "MountainCar-v0"}).max_steps == 100_000

@@ -51,6 +51,19 @@ def test_unsolved_runs_count_as_the_budget_and_the_rank_test_tells_arms_apart():
     assert summary["solved"] == 4 and summary["median_steps"] == pytest.approx((5003 + 100_000) / 2)
     assert study.p_value(runs, budget=100_000) < 0.001
     assert study.p_value(runs[:1] + runs[8:], budget=100_000) is None, "one run is no sample"
+    ratio = study.median_ratio(runs, budget=100_000)
+    assert ratio["ratio"] == pytest.approx(1003.5 / 52_501.5)
+    assert ratio["ci95"][0] <= ratio["ratio"] <= ratio["ci95"][1] < 1, "evolution needs fewer steps here, surely"
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1", "LunarLander-v3"])
+def test_the_quick_study_runs_every_arm_on_each_environment(tmp_path, env_id):
+    arms = ["swarm", "sb3-a2c-zoo", "sb3-ppo-zoo"] + (["tutorial", "sb3-a2c"] if env_id == "CartPole-v1" else [])
+    output, last = run_study("--env", env_id, "--seeds", "0", "--arms", *arms, "--out", str(tmp_path), "--jobs", "2")
+    assert list(last["arms"]) == arms
+    assert all(figures["runs"] == 1 and figures["median_steps"] == 400 for figures in last["arms"].values())
+    assert json.loads((tmp_path / "study.json").read_text())["env_id"] == env_id
+    assert "RL Zoo" in last["arms"]["sb3-ppo-zoo"]["setup"]
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])

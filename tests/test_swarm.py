@@ -152,6 +152,18 @@ def test_the_control_script_runs_the_tutorial_loop(swarm_env):
     assert (swarm_env.log_dir / "swarm.pt").is_file() and (swarm_env.log_dir / "swarm.gif").stat().st_size > 1000
 
 
+def test_lunar_lander_installs_and_plays_a_round_over_sockets(swarm_env):
+    """LunarLander-v3 (gymnasium's box2d extra): eight observations, four actions, a threshold of
+    200 and its own budget; the defaults' training actions, corrected by V-trace."""
+    process = run_control({"SWARM_PRESET": "swarm", "SWARM_ENV_ID": "LunarLander-v3", "SWARM_ENVS": "2",
+                           "SWARM_ROUNDS": "1", "SWARM_EVAL_EPISODES": "2", "SWARM_CORRECTION": "vtrace"})
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "ROUND 1/1" in output and "NOT solved after 1 rounds" in output and "swarm stopped" in output
+    result = json.loads((swarm_env.log_dir / "result.json").read_text())
+    assert result["history"][0]["steps"] > 0 and (swarm_env.log_dir / "swarm.gif").stat().st_size > 1000
+
+
 def test_a_stopped_swarm_says_so_and_can_start_again(swarm_env, tmp_path):
     swarm = component_swarm(tmp_path, swarm_env, "import time\ntime.sleep(120)\n")
     first = swarm.pids()["component"]
