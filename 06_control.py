@@ -38,6 +38,7 @@ import numpy as np
 from swarm import checkpoint
 from swarm.control import ControlClient
 from swarm.launcher import ManagedSwarm
+from swarm.local import confirm_from_state
 from swarm.protocol import (AVG_SCORE, CMD, COMPONENT_ID, DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION,
                             FITNESS_SPREAD, NR_OF_EPISODE, ROOM_EVOLUTION, SCORES, STATE, WEIGHTS, custom_message)
 from swarm.rounds import train_until_solved
@@ -119,14 +120,20 @@ def start_evo():
     return control.request({EVOLUTION: True}, until=EVO_DONE)[FITNESS_SPREAD]
 
 
+def confirm(threshold, round_nr):
+    """The 100-episode confirmation, played here by the members' current weights (their STATE)
+    with the swarm's own vote: no message per step. It stops once the threshold is out of reach."""
+    return confirm_from_state(model_states(), settings, threshold, round_nr)
+
+
 # %% [markdown]
 # Train until solved. Each round is the tutorial's: `SWARM_EPISODES` training episodes, a
 # deterministic evaluation, an evolution step (unless `SWARM_EVOLUTION=0`), and an evaluation of
 # the evolved population. CartPole-v1 is solved, as gymnasium defines it, by a mean of at least
 # 475 over 100 consecutive episodes: an evaluation that reaches 475 is confirmed with 100
-# deterministic episodes. The budget (`SWARM_MAX_STEPS` training steps, `SWARM_MAX_SECONDS` of
-# wall time from the first round) is checked after every round. The same loop drives the
-# in-process runner (`swarm.local`) that the study uses.
+# deterministic episodes, played in this process (`confirm`). The budget (`SWARM_MAX_STEPS`
+# training steps, `SWARM_MAX_SECONDS` of wall time from the first round) is checked after every
+# round. The same loop drives the in-process runner (`swarm.local`) that the study uses.
 
 # %%
 checkpoint_path = settings.log_dir / checkpoint.FILE_NAME
@@ -169,7 +176,7 @@ def save_round(history):
 
 
 result = train_until_solved(start, start_evo, settings, report=lambda line: print(line, flush=True),
-                            after_round=save_round, earlier=resumed["history"] if resumed else None)
+                            after_round=save_round, earlier=resumed["history"] if resumed else None, confirm=confirm)
 print(f"checkpoint: {checkpoint_path}")
 
 # %% [markdown]

@@ -4,15 +4,15 @@ round, beside the swarm's evaluation and the fitness the evolution ranks on.
 One seeded swarm runs in process as the study runs it. After every round each member plays
 `--episodes` deterministic episodes alone, in environments of this script's own (seeded apart
 from the swarm's), so the measurement changes nothing the swarm does: the run's rounds are the
-study's (up to the last bits that NumPy's unseeded shuffle of each A2C batch leaves, which can
-part two runs after some twenty rounds; docs/learning.md, "Reproducibility"). Per round it prints
-the swarm's evaluation; the members' own returns (worst, median, best) and how many reach the
-threshold alone; the Spearman rank correlation between the fitness (SWARM_FITNESS=lead: the
-return of the last training episode a member led) and the members' own returns (near 0,
-selection on that fitness is a lottery); and the swarm's return on episodes of this script's own
-with each SWARM_VOTE.
+study's. Per round it prints the swarm's evaluation; the members' own returns (worst, median,
+best) and how many reach the threshold alone; the Spearman rank correlation between the fitness
+(SWARM_FITNESS=lead: the return of the last training episode a member led) and the members' own
+returns (near 0, selection on that fitness is a lottery); and the swarm's return on episodes of
+this script's own with each SWARM_VOTE. Its last line is one JSON object: the seed, whether and
+when the run solved, and the median correlation.
 
     python bench/members.py --seed 9 --out docs/study/members
+    python bench/members.py --seed 0 --set SWARM_TRAINING_ACTIONS=greedy-leader --set SWARM_CORRECTION=vtrace
 """
 from __future__ import annotations
 
@@ -102,6 +102,8 @@ def main() -> None:
     rhos = [row["rho"] for row in rows if row["rho"] is not None]
     print(f"{'solved' if result['solved'] else 'NOT solved'} at {result['steps']:,} steps; "
           f"median rho {np.median(rhos):+.2f} over {len(rhos)} rounds" if rhos else "no ranked rounds")
+    print(json.dumps(dict(seed=args.seed, settings=args.set, solved=result["solved"], steps=result["steps"],
+                          median_rho=float(np.median(rhos)) if rhos else None, ranked_rounds=len(rhos))))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "members.json").write_text(json.dumps(dict(seed=args.seed, settings=args.set, rows=rows), indent=1))

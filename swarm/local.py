@@ -21,11 +21,12 @@ from swergio import MESSAGE_TYPE
 
 from swarm import checkpoint, rounds
 from swarm.client import Reply, SwarmClient
+from swarm.environments import BEST_RETURNS
 from swarm.launcher import SwarmError, model_processes
 from swarm.learner import Members
 from swarm.protocol import (ACTION, CMD, DETERMINISTIC, ENV_DONE, ERROR, EVO_DONE, EVOLUTION,
                             FITNESS_SPREAD, NR_OF_EPISODE, OBSERVATION, PING, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING,
-                            ROOT_ID, STATE, STATUS, WEIGHTS, custom_message)
+                            ROOT_ID, SCORES, STATE, STATUS, WEIGHTS, custom_message)
 from swarm.scripts import load_script
 from swarm.settings import SwarmSettings
 
@@ -199,5 +200,30 @@ class LocalSwarm:
         """The control's loop; with `checkpoint_path`, the swarm is saved there after every round."""
         def save(history: list[dict[str, Any]]) -> None:
             checkpoint.save(checkpoint_path, self.state(), self.settings, history)
+
+        def confirm(threshold: float, round_nr: int) -> tuple[float, int]:
+            return confirm_from_state(self.state(), self.settings, threshold, round_nr)
         return rounds.train_until_solved(self.start, self.start_evo, self.settings, report,
-                                         after_round=save if checkpoint_path else None)
+                                         after_round=save if checkpoint_path else None, confirm=confirm)
+
+
+CONFIRM_COPIES = 10
+
+
+def confirm_from_state(answers: list[dict[str, Any]], settings: SwarmSettings, threshold: float,
+                       round_nr: int) -> tuple[float, int]:
+    """The confirmation of a round, played in this process by the members of `answers` (every
+    model's answer to STATE) with the swarm's own vote, 10 copies at a time, on starting states of
+    its own (from SWARM_SEED and the round): the mean and the episodes played. It stops as soon
+    as the 100-episode mean could no longer reach `threshold`, where the best return is known."""
+    saved = {"members": sorted((checkpoint.member(answer) for answer in answers), key=lambda m: m["model_id"])}
+    seed = None if settings.seed is None else settings.seed * 1_000 + round_nr
+    swarm = LocalSwarm(settings.replace(envs=CONFIRM_COPIES, evolution=False, seed=seed))
+    swarm.restore(saved)
+    best, scores = BEST_RETURNS.get(settings.env_id), []
+    while len(scores) < rounds.CONFIRM_EPISODES:
+        scores += swarm.play(CONFIRM_COPIES)[SCORES]
+        left = rounds.CONFIRM_EPISODES - len(scores)
+        if best is not None and (sum(scores) + left * best) / rounds.CONFIRM_EPISODES < threshold:
+            break
+    return float(np.mean(scores)), len(scores)

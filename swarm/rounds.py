@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from swarm.protocol import SCORES, STEPS
 from swarm.environments import solved_at
+from swarm.protocol import SCORES, STEPS
 from swarm.settings import SwarmSettings
 
 Start = Callable[[int, bool], dict[str, Any]]  # (episodes, deterministic) -> the run's ENV_DONE reply
 Evolve = Callable[[], float]  # one evolution step -> its fitness spread
+Confirm = Callable[[float, int], tuple[float, int]]  # (threshold, round) -> (mean, episodes played)
 CONFIRM_EPISODES = 100
 
 
@@ -31,7 +32,9 @@ class Round:
     train_mean: float
     eval_mean: float
     eval_std: float
-    confirm_mean: float | None = None  # over 100 episodes, when the evaluation reached the threshold
+    confirm_mean: float | None = None  # when the evaluation reached the threshold: over `confirm_episodes`
+    confirm_episodes: int | None = None  # 100, or fewer where the threshold was already out of reach
+    confirmed: bool | None = None
     fitness_spread: float | None = None  # of the evolution step, if there was one
     after_mean: float | None = None  # the evaluation of the evolved population
     after_std: float | None = None
@@ -40,7 +43,8 @@ class Round:
         text = (f"  steps {self.steps:>7,}  training {self.train_mean:6.1f}  evaluation {self.eval_mean:6.1f} "
                 f"± {self.eval_std:5.1f}")
         if self.confirm_mean is not None:
-            text += f"  confirmed {self.confirm_mean:6.1f} over {CONFIRM_EPISODES}"
+            text += (f"  {'confirmed' if self.confirmed else 'not confirmed:'} {self.confirm_mean:6.1f} "
+                     f"over {self.confirm_episodes}")
         text += f"  wall {self.seconds:5.0f} s"
         if self.fitness_spread is not None:
             text += (f"  evolved (fitness spread {self.fitness_spread:.2%}), then {self.after_mean:6.1f} "
@@ -70,12 +74,13 @@ def evaluate(start: Start, episodes: int, envs: int) -> tuple[float, float]:
 def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
                        report: Callable[[str], None] = print,
                        after_round: Callable[[list[dict[str, Any]]], None] | None = None,
-                       earlier: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                       earlier: list[dict[str, Any]] | None = None,
+                       confirm: Confirm | None = None) -> dict[str, Any]:
     """Rounds until solved (confirmed over 100 episodes) or out of budget; every round's figures.
 
     `after_round` is given the history after every round (to checkpoint it). `earlier` is the
     history of a resumed swarm: rounds, steps and seconds go on from its last round, and the
-    budget counts them.
+    budget counts them. `confirm` plays the confirmation (default: 100 episodes through `start`).
     """
     threshold = solved_at(settings.env_id)  # None: no threshold, the budget ends the run
     history = [Round(**row) for row in earlier or []]
@@ -93,8 +98,11 @@ def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
         row = Round(round_nr, steps, 0.0, float(np.mean(reply[SCORES])),
                     *evaluate(start, settings.eval_episodes, settings.envs))
         if threshold is not None and row.eval_mean >= threshold:
-            row.confirm_mean = evaluate(start, CONFIRM_EPISODES, settings.envs)[0]
-            solved = row.confirm_mean >= threshold
+            if confirm is None:
+                row.confirm_mean, row.confirm_episodes = evaluate(start, CONFIRM_EPISODES, settings.envs)[0], 100
+            else:
+                row.confirm_mean, row.confirm_episodes = confirm(threshold, round_nr)
+            solved = row.confirmed = row.confirm_episodes >= CONFIRM_EPISODES and row.confirm_mean >= threshold
         out_of_budget = bool((settings.max_steps and steps >= settings.max_steps)
                              or (settings.max_seconds and time.monotonic() - began >= settings.max_seconds)
                              or bool(settings.rounds and round_nr >= settings.rounds))

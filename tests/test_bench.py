@@ -70,3 +70,19 @@ def test_the_scale_benchmark_writes_its_table_and_plot(swarm_env, tmp_path):
     for name in ("ready_s", "swarm_sps", "evolution_s", "pss_mb"):
         assert row[name] > 0, name
     assert "| 3 | 2 | 1 |" in (out / "scale.md").read_text() and (out / "scale.png").stat().st_size > 0
+
+
+def test_the_members_bench_ranks_the_fitness_against_each_members_own_return(tmp_path):
+    """bench/members.py on a small greedy-led swarm: a correlation for the ranked rounds, and the
+    rounds as the swarm played them."""
+    settings = ["SWARM_MODELS=4", "SWARM_ENVS=4", "SWARM_EPISODES=8", "SWARM_ROUNDS=3", "SWARM_EVAL_EPISODES=4",
+                "SWARM_TRAINING_ACTIONS=greedy-leader", "SWARM_CORRECTION=vtrace"]
+    result = subprocess.run([sys.executable, "bench/members.py", "--seed", "0", "--episodes", "2", "--rule-episodes", "2",
+                             "--out", str(tmp_path), *[f"--set={s}" for s in settings]],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["seed"] == 0 and summary["solved"] is False and summary["ranked_rounds"] >= 1
+    assert -1 <= summary["median_rho"] <= 1
+    rows = json.loads((tmp_path / "members.json").read_text())["rows"]
+    assert [row["round"] for row in rows] == [1, 2, 3] and all(len(row["own"]) == 4 for row in rows)

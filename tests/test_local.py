@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from swarm.local import LocalSwarm
+from swarm import rounds
+from swarm.local import LocalSwarm, confirm_from_state
 from swarm.settings import SwarmSettings
 from tests.helpers import run_control
 
@@ -79,3 +80,31 @@ def test_another_gymnasium_environment_plays_a_round():
     assert all(-500 <= row["train_mean"] < 0 and -500 <= row["eval_mean"] < 0 for row in history)
     assert history[0]["steps"] >= -2 * history[0]["train_mean"]  # each counted step paid -1 (the last one 0)
     assert set(runner.actions([[0.0] * 6] * 50).tolist()) <= {0, 1, 2}
+
+
+def test_the_confirmation_is_played_from_the_members_state_and_stops_when_out_of_reach():
+    settings = SwarmSettings(models=3, envs=2, episodes=2, seed=1)
+    swarm = LocalSwarm(settings)
+    swarm.start(2)
+    answers = swarm.state()
+    mean, played = confirm_from_state(answers, settings, 475.0, round_nr=1)
+    assert played == 10 and mean < 250, "below 250, even 90 perfect episodes could not make 475"
+    full = confirm_from_state(answers, settings, 5.0, round_nr=1)
+    assert full[1] == 100 and full == confirm_from_state(answers, settings, 5.0, round_nr=1), "seeded: repeatable"
+    assert confirm_from_state(answers, settings, 5.0, round_nr=2) != full, "each round's starting states of its own"
+    # The members' own weights play: zeroed, every member pushes the same way and the pole falls at once.
+    zeroed = [{**answer, "WEIGHTS": [0.0] * len(answer["WEIGHTS"])} for answer in answers]
+    assert confirm_from_state(zeroed, settings, 5.0, round_nr=1)[0] < 11
+
+
+def test_a_round_is_solved_only_by_a_whole_confirmation_at_the_threshold():
+    def start(episodes, deterministic):
+        return {"SCORES": [500.0] * episodes, "STEPS": 500 * episodes}
+
+    lines = []
+    settings = SwarmSettings(envs=2, episodes=2, rounds=3, evolution=False, max_seconds=0)
+    outcomes = iter([(470.0, 40), (480.0, 100)])
+    result = rounds.train_until_solved(start, lambda: 0.0, settings, report=lines.append,
+                                       confirm=lambda threshold, round_nr: next(outcomes))
+    assert result["solved"] and [row["confirmed"] for row in result["history"]] == [False, True]
+    assert "not confirmed:  470.0 over 40" in lines[2] and "  confirmed  480.0 over 100" in lines[4]

@@ -59,7 +59,7 @@ def test_unsolved_runs_count_as_the_budget_and_the_rank_test_tells_arms_apart():
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1", "LunarLander-v3"])
 def test_the_quick_study_runs_every_arm_on_each_environment(tmp_path, env_id):
     arms = ["swarm", "sb3-a2c-zoo", "sb3-ppo-zoo"] + (["tutorial", "sb3-a2c"] if env_id == "CartPole-v1" else [])
-    output, last = run_study("--env", env_id, "--seeds", "0", "--arms", *arms, "--out", str(tmp_path), "--jobs", "2")
+    _, last = run_study("--env", env_id, "--seeds", "0", "--arms", *arms, "--out", str(tmp_path), "--jobs", "2")
     assert list(last["arms"]) == arms
     assert all(figures["runs"] == 1 and figures["median_steps"] == 400 for figures in last["arms"].values())
     assert json.loads((tmp_path / "study.json").read_text())["env_id"] == env_id
