@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     swarm, history = load_swarm(saved, args.seed), saved["history"]
     trained = f"after {len(history)} rounds, {history[-1]['steps']:,} training steps" if history else "untrained"
     scores = np.array(swarm.play(args.episodes)[SCORES])
-    print(f"{swarm.settings.env_id}, {len(swarm.models)} models ({trained}): {scores.mean():.1f} ± {scores.std():.1f} "
+    print(f"{swarm.settings.env_id}, {swarm.settings.models} models ({trained}): {scores.mean():.1f} ± {scores.std():.1f} "
           f"over {args.episodes} episodes (min {scores.min():g}, max {scores.max():g})")
     if args.render:
         score = render(swarm, args.render, args.seed)

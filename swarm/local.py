@@ -1,5 +1,6 @@
 """The whole swarm in one process: the scripts' own handlers and states on an in-memory hub
-that does what swergio's server does, every message through JSON once as on the wire. A seeded
+that does what swergio's server does, every message through JSON once as on the wire, and every
+model in one learner. A seeded
 swarm plays the same rounds here as over sockets. Evaluations skip the messages (`play`): they
 train nothing, so the scores are the same (a test holds them to it).
 
@@ -104,11 +105,13 @@ class LocalSwarm:
             self.components[script] = module.handlers.wire(LocalClient(
                 self.hub, module.COMPONENT_NAME, settings, state=module.new_state(settings, module.COMPONENT_NAME)))
         model = load_script("02_model.py")
-        self.models = []  # one client per model process, hosting its models as the launcher groups them
-        for names in model_processes(settings.models, settings.models_per_process).values():
-            state = model.new_state(settings, names)
-            self.models.append(model.handlers.wire(LocalClient(self.hub, model.COMPONENT_NAME, settings, state=state,
-                                                               member_ids=state.ids)))
+        # Every model in one learner, computed together: the models the launcher would start, with
+        # the same names and seeds, so the same rounds (tests/test_seed.py), several times faster.
+        names = [name for group in model_processes(settings.models, settings.models_per_process).values()
+                 for name in group]
+        state = model.new_state(settings, names)
+        self.models = [model.handlers.wire(LocalClient(self.hub, model.COMPONENT_NAME, settings, state=state,
+                                                       member_ids=state.ids))]
         self.observation_width = self.models[0].state.width
         self.control = LocalClient(self.hub, "control", settings, serve=False)
         self.control.join_room(ROOM_CONTROL)
