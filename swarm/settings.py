@@ -44,7 +44,7 @@ VOTES = ("probabilities", "majority", "log-probabilities")  # SWARM_VOTE: 03_agg
 PRESETS: dict[str, dict[str, Any]] = {
     "swarm": {},  # the field defaults below
     "tutorial": dict(envs=1, episodes=20, learning_rate=7e-4, adam_eps=1e-5, training_actions="summed",
-                     fitness="contribution", operators="genetic"),
+                     correction="none", fitness="contribution", operators="genetic", evolved="learning-rate"),
 }
 
 
@@ -159,7 +159,7 @@ class SwarmSettings(RuntimeSettings):
                            "started by hand, e.g. across hosts)")
     rounds: int = setting("SWARM_ROUNDS", 0, whole(0), "most rounds of the control loop (0: until solved or out of budget)")
     episodes: int = setting("SWARM_EPISODES", 10, whole(1), "training episodes per round")
-    envs: int = setting("SWARM_ENVS", 10, whole(1), "CartPole copies stepped together")
+    envs: int = setting("SWARM_ENVS", 4, whole(1), "environment copies stepped together")
     eval_episodes: int = setting("SWARM_EVAL_EPISODES", 10, whole(1),
                                  "deterministic episodes per evaluation, rounded up to a whole number per copy")
     max_steps: int = setting("SWARM_MAX_STEPS", 100_000, whole(0),
@@ -174,7 +174,7 @@ class SwarmSettings(RuntimeSettings):
                                     "(the tutorial's), or each episode of each copy led by one member in turn, "
                                     "whose own sampled actions it takes (greedy-leader: in every other copy its "
                                     "most probable ones, and only those episodes earn fitness)")
-    correction: str = setting("SWARM_CORRECTION", "none", choice("none", "vtrace"),
+    correction: str = setting("SWARM_CORRECTION", "vtrace", choice("none", "vtrace"),
                               "how a member learns from actions it did not choose: as if it had (the tutorial's), "
                               "or weighted by its truncated probability ratio to the behaviour (V-trace)")
     fitness: str = setting("SWARM_FITNESS", "lead", choice("lead", "contribution", "return"),
@@ -183,7 +183,7 @@ class SwarmSettings(RuntimeSettings):
     operators: str = setting("SWARM_OPERATORS", "pbt", choice("pbt", "genetic"),
                              "the evolution: the worst quarter copy the best quarter and perturb its "
                              "hyperparameters (population-based training), or the tutorial's genetic algorithm")
-    evolved: str = setting("SWARM_EVOLVED", "learning-rate", choice("learning-rate", "all"),
+    evolved: str = setting("SWARM_EVOLVED", "all", choice("learning-rate", "all"),
                            "the hyperparameters population-based training spreads and perturbs: the learning rate, "
                            "or all (learning rate, entropy coefficient, discount)")
     vote: str = setting("SWARM_VOTE", "probabilities", choice(*VOTES),
