@@ -6,7 +6,7 @@ import torch
 from swarm.checks import BadMessage
 from swarm.environments import spaces
 from swarm.learner import Members, make_policy
-from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENT_COEF, EXP_AVG, EXP_AVG_SQ,
+from swarm.protocol import (ACTION, BEHAVIOUR, CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENT_COEF, EXP_AVG, EXP_AVG_SQ,
                             FINAL_OBSERVATION, GAMMA, GET,
                             HYPERPARAMETERS, LEARNING_RATE, LOGITS, OBSERVATION, OPTIMIZER, REWARD, SET, STATE, STEP,
                             TRUNCATED, WEIGHTS)
@@ -296,7 +296,7 @@ def test_a_bad_learning_rate_changes_nothing(parts, hyper):
 
 
 def test_population_based_training_spreads_the_initial_hyperparameters():
-    settings = SwarmSettings(learning_rate=0.002, operators="pbt")
+    settings = SwarmSettings(learning_rate=0.002, operators="pbt", evolved="learning-rate")
     starts = [model.initial_hyperparameters(settings, seed) for seed in range(50)]
     rates = [start[LEARNING_RATE] for start in starts]
     assert all(0.001 <= rate <= 0.004 for rate in rates) and np.std(np.log2(rates)) > 0.4
@@ -322,6 +322,9 @@ def test_a_set_gives_a_model_its_hyperparameters(parts):
     {DETERMINISTIC: False},
     {OBSERVATION: [0.0] * 4, DETERMINISTIC: False, REWARD: 1.0, DONE: False, ACTION: [7]},
     {OBSERVATION: [0.0] * 4, DETERMINISTIC: False, REWARD: "1", DONE: False, ACTION: [0]},
+    {OBSERVATION: [0.0] * 4, DETERMINISTIC: False, REWARD: 1.0, DONE: False, ACTION: [0], BEHAVIOUR: 0.0},
+    {OBSERVATION: [0.0] * 4, DETERMINISTIC: False, REWARD: 1.0, DONE: False, ACTION: [0], BEHAVIOUR: 1.5},
+    {OBSERVATION: [0.0] * 4, DETERMINISTIC: False, REWARD: 1.0, DONE: False, ACTION: [0], BEHAVIOUR: "half"},
 ])
 def test_a_bad_observation_is_rejected_without_touching_the_state(parts, broken):
     forward(observation_message(), parts)
