@@ -13,6 +13,7 @@ when the run solved, and the median correlation.
 
     python bench/members.py --seed 9 --out docs/study/members
     python bench/members.py --seed 0 --set SWARM_TRAINING_ACTIONS=greedy-leader --set SWARM_CORRECTION=vtrace
+    python bench/members.py --plot-rho docs/study/fitness/*/ --out docs/study/fitness   # rho.png of those runs
 """
 from __future__ import annotations
 
@@ -65,7 +66,12 @@ def main() -> None:
     parser.add_argument("--rule-episodes", type=int, default=10, help="deterministic episodes per rule per round")
     parser.add_argument("--set", action="append", default=[], metavar="SWARM_NAME=VALUE", help="a setting for the swarm")
     parser.add_argument("--out", type=Path, help="where members.json and members.png go")
+    parser.add_argument("--plot-rho", type=Path, nargs="+", metavar="DIR",
+                        help="run nothing: plot the correlation per round of these runs' members.json as OUT/rho.png")
     args = parser.parse_args()
+    if args.plot_rho:
+        plot_rho(args.plot_rho, (args.out or Path(".")) / "rho.png")
+        return
 
     with tempfile.TemporaryDirectory(prefix="members-") as log_dir:
         # No wall-clock budget: the measurement's own time would end the run early.
@@ -129,6 +135,31 @@ def plot(rows: list[dict[str, Any]], threshold: float, path: Path, seed: int) ->
     axis.set_ylabel("mean return")
     axis.set_title(f"Seed {seed}: each member alone (gray) against the swarm")
     axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def plot_rho(folders: list[Path], path: Path) -> None:
+    """Spearman's rho between fitness and own return, per round, one line per run (by its settings)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4))
+    colors: dict[str, str] = {}
+    for folder in folders:
+        run = json.loads((folder / "members.json").read_text())
+        label = " ".join(run["settings"]) or "no --set (the defaults when it ran)"
+        color = colors.setdefault(label, f"C{len(colors)}")
+        rows = [row for row in run["rows"] if row["rho"] is not None]
+        axis.plot([row["steps"] for row in rows], [row["rho"] for row in rows], "o-", ms=3, color=color, alpha=0.7,
+                  label=label)
+    axis.axhline(0.5, ls=":", color="grey")
+    axis.set(xlabel="training steps", ylabel="Spearman rho, fitness against own return",
+             title="Does the fitness rank the members? (one line per run)")
+    handles, labels = axis.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))  # one entry per setting, not per run
+    axis.legend(unique.values(), unique.keys(), loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 

@@ -15,8 +15,9 @@ every round (10 deterministic episodes) and confirms an evaluation that reaches 
 100 more; the SB3 arms evaluate every 2,000 steps and confirm the same way. An unsolved run counts
 as the budget (the environment's SWARM_MAX_STEPS) in the medians.
 
-The swarm runs in process by default (`swarm.local`: the real handlers, no sockets; a seeded swarm
-plays the same rounds there as over sockets), or over sockets with `--sockets` (`06_control.py`).
+The swarm runs in process by default (`swarm.local`: the real handlers, no sockets, every model in
+one learner; a seeded swarm plays the same rounds there as over sockets, docs/learning.md,
+"Reproducibility"), or over sockets with `--sockets` (`06_control.py`).
 Runs go `--jobs` at a time, each in a process of its own.
 
     python bench/study.py --seeds 0-19                          # every arm but the tutorial, 20 seeds

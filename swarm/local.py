@@ -1,7 +1,8 @@
 """The whole swarm in one process: the scripts' own handlers and states on an in-memory hub
 that does what swergio's server does, every message through JSON once as on the wire, and every
-model in one learner. A seeded
-swarm plays the same rounds here as over sockets. Evaluations skip the messages (`play`): they
+model in one learner. A seeded swarm plays the same rounds here as over sockets with its models
+in one process (with a process per model they compute the same numbers batched otherwise, and
+a long run may part after some twenty rounds). Evaluations skip the messages (`play`): they
 train nothing, so the scores are the same (a test holds them to it).
 
     result = LocalSwarm(settings).train_until_solved()
@@ -106,7 +107,7 @@ class LocalSwarm:
                 self.hub, module.COMPONENT_NAME, settings, state=module.new_state(settings, module.COMPONENT_NAME)))
         model = load_script("02_model.py")
         # Every model in one learner, computed together: the models the launcher would start, with
-        # the same names and seeds, so the same rounds (tests/test_seed.py), several times faster.
+        # the same names and seeds, several times faster than one learner each.
         names = [name for group in model_processes(settings.models, settings.models_per_process).values()
                  for name in group]
         state = model.new_state(settings, names)
