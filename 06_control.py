@@ -175,8 +175,8 @@ def save_round(history):
     plt.close(fig)
 
 
-result = train_until_solved(start, start_evo, settings, report=lambda line: print(line, flush=True),
-                            after_round=save_round, earlier=resumed["history"] if resumed else None, confirm=confirm)
+result = train_until_solved(start, start_evo, confirm, settings, report=lambda line: print(line, flush=True),
+                            after_round=save_round, earlier=resumed["history"] if resumed else None)
 print(f"checkpoint: {checkpoint_path}")
 
 # %% [markdown]

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from swarm import rounds
 from swarm.environments import solved_at
 from swarm.local import LocalSwarm
 from swarm.settings import VOTES, SwarmSettings
@@ -103,8 +102,7 @@ def main() -> None:
                   f"fitness~own rho {'-' if rho is None else f'{rho:+.2f}'}  "
                   + "  ".join(f"{vote} {value:5.1f}" for vote, value in rules.items()), flush=True)
 
-        result = rounds.train_until_solved(swarm.start, swarm.start_evo, settings, report=lambda line: None,
-                                           after_round=measure)
+        result = swarm.train_until_solved(report=lambda line: None, after_round=measure)
     rhos = [row["rho"] for row in rows if row["rho"] is not None]
     print(f"{'solved' if result['solved'] else 'NOT solved'} at {result['steps']:,} steps; "
           f"median rho {np.median(rhos):+.2f} over {len(rhos)} rounds" if rhos else "no ranked rounds")

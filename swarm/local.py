@@ -199,16 +199,21 @@ class LocalSwarm:
         self.hub.pump()
         self.control.inbox.clear()
 
-    def train_until_solved(self, report: Callable[[str], None] = print,
-                           checkpoint_path: Path | None = None) -> dict[str, Any]:
-        """The control's loop; with `checkpoint_path`, the swarm is saved there after every round."""
-        def save(history: list[dict[str, Any]]) -> None:
-            checkpoint.save(checkpoint_path, self.state(), self.settings, history)
+    def confirm(self, threshold: float, round_nr: int) -> tuple[float, int]:
+        """A round's confirmation, played from the members' state as the control over sockets plays it."""
+        return confirm_from_state(self.state(), self.settings, threshold, round_nr)
 
-        def confirm(threshold: float, round_nr: int) -> tuple[float, int]:
-            return confirm_from_state(self.state(), self.settings, threshold, round_nr)
-        return rounds.train_until_solved(self.start, self.start_evo, self.settings, report,
-                                         after_round=save if checkpoint_path else None, confirm=confirm)
+    def train_until_solved(self, report: Callable[[str], None] = print, checkpoint_path: Path | None = None,
+                           after_round: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
+        """The control's loop; with `checkpoint_path`, the swarm is saved there after every round,
+        and `after_round` is given the history after every round."""
+        def each_round(history: list[dict[str, Any]]) -> None:
+            if checkpoint_path is not None:
+                checkpoint.save(checkpoint_path, self.state(), self.settings, history)
+            if after_round is not None:
+                after_round(history)
+        return rounds.train_until_solved(self.start, self.start_evo, self.confirm, self.settings, report,
+                                         after_round=each_round)
 
 
 CONFIRM_COPIES = 10

@@ -71,16 +71,15 @@ def evaluate(start: Start, episodes: int, envs: int) -> tuple[float, float]:
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
+def train_until_solved(start: Start, start_evo: Evolve, confirm: Confirm, settings: SwarmSettings,
                        report: Callable[[str], None] = print,
                        after_round: Callable[[list[dict[str, Any]]], None] | None = None,
-                       earlier: list[dict[str, Any]] | None = None,
-                       confirm: Confirm | None = None) -> dict[str, Any]:
+                       earlier: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Rounds until solved (confirmed over 100 episodes) or out of budget; every round's figures.
 
     `after_round` is given the history after every round (to checkpoint it). `earlier` is the
     history of a resumed swarm: rounds, steps and seconds go on from its last round, and the
-    budget counts them. `confirm` plays the confirmation (default: 100 episodes through `start`).
+    budget counts them. `confirm` plays the confirmation of a round that reached the threshold.
     """
     threshold = solved_at(settings.env_id)  # None: no threshold, the budget ends the run
     history = [Round(**row) for row in earlier or []]
@@ -98,10 +97,7 @@ def train_until_solved(start: Start, start_evo: Evolve, settings: SwarmSettings,
         row = Round(round_nr, steps, 0.0, float(np.mean(reply[SCORES])),
                     *evaluate(start, settings.eval_episodes, settings.envs))
         if threshold is not None and row.eval_mean >= threshold:
-            if confirm is None:
-                row.confirm_mean, row.confirm_episodes = evaluate(start, CONFIRM_EPISODES, settings.envs)[0], 100
-            else:
-                row.confirm_mean, row.confirm_episodes = confirm(threshold, round_nr)
+            row.confirm_mean, row.confirm_episodes = confirm(threshold, round_nr)
             solved = row.confirmed = row.confirm_episodes >= CONFIRM_EPISODES and row.confirm_mean >= threshold
         out_of_budget = bool((settings.max_steps and steps >= settings.max_steps)
                              or (settings.max_seconds and time.monotonic() - began >= settings.max_seconds)

@@ -104,7 +104,7 @@ def test_a_round_is_solved_only_by_a_whole_confirmation_at_the_threshold():
     lines = []
     settings = SwarmSettings(envs=2, episodes=2, rounds=3, evolution=False, max_seconds=0)
     outcomes = iter([(470.0, 40), (480.0, 100)])
-    result = rounds.train_until_solved(start, lambda: 0.0, settings, report=lines.append,
-                                       confirm=lambda threshold, round_nr: next(outcomes))
+    result = rounds.train_until_solved(start, lambda: 0.0, lambda threshold, round_nr: next(outcomes), settings,
+                                       report=lines.append)
     assert result["solved"] and [row["confirmed"] for row in result["history"]] == [False, True]
     assert "not confirmed:  470.0 over 40" in lines[2] and "  confirmed  480.0 over 100" in lines[4]
