@@ -53,6 +53,11 @@ BUDGETS: dict[str, tuple[int, float]] = {"CartPole-v1": (100_000, 1200.0), "Acro
                                          "LunarLander-v3": (1_000_000, 7200.0)}
 
 
+def budgets_shown(which: int) -> str:
+    """The budgets beyond the default environment's, for a setting's meaning: `Acrobot-v1: 500000, ...`."""
+    return ", ".join(f"{env_id}: {budget[which]:.0f}" for env_id, budget in BUDGETS.items() if env_id != "CartPole-v1")
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     """What every swergio component of this project needs: where the server is, where logs go."""
@@ -164,10 +169,10 @@ class SwarmSettings(RuntimeSettings):
                                  "deterministic episodes per evaluation, rounded up to a whole number per copy")
     max_steps: int = setting("SWARM_MAX_STEPS", 100_000, whole(0),
                              "training budget in environment steps, checked after each round (0: none; "
-                             "Acrobot-v1: 500000, LunarLander-v3: 1000000)")
+                             f"{budgets_shown(0)})")
     max_seconds: float = setting("SWARM_MAX_SECONDS", 1200.0, number(0),
                                  "training budget in wall-clock seconds from the first round (0: none; "
-                                 "Acrobot-v1: 3600, LunarLander-v3: 7200)")
+                                 f"{budgets_shown(1)})")
     evolution: bool = setting("SWARM_EVOLUTION", True, switch(), "evolve the population after every round")
     training_actions: str = setting("SWARM_TRAINING_ACTIONS", "leader", choice("summed", "leader", "greedy-leader"),
                                     "how training actions are chosen: sampled from the members' summed probabilities "
