@@ -94,7 +94,7 @@ class _Heads(torch.nn.Module):
 
 
 class Members:
-    """k A2C members of one architecture: their weights, Adam states, rollouts and learning rates.
+    """k A2C members of one architecture: their weights, Adam states, rollouts and hyperparameters.
 
     Member j's weights are row j of `weights`, in `policy.parameters()` order: the flat vector its
     own process sends. The template policy's parameters are views of row 0.
@@ -116,8 +116,9 @@ class Members:
         self.adam = StackedAdam(self.k, self.size, learning_rates, eps=config.adam_eps)
         self.ent_coefs = np.full(self.k, config.ent_coef)
         self.gammas = np.full(self.k, config.gamma)
+        # Storage only: the advantages are `advantages_and_returns`', with each member's own discount.
         self.buffer = RolloutBuffer(config.n_steps, template.observation_space, template.action_space, device="cpu",
-                                    gamma=config.gamma, gae_lambda=config.gae_lambda, n_envs=self.k * envs)
+                                    n_envs=self.k * envs)
         self.positions = np.zeros(self.k, dtype=np.int64)  # each member's next row in its columns
         # log-probability of each stored action under the behaviour that chose it
         self.behaviour_log_probs = np.zeros((config.n_steps, self.k * envs), dtype=np.float32)
