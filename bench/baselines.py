@@ -14,9 +14,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-CONFIRM_EPISODES = 100
+from swarm.rounds import CONFIRM_EPISODES
 
-# arm -> env id -> (algorithm, n_envs, normalize, keyword arguments); None: the same for every env
+# arm -> env id -> (algorithm, n_envs, normalize, keyword arguments)
 ZOO: dict[str, dict[str, tuple[str, int, bool, dict[str, Any]]]] = {
     "sb3-a2c-zoo": {
         "CartPole-v1": ("A2C", 8, False, dict(ent_coef=0.0)),
