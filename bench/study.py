@@ -30,6 +30,10 @@ It prints a table per run and per arm, the Mann-Whitney U p-value of `swarm` aga
 `swarm-no-evolution` (steps to solve) and the ratio of their median steps with a 95% bootstrap
 interval; writes study.json, study.md and study.png to --out; and its
 last line is one JSON object with the per-arm summary and the p-value.
+
+Each finished run is appended to --out's runs.jsonl at once. A study started again with the same
+--out and the same budgets and settings reuses those runs and plays only the missing ones, so a long
+study (LunarLander: hours) can be stopped and continued.
 """
 from __future__ import annotations
 
@@ -152,6 +156,21 @@ def run(arm: str, seed: int, args: argparse.Namespace) -> dict:
         return baselines.run(arm, seed, args.env_id, solved_at(args.env_id), args.max_steps, args.sb3_eval_every,
                              args.eval_episodes, args.max_seconds)
     return (run_over_sockets if args.sockets else run_in_process)(arm, seed, args)
+
+
+# --------------------------------------------------------------------------- finished runs
+def run_setup(args: argparse.Namespace) -> dict:
+    """What makes two runs of the same arm and seed the same run."""
+    return dict(env_id=args.env_id, max_steps=args.max_steps, max_seconds=args.max_seconds, sockets=args.sockets,
+                eval_episodes=args.eval_episodes, sb3_eval_every=args.sb3_eval_every, set=sorted(map(list, args.set)))
+
+
+def finished_runs(path: Path, setup: dict) -> dict[tuple[str, int], dict]:
+    """The runs in a runs.jsonl that were played with this setup, by (arm, seed)."""
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(row["run"]["arm"], row["run"]["seed"]): row["run"] for row in rows if row["setup"] == setup}
 
 
 # --------------------------------------------------------------------------- summary
@@ -302,7 +321,12 @@ def main() -> None:
         print(f"  {arm}: {setup}", flush=True)
 
     tasks = [(arm, seed) for seed in args.seeds for arm in args.arms]
-    results: list[dict] = []
+    setup, journal = run_setup(args), args.out / "runs.jsonl"
+    done = finished_runs(journal, setup)
+    results = [done[task] for task in tasks if task in done]
+    tasks, total = [task for task in tasks if task not in done], len(tasks)
+    if results:
+        print(f"  {len(results)} runs already in {journal}; {len(tasks)} to play", flush=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so the pool below is ended
     context = multiprocessing.get_context("spawn")
     # Leaving the block (done, error, Ctrl-C, SIGTERM) terminates the workers; a SIGKILLed study
@@ -310,8 +334,11 @@ def main() -> None:
     with context.Pool(args.jobs, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         for r in pool.imap_unordered(run_task, [(arm, seed, args) for arm, seed in tasks]):
             results.append(r)
+            with open(journal, "a") as rows:
+                rows.write(json.dumps(dict(setup=setup, run=r)) + "\n")
             print(f"  {r['arm']:<20} seed {r['seed']:>3}: {'solved' if r['solved'] else 'NOT solved'} "
-                  f"at {r['steps']:>7,} steps, {r['seconds']:5.0f} s ({len(results)}/{len(tasks)})", flush=True)
+                  f"at {r['steps']:>7,} steps, {r['seconds']:5.0f} s ({len(results)}/{total})",
+                  flush=True)
 
     summary = {arm: {**arm_summary([r for r in results if r["arm"] == arm], args.max_steps), "setup": setups[arm]}
                for arm in args.arms}

@@ -43,6 +43,20 @@ def test_the_study_runs_the_real_swarm_over_sockets(tmp_path):
     assert last["arms"]["swarm"]["runs"] == 1 and run["steps"] >= 400 and run["spread"] is not None
 
 
+def test_a_study_started_again_plays_only_the_runs_it_has_not_finished(tmp_path):
+    run_study("--seeds", "0", "--arms", "swarm", "--out", str(tmp_path), "--jobs", "1")
+    first = json.loads((tmp_path / "study.json").read_text())["runs"]
+    output, last = run_study("--seeds", "0-1", "--arms", "swarm", "--out", str(tmp_path), "--jobs", "1")
+    assert "1 runs already in" in output and "1 to play" in output
+    runs = json.loads((tmp_path / "study.json").read_text())["runs"]
+    assert sorted(r["seed"] for r in runs) == [0, 1] and runs[0] == first[0]
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 2
+    output, _ = run_study("--seeds", "0-1", "--arms", "swarm", "--out", str(tmp_path), "--jobs", "1",
+                          "--set", "SWARM_ENVS=2")
+    assert "already in" not in output, "a run with other settings is another run"
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 4
+
+
 def test_unsolved_runs_count_as_the_budget_and_the_rank_test_tells_arms_apart():
     runs = [dict(arm="swarm", seed=s, solved=True, steps=1000 + s, seconds=1.0, spread=0.1) for s in range(8)]
     runs += [dict(arm="swarm-no-evolution", seed=s, solved=s < 4, steps=5000 + s, seconds=2.0, spread=None)
