@@ -47,7 +47,7 @@ def test_a_study_started_again_plays_only_the_runs_it_has_not_finished(tmp_path)
     run_study("--seeds", "0", "--arms", "swarm", "--out", str(tmp_path), "--jobs", "1")
     first = json.loads((tmp_path / "study.json").read_text())["runs"]
     output, last = run_study("--seeds", "0-1", "--arms", "swarm", "--out", str(tmp_path), "--jobs", "1")
-    assert "1 runs already in" in output and "1 to play" in output
+    assert "1 runs already in" in output and "1 to play" in output and last["arms"]["swarm"]["runs"] == 2
     runs = json.loads((tmp_path / "study.json").read_text())["runs"]
     assert sorted(r["seed"] for r in runs) == [0, 1] and runs[0] == first[0]
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 2
