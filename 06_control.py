@@ -37,6 +37,7 @@ import numpy as np
 
 from swarm import checkpoint
 from swarm.control import ControlClient
+from swarm.healing import Healer, explain_stops
 from swarm.launcher import ManagedSwarm
 from swarm.local import confirm_from_state
 from swarm.protocol import (AVG_SCORE, CMD, COMPONENT_ID, DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION,
@@ -48,6 +49,8 @@ from swarm.settings import in_notebook, load_settings
 
 settings = load_settings(argv=sys.argv[1:], description="Train the RL swarm until it solves CartPole-v1.")
 resumed = checkpoint.resume(settings)  # SWARM_RESUME's swarm; one of another size or game is refused here
+checkpoint_path = settings.log_dir / checkpoint.FILE_NAME
+explain_stops(settings, checkpoint_path)  # from a shell: a stop, not a traceback
 
 # %% [markdown]
 # Start the server, aggregation, environment and evolution from `swarm.yaml`, then the models:
@@ -76,6 +79,11 @@ print(f"swarm ready: {settings.models} models and 4 components in {ready_s:.1f} 
 # %% [markdown]
 # With `SWARM_RESUME=<checkpoint>` the models take the checkpoint's weights, learning rates and
 # Adam state before the first round, and the rounds go on from its history.
+#
+# A model process (or the aggregation, environment or evolution) that dies or falls silent during
+# a round is started again by the `healer` (up to `SWARM_RESTARTS` times): every member goes back
+# to the last checkpoint and the round is played again. It remembers the members' state before
+# the first round and after every round.
 
 # %%
 def model_states():
@@ -83,11 +91,14 @@ def model_states():
     return control.gather(ROOM_EVOLUTION, {CMD: STATE}, settings.models, key=WEIGHTS)
 
 
+healer = Healer(swarm, control, settings) if settings.launch and settings.restarts else None
 if resumed is not None:
     model_ids = [answer[COMPONENT_ID] for answer in model_states()]
     control.send(custom_message(ROOM_EVOLUTION, checkpoint.restore_message(resumed, model_ids)))
     print(f"resumed from {settings.resume}: round {len(resumed['history'])}, "
           f"{resumed['history'][-1]['steps'] if resumed['history'] else 0:,} training steps", flush=True)
+if healer is not None:
+    healer.remember(model_states())
 
 # %% [markdown]
 # `start` runs episodes and returns the environment's report (their scores and steps); with
@@ -136,9 +147,6 @@ def confirm(threshold, round_nr):
 # round. The same loop drives the in-process runner (`swarm.local`) that the study uses.
 
 # %%
-checkpoint_path = settings.log_dir / checkpoint.FILE_NAME
-
-
 def plot_scores(history):
     """Training and evaluation scores against training steps."""
     steps = [row["steps"] for row in history]
@@ -164,7 +172,10 @@ def plot_scores(history):
 def save_round(history):
     """After every round, so that a run stopped by an error or Ctrl-C keeps what it did: the swarm
     (swarm.pt), the rounds (result.json, rounds.csv) and the plot (scores.png)."""
-    checkpoint.save(checkpoint_path, model_states(), settings, history)
+    states = model_states()
+    checkpoint.save(checkpoint_path, states, settings, history)
+    if healer is not None:
+        healer.remember(states)
     (settings.log_dir / "result.json").write_text(json.dumps(dict(history=history), indent=1))
     with open(settings.log_dir / "rounds.csv", "w", newline="") as table:
         writer = csv.DictWriter(table, fieldnames=list(history[0]))
@@ -175,8 +186,10 @@ def save_round(history):
     plt.close(fig)
 
 
-result = train_until_solved(start, start_evo, confirm, settings, report=lambda line: print(line, flush=True),
-                            after_round=save_round, earlier=resumed["history"] if resumed else None)
+with swarm.stop_on_failure():  # what the healer cannot heal (or Ctrl-C) stops every process
+    result = train_until_solved(start, start_evo, confirm, settings, report=lambda line: print(line, flush=True),
+                                after_round=save_round, earlier=resumed["history"] if resumed else None,
+                                heal=healer.heal if healer is not None else None)
 print(f"checkpoint: {checkpoint_path}")
 
 # %% [markdown]

@@ -22,6 +22,7 @@ S = TypeVar("S", bound=RuntimeSettings)
 
 NAME_VARIABLE = "SWARM_COMPONENT_NAME"  # set by the launcher: this process's name in the swarm
 PARENT_VARIABLE = "SWARM_PARENT_PID"  # set by the launcher: exit when this process goes
+IDS_VARIABLE = "SWARM_COMPONENT_IDS"  # set by the control for a restarted process: the ids it had
 
 
 def component_name(default: str) -> str:
@@ -41,7 +42,11 @@ def hosted_names(name: str, count: int) -> list[str]:
 
 def new_component_id(name: str, seed: int | None = None) -> str:
     """A unique, readable id: the name and a random part, drawn from `seed` if given so that a
-    seeded swarm's ids (and the evolution's order of them) repeat."""
+    seeded swarm's ids (and the evolution's order of them) repeat. A restarted process takes the
+    id it had (IDS_VARIABLE), which the other components know it by."""
+    for given in os.environ.get(IDS_VARIABLE, "").split(","):
+        if given.startswith(f"{name}-"):
+            return given
     suffix = uuid.uuid4().hex[:12] if seed is None else f"{seed:08x}"
     return f"{name}-{suffix}"
 

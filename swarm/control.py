@@ -9,22 +9,27 @@ from typing import Any
 
 from swarm.client import ConnectionClosed, SwarmClient
 from swarm.launcher import ManagedSwarm, SwarmError
-from swarm.protocol import COMPONENT_ID, ERROR, ROOM_CONTROL, ROOM_EVOLUTION, ROOT_ID, STATUS, custom_message
+from swarm.protocol import (COMPONENT_ID, ERROR, MISSING, ROOM_CONTROL, ROOM_EVOLUTION, ROOT_ID, STATUS,
+                            custom_message)
 
 
 class ControlClient(SwarmClient):
     """The control's client. Any failure while waiting (timeout, a dead component, Ctrl-C) stops
-    the whole swarm before the error reaches the caller."""
+    the whole swarm before the error reaches the caller, unless `stops_swarm_on_failure` is off
+    (a healing control decides what a fault stops)."""
 
     def __init__(self, swarm: ManagedSwarm | None = None, name: str = "control", **kwargs: Any) -> None:
         self.swarm = swarm
+        self.stops_swarm_on_failure = True
         with self._stop_swarm_on_failure():
             super().__init__(name, swarm.settings if swarm else None, **kwargs)
             self.join_room(ROOM_CONTROL)
             self.join_room(ROOM_EVOLUTION)  # the models' answers to STATE (checkpoints)
 
     def _stop_swarm_on_failure(self) -> contextlib.AbstractContextManager:
-        return self.swarm.stop_on_failure() if self.swarm is not None else contextlib.nullcontext()
+        if self.swarm is None or not self.stops_swarm_on_failure:
+            return contextlib.nullcontext()
+        return self.swarm.stop_on_failure()
 
     def _name_the_dead(self, within: float) -> None:
         """The connection dropped: say which process died, looking for up to `within` s (a killed
@@ -41,11 +46,18 @@ class ControlClient(SwarmClient):
     def request(self, payload: dict[str, Any], until: str, timeout: float | None = None,
                 progress: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
         """Send `payload` to `control`; return the reply whose STATUS is `until`, or the first
-        progress message for which `progress` returns True. `timeout` bounds each silence."""
+        progress message for which `progress` returns True. `timeout` bounds each silence; a
+        SwarmError carries the last message before it."""
+        last = None
         with self._stop_swarm_on_failure():
-            for message in self._answers(ROOM_CONTROL, payload, timeout, lambda: f"no {until}"):
-                if message.get(STATUS) == until or (progress is not None and progress(message)):
-                    return message
+            try:
+                for message in self._answers(ROOM_CONTROL, payload, timeout, lambda: f"no {until}"):
+                    if message.get(STATUS) == until or (progress is not None and progress(message)):
+                        return message
+                    last = message
+            except SwarmError as error:
+                error.progress = last
+                raise
         raise AssertionError("unreachable: _answers ends only by raising")
 
     def gather(self, room: str, payload: dict[str, Any], count: int, key: str,
@@ -84,6 +96,8 @@ class ControlClient(SwarmClient):
             if message is None or message.get(ROOT_ID) != root_id:
                 continue  # silence, or an answer to an earlier request
             if message.get(STATUS) == ERROR:
-                raise SwarmError(f"{message.get('SENT_BY', 'a component')}: {message.get(ERROR)}")
+                missing = message.get(MISSING)
+                raise SwarmError(f"{message.get('SENT_BY', 'a component')}: {message.get(ERROR)}",
+                                 silent=[str(m) for m in missing] if isinstance(missing, list) else None)
             deadline = time.monotonic() + timeout
             yield message

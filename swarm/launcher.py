@@ -27,7 +27,14 @@ from swarm.settings import RuntimeSettings, SwarmSettings
 
 
 class SwarmError(RuntimeError):
-    """The swarm failed; the message says which component and what to look at."""
+    """The swarm failed; the message says which component and what to look at. `silent` names the
+    model ids a component reported missing, `progress` is the last progress message of the
+    request it interrupted."""
+
+    def __init__(self, message: str, silent: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.silent = silent or []
+        self.progress: dict | None = None
 
 
 def ensure_port_free(host: str, port: int) -> None:

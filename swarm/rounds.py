@@ -20,6 +20,7 @@ from swarm.settings import SwarmSettings
 Start = Callable[[int, bool], dict[str, Any]]  # (episodes, deterministic) -> the run's ENV_DONE reply
 Evolve = Callable[[], float]  # one evolution step -> its fitness spread
 Confirm = Callable[[float, int], tuple[float, int]]  # (threshold, round) -> (mean, episodes played)
+Heal = Callable[[Exception, int], tuple[list[str], float]]  # (fault, round) -> (restarted, seconds)
 CONFIRM_EPISODES = 100
 
 
@@ -38,6 +39,8 @@ class Round:
     fitness_spread: float | None = None  # of the evolution step, if there was one
     after_mean: float | None = None  # the evaluation of the evolved population
     after_std: float | None = None
+    restarted: str | None = None  # the processes started again during the round, if any
+    lost_steps: int = 0  # training steps of the attempts they interrupted (counted in `steps`)
 
     def line(self) -> str:
         text = (f"  steps {self.steps:>7,}  training {self.train_mean:6.1f}  evaluation {self.eval_mean:6.1f} "
@@ -46,6 +49,8 @@ class Round:
             text += (f"  {'confirmed' if self.confirmed else 'not confirmed:'} {self.confirm_mean:6.1f} "
                      f"over {self.confirm_episodes}")
         text += f"  wall {self.seconds:5.0f} s"
+        if self.restarted:
+            text += f"  restarted {self.restarted} ({self.lost_steps:,} steps lost)"
         if self.fitness_spread is not None:
             text += (f"  evolved (fitness spread {self.fitness_spread:.2%}), then {self.after_mean:6.1f} "
                      f"± {self.after_std:5.1f}")
@@ -74,46 +79,90 @@ def evaluate(start: Start, episodes: int, envs: int) -> tuple[float, float]:
 def train_until_solved(start: Start, start_evo: Evolve, confirm: Confirm, settings: SwarmSettings,
                        report: Callable[[str], None] = print,
                        after_round: Callable[[list[dict[str, Any]]], None] | None = None,
-                       earlier: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                       earlier: list[dict[str, Any]] | None = None, heal: Heal | None = None) -> dict[str, Any]:
     """Rounds until solved (confirmed over 100 episodes) or out of budget; every round's figures.
 
     `after_round` is given the history after every round (to checkpoint it). `earlier` is the
     history of a resumed swarm: rounds, steps and seconds go on from its last round, and the
     budget counts them. `confirm` plays the confirmation of a round that reached the threshold.
+    `heal`, given a round's fault, restarts what was lost and puts the swarm back to the last
+    checkpoint (or raises, to stop); the round is then played again, and its training steps so
+    far count as lost.
     """
     threshold = solved_at(settings.env_id)  # None: no threshold, the budget ends the run
     history = [Round(**row) for row in earlier or []]
     steps = steps_before = history[-1].steps if history else 0
     seconds_before = history[-1].seconds if history else 0.0
-    training_seconds, began = 0.0, time.monotonic() - seconds_before
+    clock = dict(training=0.0)
+    began = time.monotonic() - seconds_before
     solved = False
     report(describe(settings))
     for round_nr in itertools.count(len(history) + 1):
         report(f"ROUND {round_nr}" + (f"/{settings.rounds}" if settings.rounds else ""))
-        training_began = time.monotonic()
-        reply = start(settings.episodes, False)
-        steps += reply[STEPS]
-        training_seconds += time.monotonic() - training_began
-        row = Round(round_nr, steps, 0.0, float(np.mean(reply[SCORES])),
-                    *evaluate(start, settings.eval_episodes, settings.envs))
-        if threshold is not None and row.eval_mean >= threshold:
-            row.confirm_mean, row.confirm_episodes = confirm(threshold, round_nr)
-            solved = row.confirmed = row.confirm_episodes >= CONFIRM_EPISODES and row.confirm_mean >= threshold
-        out_of_budget = bool((settings.max_steps and steps >= settings.max_steps)
-                             or (settings.max_seconds and time.monotonic() - began >= settings.max_seconds)
-                             or bool(settings.rounds and round_nr >= settings.rounds))
-        if settings.evolution and not solved and not out_of_budget:
-            row.fitness_spread = start_evo()
-            row.after_mean, row.after_std = evaluate(start, settings.eval_episodes, settings.envs)
-        row.seconds = time.monotonic() - began
+        restarted: list[str] = []
+        lost = 0
+        while True:
+            played = [0]  # this attempt's training steps, known once its training is over
+            try:
+                row, ends = play_round(round_nr, steps, start, start_evo, confirm, settings, threshold, began,
+                                       played, clock)
+                row.restarted, row.lost_steps = (" ".join(restarted) or None), lost
+                if after_round is not None:
+                    after_round([asdict(r) for r in history] + [asdict(row)])
+                break
+            except Exception as fault:
+                if heal is None:
+                    raise
+                names, seconds = heal(fault, round_nr)
+                lost_now = played[0] or steps_in_progress(fault)
+                lost, steps = lost + lost_now, steps + lost_now
+                restarted += names
+                report(f"  restarted {', '.join(names)} in {seconds:.1f} s after: {fault}; "
+                       f"{lost_now:,} training steps lost; round {round_nr} again from the last checkpoint")
+        steps = row.steps
         history.append(row)
         report(row.line())
-        if after_round is not None:
-            after_round([asdict(row) for row in history])
-        if solved or out_of_budget:
+        solved = bool(row.confirmed)
+        if solved or ends:
             break
     seconds = time.monotonic() - began
     report(f"{'solved' if solved else 'NOT solved'} after {len(history)} rounds: {steps:,} training steps, "
-           f"{seconds:.0f} s wall ({(steps - steps_before) / max(training_seconds, 1e-9):.0f} training steps/s)")
-    return dict(solved=solved, steps=steps, seconds=seconds, training_seconds=training_seconds,
+           f"{seconds:.0f} s wall ({(steps - steps_before) / max(clock['training'], 1e-9):.0f} training steps/s)")
+    return dict(solved=solved, steps=steps, seconds=seconds, training_seconds=clock["training"],
                 history=[asdict(row) for row in history])
+
+
+def out_of_budget(row: Round, settings: SwarmSettings, began: float) -> bool:
+    return bool((settings.max_steps and row.steps >= settings.max_steps)
+                or (settings.max_seconds and time.monotonic() - began >= settings.max_seconds)
+                or (settings.rounds and row.round >= settings.rounds))
+
+
+def play_round(round_nr: int, steps: int, start: Start, start_evo: Evolve, confirm: Confirm,
+               settings: SwarmSettings, threshold: float | None, began: float, played: list[int],
+               clock: dict[str, float]) -> tuple[Round, bool]:
+    """One round: training episodes, an evaluation, perhaps a confirmation, and an evolution step
+    with an evaluation of its population unless the run ends here; the round, and whether the
+    budget is spent."""
+    training_began = time.monotonic()
+    reply = start(settings.episodes, False)
+    played[0] = reply[STEPS]
+    clock["training"] += time.monotonic() - training_began
+    row = Round(round_nr, steps + reply[STEPS], 0.0, float(np.mean(reply[SCORES])),
+                *evaluate(start, settings.eval_episodes, settings.envs))
+    if threshold is not None and row.eval_mean >= threshold:
+        row.confirm_mean, row.confirm_episodes = confirm(threshold, round_nr)
+        row.confirmed = row.confirm_episodes >= CONFIRM_EPISODES and row.confirm_mean >= threshold
+    ends = out_of_budget(row, settings, began)
+    if settings.evolution and not row.confirmed and not ends:
+        row.fitness_spread = start_evo()
+        row.after_mean, row.after_std = evaluate(start, settings.eval_episodes, settings.envs)
+    row.seconds = time.monotonic() - began
+    return row, ends
+
+
+def steps_in_progress(fault: Exception) -> int:
+    """The training steps an interrupted training request had played, as far as its last
+    progress report tells (0 if it sent none)."""
+    progress = getattr(fault, "progress", None) or {}
+    return int(progress.get(STEPS, 0))

@@ -203,6 +203,9 @@ class SwarmSettings(RuntimeSettings):
                                         "normalise the advantages of each A2C update")
     model_timeout: float = setting("SWARM_MODEL_TIMEOUT", 5.0, number(0, above=True),
                                    "seconds the aggregation and evolution wait for the last model's answer")
+    restarts: int = setting("SWARM_RESTARTS", 5, whole(0),
+                            "processes the control starts again in a run when they die or fall silent, "
+                            "each time playing the round again from the last checkpoint (0: a fault stops the run)")
     resume: Path | None = setting("SWARM_RESUME", None, optional(existing_file()),
                                   "a checkpoint (swarm.pt) to start from: its models, and its history goes on")
 

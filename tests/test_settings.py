@@ -131,7 +131,7 @@ def test_to_env_reproduces_every_setting_in_a_child(field):
                "eval_episodes": 7, "max_steps": 8, "max_seconds": 9.5, "evolution": False, "fitness": "return",
                "training_actions": "summed", "correction": "vtrace", "evolved": "all",
                "preset": "tutorial", "operators": "genetic", "vote": "majority",
-               "learning_rate": 0.002, "adam_eps": 3e-7, "normalize_advantage": True, "model_timeout": 0.5,
+               "learning_rate": 0.002, "adam_eps": 3e-7, "normalize_advantage": True, "model_timeout": 0.5, "restarts": 2,
                "resume": Path(__file__),
                "env_id": "Acrobot-v1"}
     assert set(changed) == {f.name for f in FIELDS}
