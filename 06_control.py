@@ -83,7 +83,8 @@ print(f"swarm ready: {settings.models} models and 4 components in {ready_s:.1f} 
 # A model process (or the aggregation, environment or evolution) that dies or falls silent during
 # a round is started again by the `healer` (up to `SWARM_RESTARTS` times): every member goes back
 # to the last checkpoint and the round is played again. It remembers the members' state before
-# the first round and after every round.
+# the first round and after every round. Models started by hand (`SWARM_LAUNCH=0`) it names, with
+# the command that starts each again, and waits for them.
 
 # %%
 def model_states():
@@ -91,7 +92,7 @@ def model_states():
     return control.gather(ROOM_EVOLUTION, {CMD: STATE}, settings.models, key=WEIGHTS)
 
 
-healer = Healer(swarm, control, settings) if settings.launch and settings.restarts else None
+healer = Healer(swarm, control, settings, report=lambda line: print(line, flush=True)) if settings.restarts else None
 if resumed is not None:
     model_ids = [answer[COMPONENT_ID] for answer in model_states()]
     control.send(custom_message(ROOM_EVOLUTION, checkpoint.restore_message(resumed, model_ids)))

@@ -7,13 +7,14 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from swarm import checkpoint
-from swarm.component import IDS_VARIABLE, hosted_names
+from swarm.component import IDS_VARIABLE, NAME_VARIABLE, hosted_names
 from swarm.control import ControlClient
 from swarm.launcher import ManagedSwarm, SwarmError, wait_for_answers
 from swarm.protocol import CMD, COMPONENT_ID, ROOM_EVOLUTION, STATE, WEIGHTS, custom_message
@@ -25,8 +26,9 @@ SERVER = "server"
 class Healer:
     """Restarts what a fault took, within SWARM_RESTARTS per run and once per process per round."""
 
-    def __init__(self, swarm: ManagedSwarm, control: ControlClient, settings: SwarmSettings) -> None:
-        self.swarm, self.control, self.settings = swarm, control, settings
+    def __init__(self, swarm: ManagedSwarm, control: ControlClient, settings: SwarmSettings,
+                 report: Callable[[str], None] = print) -> None:
+        self.swarm, self.control, self.settings, self.report = swarm, control, settings, report
         self.saved: dict[str, Any] | None = None  # the members' state the swarm goes back to
         self.restarts: list[tuple[int, str]] = []  # (round, process) of every restart so far
         control.stops_swarm_on_failure = False  # this decides what a fault stops
@@ -44,6 +46,8 @@ class Healer:
         remembered state; the processes restarted and the seconds it took. Raises SwarmError
         (naming them) for what cannot be healed."""
         began = time.monotonic()
+        if not self.settings.launch:
+            return self.by_hand(fault, round_nr), time.monotonic() - began
         restarted: list[str] = []
         lost = self.lost(fault)
         while lost:
@@ -74,6 +78,24 @@ class Healer:
             raise fault
         return lost
 
+    def by_hand(self, fault: Exception, round_nr: int) -> list[str]:
+        """Models started by hand (SWARM_LAUNCH=0) that stopped answering: say how to start them
+        again, wait for them (bounded), and restore every member."""
+        if not isinstance(fault, SwarmError) or not fault.silent or self.saved is None:
+            raise fault
+        lost = sorted({model_id.rsplit("-", 1)[0] for model_id in fault.silent})
+        self.check_allowed(lost, round_nr, fault)
+        ids = ",".join(m["model_id"] for m in self.saved["members"])
+        self.report(f"  {', '.join(lost)} stopped answering ({fault}). The control did not start them "
+                    f"(SWARM_LAUNCH=0): stop what is left of each and start it again on its host, with the swarm's "
+                    f"settings, within {self.settings.start_timeout:g} s:")
+        for name in lost:
+            self.report(f"    {NAME_VARIABLE}={name} {IDS_VARIABLE}={ids} python 02_model.py")
+        self.restarts += [(round_nr, name) for name in lost]
+        wait_for_answers(self.control, [], self.settings.models, self.settings.start_timeout)
+        self.restore()
+        return lost
+
     def process_of(self, model_id: str) -> str | None:
         """The process that hosts the model `model_id` (model7-1a2b...: model7's)."""
         model = model_id.rsplit("-", 1)[0]
@@ -82,8 +104,13 @@ class Healer:
                 return name
         return None
 
+    def log_file(self, name: str) -> Path:
+        """Where a process logs: its launcher's file, or (started by hand) the same name on its host."""
+        component = self.swarm.components.get(name)
+        return component.log_file if component is not None else self.settings.log_dir / f"{name}.log"
+
     def check_allowed(self, lost: list[str], round_nr: int, fault: Exception) -> None:
-        logs = ", ".join(f"{name}: {self.swarm.components[name].log_file}" for name in lost)
+        logs = ", ".join(f"{name}: {self.log_file(name)}" for name in lost)
         if SERVER in lost:
             raise SwarmError(f"the server stopped ({fault}); a swarm cannot go on without it (logs: {logs})")
         again = [name for name in lost if (round_nr, name) in self.restarts]

@@ -6,7 +6,10 @@ import json
 import os
 import queue
 import random
+import shlex
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -16,10 +19,10 @@ import pytest
 
 from swarm import rounds
 from swarm.healing import Healer, resume_command, stopped_run
-from swarm.launcher import SwarmError
+from swarm.launcher import ManagedSwarm, SwarmError
 from swarm.protocol import CMD, ROOM_EVOLUTION, STATE, WEIGHTS
 from swarm.settings import SwarmSettings
-from tests.helpers import (assert_all_gone, get_weights, processes_with_log_dir, ready_swarm, run_control,
+from tests.helpers import (ROOT, assert_all_gone, get_weights, processes_with_log_dir, ready_swarm, run_control,
                            set_weights)
 
 
@@ -145,7 +148,7 @@ class Output:
             self.queue.put(line)
         self.queue.put(None)
 
-    def wait_for(self, text: str, timeout: float = 180.0) -> float:
+    def wait_for(self, text: str, timeout: float = 180.0) -> str:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -155,7 +158,7 @@ class Output:
             if line is None:
                 break
             if text in line:
-                return time.monotonic()
+                return line
         pytest.fail(f"no line with {text!r} within {timeout:g} s in:\n{''.join(self.lines)}")
 
 
@@ -268,6 +271,24 @@ def test_without_restarts_a_killed_model_stops_the_run_with_a_message_and_the_co
     assert_all_gone(pids.values(), within=10)
 
 
+def test_a_killed_server_stops_the_run_with_the_command_to_go_on(swarm_env):
+    log_dir = swarm_env.log_dir
+    process = run_control({"SWARM_MODELS": "2", "SWARM_ROUNDS": "50", "SWARM_EPISODES": "5"})
+    output = Output(process)
+    try:
+        output.wait_for("ROUND 3")
+        pids = component_pids(log_dir)
+        os.kill(pids["server"], signal.SIGKILL)
+        assert process.wait(timeout=60) == 1
+    finally:
+        process.kill()
+    time.sleep(0.2)
+    text = "".join(output.lines)
+    assert "Traceback" not in text and "restarted" not in text
+    assert "the run stopped: the server stopped" in text and "SWARM_RESUME=" in text
+    assert_all_gone(pids.values(), within=10)
+
+
 def test_the_stop_message_says_when_there_is_no_checkpoint_to_go_on_from(tmp_path):
     settings = SwarmSettings(log_dir=tmp_path)
     text = stopped_run(SwarmError("model1 died"), settings, tmp_path / "swarm.pt")
@@ -282,3 +303,35 @@ def test_the_resume_command_names_only_what_differs_from_the_defaults(tmp_path):
     assert resume_command(tutorial, tmp_path / "swarm.pt").split() == [
         "SWARM_ENV_ID=Acrobot-v1", "SWARM_PRESET=tutorial", "SWARM_MODELS=5", f"SWARM_RESUME={tmp_path / 'swarm.pt'}",
         "python", "06_control.py"]
+
+
+def test_a_model_started_by_hand_is_named_with_its_command_and_waited_for(swarm_env):
+    """SWARM_LAUNCH=0: the control cannot restart a model it did not start; it prints the command,
+    and the run goes on once the model is back."""
+    log_dir = swarm_env.log_dir
+    hosts = ManagedSwarm(ROOT / "swarm.yaml", swarm_env.replace(models=2))
+    hosts.start()  # the server and the components, as another host would run them
+    env = {**os.environ, "SWARM_MODELS": "2"}
+    by_hand = [subprocess.Popen([sys.executable, str(ROOT / "02_model.py")], env={**env, "SWARM_COMPONENT_NAME": name},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name in ("model0", "model1")]
+    process = run_control({"SWARM_LAUNCH": "0", "SWARM_MODELS": "2", "SWARM_ROUNDS": "8", "SWARM_EPISODES": "5",
+                           "SWARM_MODEL_TIMEOUT": "2"})
+    output = Output(process)
+    try:
+        output.wait_for("ROUND 3")
+        by_hand[1].kill()
+        by_hand[1].wait(10)
+        output.wait_for("start it again on its host")
+        command = shlex.split(output.wait_for("python 02_model.py", timeout=5))
+        assert command[0] == "SWARM_COMPONENT_NAME=model1" and command[-2:] == ["python", "02_model.py"]
+        variables = dict(word.split("=", 1) for word in command[:-2])
+        by_hand.append(subprocess.Popen([sys.executable, str(ROOT / "02_model.py")], env={**env, **variables},
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        history = finished_run(process, output, log_dir)
+    finally:
+        process.kill()
+        for model in by_hand:
+            model.kill()
+            model.wait(10)
+        hosts.stop()
+    assert [row["restarted"] for row in history].count("model1") == 1 and len(history) == 8
