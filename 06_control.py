@@ -187,7 +187,8 @@ def save_round(history):
     plt.close(fig)
 
 
-with swarm.stop_on_failure():  # what the healer cannot heal (or Ctrl-C) stops every process
+# what the healer cannot heal (or Ctrl-C) stops every process
+with healer.in_charge() if healer is not None else swarm.stop_on_failure():
     result = train_until_solved(start, start_evo, confirm, settings, report=lambda line: print(line, flush=True),
                                 after_round=save_round, earlier=resumed["history"] if resumed else None,
                                 heal=healer.heal if healer is not None else None)

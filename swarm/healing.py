@@ -3,11 +3,12 @@ its name, seed and ids, every member goes back to the last checkpoint, and the r
 is played again (swarm.rounds). The server cannot be healed: every client's connection goes with it."""
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,17 @@ class Healer:
         self.swarm, self.control, self.settings, self.report = swarm, control, settings, report
         self.saved: dict[str, Any] | None = None  # the members' state the swarm goes back to
         self.restarts: list[tuple[int, str]] = []  # (round, process) of every restart so far
-        control.stops_swarm_on_failure = False  # this decides what a fault stops
+
+    @contextlib.contextmanager
+    def in_charge(self) -> Iterator[None]:
+        """Within: a fault is left to the healer instead of stopping the swarm at once; whatever
+        escapes (a fault it cannot heal, Ctrl-C) stops every process."""
+        self.control.stops_swarm_on_failure = False
+        try:
+            with self.swarm.stop_on_failure():
+                yield
+        finally:
+            self.control.stops_swarm_on_failure = True
 
     def remember(self, answers: list[dict[str, Any]]) -> None:
         """The members' answers to STATE at the end of a round (or before the first)."""

@@ -125,6 +125,16 @@ def test_the_server_is_not_restarted(swarm_env):
             healer.heal(SwarmError("lost the server"), round_nr=1)
 
 
+def test_the_healer_is_in_charge_only_within_its_block_and_what_escapes_it_stops_the_swarm(swarm_env):
+    with ready_swarm(swarm_env, 2) as (swarm, control, _pids):
+        healer = Healer(swarm, control, swarm.settings)
+        assert control.stops_swarm_on_failure, "a request outside the run loop stops the swarm on failure"
+        with pytest.raises(KeyboardInterrupt), healer.in_charge():
+            assert not control.stops_swarm_on_failure
+            raise KeyboardInterrupt
+        assert control.stops_swarm_on_failure and swarm.running() == []
+
+
 def test_a_fault_that_names_no_process_is_not_healed(swarm_env):
     with ready_swarm(swarm_env, 2) as (swarm, control, _pids):
         healer = Healer(swarm, control, swarm.settings)
@@ -197,7 +207,7 @@ def finished_run(process, output: Output, log_dir, timeout: float = 300.0) -> li
 def test_model_processes_killed_at_random_moments_are_restarted_and_the_run_finishes(swarm_env, per_process):
     """Three kills of model processes (one process per model, or two models per process)."""
     log_dir, rng = swarm_env.log_dir, random.Random(per_process)
-    process = run_control({"SWARM_MODELS": "4", "SWARM_MODELS_PER_PROCESS": str(per_process), "SWARM_ROUNDS": "12",
+    process = run_control({"SWARM_MODELS": "4", "SWARM_MODELS_PER_PROCESS": str(per_process), "SWARM_ROUNDS": "8",
                            "SWARM_EPISODES": "5"})
     victims = ["model0", "model2", "model0"] if per_process == 2 else ["model1", "model3", "model2"]
     output, gone = Output(process), []
@@ -212,7 +222,7 @@ def test_model_processes_killed_at_random_moments_are_restarted_and_the_run_fini
         history = finished_run(process, output, log_dir)
     finally:
         process.kill()
-    assert len(history) == 12 and [row["round"] for row in history] == list(range(1, 13))
+    assert len(history) == 8 and [row["round"] for row in history] == list(range(1, 9))
     assert sorted(" ".join(row["restarted"] or "" for row in history).split()) == sorted(victims)
     assert all(row["steps"] > before["steps"] for before, row in itertools.pairwise(history))
     assert_all_gone(gone)
