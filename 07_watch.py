@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no checkpoint at {args.checkpoint}: train one with `python 06_control.py` first")
     try:
         saved = checkpoint.load(args.checkpoint)
-    except SettingsError as error:
-        sys.exit(f"{error}")
+    except SettingsError as error:  # one line, status 2, as any bad argument
+        print(f"{parser.prog}: {'; '.join(error.problems)}", file=sys.stderr)
+        sys.exit(2)
     swarm, history = load_swarm(saved, args.seed), saved["history"]
     trained = f"after {len(history)} rounds, {history[-1]['steps']:,} training steps" if history else "untrained"
     scores = np.array(swarm.play(args.episodes)[SCORES])

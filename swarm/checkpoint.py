@@ -3,6 +3,7 @@ round, read to resume or to watch: every model's answer to STATE, the settings a
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +48,69 @@ def save(path: Path, answers: list[dict[str, Any]], settings: SwarmSettings, his
 
 
 def load(path: Path) -> dict[str, Any]:
-    """A checkpoint, or a SettingsError that says why `path` is not one."""
+    """A whole checkpoint, or a SettingsError that says in one line why `path` is not one. Only
+    tensors and plain data are read (torch's weights_only)."""
+    if not zipfile.is_zipfile(path):
+        raise SettingsError([f"{path} is not a swarm checkpoint: not a file torch writes"])
     try:
         content = torch.load(path, weights_only=True)
-    except Exception as error:  # torch raises several kinds for a file that is not a checkpoint
-        raise SettingsError([f"{path} is not a swarm checkpoint: {error}"]) from None
+    except Exception:  # torch raises several kinds, with advice that does not apply here
+        raise SettingsError([f"{path} is not a swarm checkpoint: a torch file holding more than tensors and "
+                             "plain data"]) from None
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise SettingsError([f"{path} is not a swarm checkpoint (format {FORMAT})"])
+    if (problem := whole_problem(content)) is not None:
+        raise SettingsError([f"{path} is not a whole swarm checkpoint: {problem}"])
     return content
+
+
+def whole_problem(content: dict[str, Any]) -> str | None:
+    """What a checkpoint lacks or holds wrongly, or None: each part there, of its type and size."""
+    if not isinstance(content.get("env_id"), str) or not isinstance(content.get("models"), int):
+        return "no env_id or models"
+    settings = content.get("settings")
+    if not isinstance(settings, dict) or not all(isinstance(v, str) for v in settings.values()):
+        return "no settings"
+    try:
+        saved = SwarmSettings.from_env(settings)
+    except SettingsError as error:
+        return f"its settings: {'; '.join(error.problems)}"
+    if (saved.env_id, saved.models) != (content["env_id"], content["models"]):
+        return "its settings are of another swarm than its members"
+    history = content.get("history")
+    if not isinstance(history, list) or not all(isinstance(row, dict) and "steps" in row for row in history):
+        return "no history of rounds"
+    members = content.get("members")
+    if not isinstance(members, list) or len(members) != content["models"]:
+        return f"{content['models']} models, but {len(members) if isinstance(members, list) else 'no'} members"
+    size = member_size(saved)
+    for i, saved_member in enumerate(members):
+        if (problem := member_problem(saved_member, size)) is not None:
+            return f"member {i}: {problem}"
+    return None
+
+
+def member_problem(saved: Any, size: int) -> str | None:
+    if not isinstance(saved, dict) or not isinstance(saved.get("model_id"), str):
+        return "no model_id"
+    weights = saved.get("weights")
+    if not isinstance(weights, torch.Tensor) or weights.shape != (size,):
+        return f"weights are not {size} numbers (the environment's policy)"
+    if not isinstance(saved.get("hyperparameters", {}), dict) or not isinstance(saved.get("learning_rate"), float):
+        return "no learning rate"
+    adam = saved.get("optimizer")
+    if adam is not None and not (isinstance(adam, dict) and all(
+            isinstance(adam.get(key), torch.Tensor) and adam[key].shape == (size,) for key in ("exp_avg", "exp_avg_sq"))):
+        return "Adam's state does not fit its weights"
+    return None
+
+
+def member_size(settings: SwarmSettings) -> int:
+    """The length of a member's weight vector for `settings`' environment."""
+    from swarm.scripts import load_script  # the model script: its network is the members' shape
+
+    with torch.random.fork_rng():  # building a model seeds torch: leave the caller's generator alone
+        return load_script("02_model.py").new_state(settings.replace(seed=0), ["model0"]).size
 
 
 def check_fits(checkpoint: dict[str, Any], settings: SwarmSettings, path: Path) -> None:

@@ -284,7 +284,10 @@ def refuse(problems: list[str]) -> NoReturn:
     notebook, a SettingsError with the same lines."""
     if in_notebook():
         raise SettingsError(problems)
-    print("bad settings:\n" + "\n".join(problems), file=sys.stderr)
+    if len(problems) == 1:
+        print(f"bad setting: {problems[0]}", file=sys.stderr)
+    else:
+        print("bad settings:\n" + "\n".join(problems), file=sys.stderr)
     raise SystemExit(2)
 
 

@@ -105,6 +105,55 @@ def test_a_checkpoint_of_another_size_or_environment_is_refused(trained, tmp_pat
         checkpoint.load(junk)
 
 
+def bad_checkpoints(path, folder):
+    """Files that are not whole checkpoints, by what is wrong with them."""
+    saved = torch.load(path, weights_only=True)
+    member, others = saved["members"][0], saved["members"][1:]
+    variants = {
+        "text": "a line of text\n",
+        "markdown": (ROOT / "README.md").read_bytes(),
+        "an image": (ROOT / "docs" / "cartpole.gif").read_bytes(),
+        "a torch file of objects": SwarmSettings(),  # a dataclass: only weights_only=False would read it
+        "another torch file": {"state_dict": {"weight": torch.zeros(3)}},
+        "no members": {k: v for k, v in saved.items() if k != "members"},
+        "no history": {k: v for k, v in saved.items() if k != "history"},
+        "too few members": {**saved, "members": saved["members"][:1]},
+        "weights of another size": {**saved, "members": [{**member, "weights": torch.zeros(7)}, *others]},
+        "no model id": {**saved, "members": [{k: v for k, v in member.items() if k != "model_id"}, *others]},
+        "Adam of another size": {**saved, "members": [
+            {**member, "optimizer": {**member["optimizer"], "exp_avg": torch.zeros(2)}}, *others]},
+        "bad settings": {**saved, "settings": {**saved["settings"], "SWARM_MODELS": "many"}},
+    }
+    files = {}
+    for name, content in variants.items():
+        target = folder / (name.replace(" ", "-") + ".pt")
+        if isinstance(content, str):
+            target.write_text(content)
+        elif isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            torch.save(content, target)
+        files[name] = target
+    return files
+
+
+def test_every_file_that_is_not_a_whole_checkpoint_is_refused_in_one_line_by_the_watch_and_the_control(trained, tmp_path):
+    _, _, path = trained
+    for name, bad in bad_checkpoints(path, tmp_path).items():
+        with pytest.raises(SettingsError, match=r"is not a (whole )?swarm checkpoint") as refused:
+            checkpoint.load(bad)
+        assert len(refused.value.problems) == 1, name
+        env = {**os.environ, "SWARM_LOG_DIR": str(tmp_path / "logs")}
+        for command in ([str(ROOT / "07_watch.py"), str(bad)], [str(ROOT / "06_control.py"), "--resume", str(bad)]):
+            result = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=120, env=env,
+                                    cwd=tmp_path)
+            assert result.returncode == 2, (name, command[0], result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and str(bad) in lines[0], (name, result.stderr)
+            assert "Traceback" not in result.stderr and "weights_only" not in result.stderr, name
+    assert checkpoint.load(path)["members"], "the real one still loads"
+
+
 # --------------------------------------------------------------------------- over sockets: 06_control.py
 def test_the_control_checkpoints_every_round_and_a_resumed_swarm_goes_on(swarm_env, tmp_path):
     process = run_control({"SWARM_ROUNDS": "2"})
