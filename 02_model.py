@@ -16,7 +16,8 @@ import torch
 
 from swarm.checks import BadMessage, unbatch
 from swarm.client import Handlers, SwarmClient
-from swarm.component import component_name, hosted_names, new_component_id, setup_component, yield_to_the_critical_path
+from swarm.component import (NAME_VARIABLE, component_name, hosted_names, new_component_id, setup_component,
+                             yield_to_the_critical_path)
 from swarm.environments import spaces
 from swarm.learner import A2CConfig, Members, make_policy
 from swarm.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENT_COEF, GAMMA, GET, HYPERPARAMETERS,
@@ -115,8 +116,11 @@ def main(name: str | None = None) -> None:
     SWARM_MODELS_PER_PROCESS=k as k models from that name on (model10 hosting 10: model10-model19)."""
     gc.freeze()  # the libraries' objects live forever: later collections need not scan them
     yield_to_the_critical_path()  # the models share two cores with the rest of the swarm
-    name = name or component_name(COMPONENT_NAME)
-    settings = setup_component(name)
+    name = name or component_name("")
+    # Started by hand, a model needs a name of its own: its seed, its ids and its log file follow from it.
+    settings = setup_component(name or COMPONENT_NAME, problems=[] if name else [
+        f"{NAME_VARIABLE} is not set: a model started by hand needs a name of its own (model0, model1, ...), "
+        "which gives it its seed, its ids and its log file"])
     torch.set_num_threads(1)
     state = new_state(settings, hosted_names(name, settings.models_per_process))
     handlers.wire(SwarmClient(COMPONENT_NAME, settings, state=state, member_ids=state.ids)).listen()

@@ -239,7 +239,7 @@ class SwarmClient(Client):
 
     def listen(self) -> None:
         """Serve until the server goes away."""
-        log.info("%s listening on %s:%s", self.name, self.server, self.port)
+        log.info("%s connected to %s:%s, serving", self.name, self.server, self.port)
         try:
             while True:
                 wait = min((t.due for t in self.timers), default=None)

@@ -255,17 +255,19 @@ def command_line(cls: type[RuntimeSettings], argv: list[str], description: str |
 
 
 def load_settings(cls: type[S] = SwarmSettings, environ: Mapping[str, str] | None = None,  # type: ignore[assignment]
-                  argv: list[str] | None = None, description: str | None = None) -> S:
+                  argv: list[str] | None = None, description: str | None = None,
+                  problems: list[str] | None = None) -> S:
     """The settings, checked, with the log folder created: what every script calls first.
 
     `argv` (a script's command line; never a notebook's) overrides the environment variables.
-    From a shell every bad setting is printed in a line of its own and the script exits with
-    status 2; in a notebook one SettingsError with the same lines is raised.
+    From a shell every bad setting (and each of the caller's `problems`) is printed in a line of
+    its own and the script exits with status 2; in a notebook one SettingsError with the same
+    lines is raised.
     """
     environ = os.environ if environ is None else environ
     if argv is not None and not in_notebook():
         environ = {**environ, **command_line(cls, argv, description)}
-    problems, settings = [], None
+    problems, settings = list(problems or []), None
     try:
         settings = cls.from_env(environ)
         problems += settings.problems()

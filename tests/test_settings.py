@@ -73,6 +73,13 @@ def test_a_component_started_by_hand_checks_the_same_settings(swarm_env, tmp_pat
         assert "Traceback" not in result.stderr
 
 
+def test_a_model_started_by_hand_without_a_name_refuses_to_start(swarm_env, tmp_path):
+    result, _ = run_script(ROOT / "02_model.py", {}, tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("bad setting: SWARM_COMPONENT_NAME is not set: a model started by hand needs a name "
+                                     "of its own (model0, model1, ...), which gives it its seed, its ids and its log file")
+
+
 def test_in_a_notebook_a_bad_setting_raises_one_exception_with_the_same_lines(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ipykernel", sys.modules.get("ipykernel") or object())
     environ = {"SWARM_MODELS": "-3", "SWARM_EVOLUTION": "maybe", "SWARM_LOG_DIR": str(tmp_path)}
