@@ -8,4 +8,4 @@ from swarm.component import setup_component
 from swarm.server import serve
 
 if __name__ == "__main__":
-    serve(setup_component("server"))
+    serve(setup_component("server", description=__doc__))

@@ -120,7 +120,7 @@ def main(name: str | None = None) -> None:
     # Started by hand, a model needs a name of its own: its seed, its ids and its log file follow from it.
     settings = setup_component(name or COMPONENT_NAME, problems=[] if name else [
         f"{NAME_VARIABLE} is not set: a model started by hand needs a name of its own (model0, model1, ...), "
-        "which gives it its seed, its ids and its log file"])
+        "which gives it its seed, its ids and its log file"], description=__doc__)
     torch.set_num_threads(1)
     state = new_state(settings, hosted_names(name, settings.models_per_process))
     handlers.wire(SwarmClient(COMPONENT_NAME, settings, state=state, member_ids=state.ids)).listen()

@@ -290,7 +290,7 @@ def forget_replaced(msg: dict[str, Any], state: AggregationState) -> None:
 
 
 def main() -> None:
-    settings = setup_component(COMPONENT_NAME)
+    settings = setup_component(COMPONENT_NAME, description=__doc__)
     handlers.wire(SwarmClient(COMPONENT_NAME, settings, state=new_state(settings))).listen()
 
 

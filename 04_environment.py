@@ -140,7 +140,7 @@ def new_state(settings: SwarmSettings, name: str = COMPONENT_NAME) -> Environmen
 
 
 def main() -> None:
-    settings = setup_component(COMPONENT_NAME)
+    settings = setup_component(COMPONENT_NAME, description=__doc__)
     handlers.wire(SwarmClient(COMPONENT_NAME, settings, state=new_state(settings))).listen()
 
 

@@ -52,10 +52,12 @@ def new_component_id(name: str, seed: int | None = None) -> str:
 
 
 def setup_component(name: str, settings_class: type[S] = SwarmSettings,  # type: ignore[assignment]
-                    problems: list[str] | None = None) -> S:
-    """Checked settings (a bad one, or any of the caller's `problems`, exits with status 2),
-    logging to `<SWARM_LOG_DIR>/<name>.log` and, under a launcher, exit when it dies."""
-    settings = settings_module.load_settings(settings_class, problems=problems)
+                    problems: list[str] | None = None, description: str | None = None) -> S:
+    """Checked settings from the environment and the command line (`--help` lists them; a bad one,
+    or any of the caller's `problems`, exits with status 2), logging to `<SWARM_LOG_DIR>/<name>.log`
+    and, under a launcher, exit when it dies."""
+    settings = settings_module.load_settings(settings_class, argv=sys.argv[1:], description=description,
+                                             problems=problems)
     handlers: list[logging.Handler] = [logging.FileHandler(settings.log_dir / f"{name}.log")]
     if sys.stderr.isatty():  # started by hand: show the log in the terminal too
         handlers.append(logging.StreamHandler())

@@ -24,6 +24,8 @@ class Kind:
     allowed: str  # what a user may write, in words
     show: Callable[[Any], str] = str  # the value as an environment variable
     secret: bool = False  # never shown: not in errors, not in repr()
+    options: tuple[str, ...] = ()  # a choice's values, for the command line
+    is_switch: bool = False  # on or off: --name / --no-name on the command line
 
 
 def whole(low: int, high: int | None = None) -> Kind:
@@ -53,7 +55,7 @@ def switch() -> Kind:
         if text.lower() in ON + OFF:
             return text.lower() in ON
         raise ValueError
-    return Kind(parse, "on (1, true, on, yes) or off (0, false, off, no)", lambda value: str(int(value)))
+    return Kind(parse, "on (1, true, on, yes) or off (0, false, off, no)", lambda value: str(int(value)), is_switch=True)
 
 
 def choice(*options: str) -> Kind:
@@ -61,7 +63,7 @@ def choice(*options: str) -> Kind:
         if text not in options:
             raise ValueError
         return text
-    return Kind(parse, "one of " + ", ".join(options))
+    return Kind(parse, "one of " + ", ".join(options), options=options)
 
 
 def text() -> Kind:

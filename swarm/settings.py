@@ -15,7 +15,7 @@ import ipaddress
 import os
 import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -240,18 +240,50 @@ def option_name(field: dataclasses.Field) -> str:
     return "--" + field.metadata["env"].split("_", 1)[1].lower().replace("_", "-")
 
 
+class OptionParser(argparse.ArgumentParser):
+    """An error is one line naming the option as typed, and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (--help lists the options)\n")
+
+
+def option_value(kind: Kind) -> Callable[[str], str]:
+    """The option's text, once its kind accepts it; the text goes on as the environment's would."""
+    def check(text: str) -> str:
+        try:
+            kind.parse(text)
+        except ValueError:
+            shown = "(not shown)" if kind.secret else repr(text)
+            raise argparse.ArgumentTypeError(f"{shown} is not allowed: {kind.allowed}") from None
+        return text
+    return check
+
+
 def command_line(cls: type[RuntimeSettings], argv: list[str], description: str | None = None) -> dict[str, str]:
-    """The settings given as options (`--models 4`), as the environment variables they stand for;
-    `--help` lists every setting with its variable and default. The values are checked with the
-    environment's, by `from_env`."""
-    parser = argparse.ArgumentParser(description=description,
-                                     epilog="Every option can also be set by its environment variable; an option wins.")
+    """The settings given as options (`--models 4`, `--no-evolution`), as the environment
+    variables they stand for; `--help` lists every setting with its variable, its default (per
+    preset, where a preset changes it) and what it may be."""
+    parser = OptionParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="Every option can also be set by its environment variable; an option wins.")
     for f in cls.fields():
-        default = f.metadata["kind"].show(f.default) or "empty"
-        parser.add_argument(option_name(f), dest=f.metadata["env"], metavar="VALUE",
-                            help=f"{f.metadata['meaning']} ({f.metadata['env']}; default {default}; "
-                                 f"{f.metadata['kind'].allowed})".replace("%", "%%"))
-    return {env: value for env, value in vars(parser.parse_args(argv)).items() if value is not None}
+        kind: Kind = f.metadata["kind"]
+        def shown(value: Any, kind: Kind = kind) -> str:
+            return ("on" if value else "off") if kind.is_switch else kind.show(value) or "empty"
+        default = shown(f.default)
+        presets = "".join(f", {preset} preset: {shown(values[f.name])}"
+                          for preset, values in PRESETS.items() if f.name in values)
+        meaning = f"{f.metadata['meaning']} ({f.metadata['env']}; default {default}{presets})".replace("%", "%%")
+        name, env = option_name(f), f.metadata["env"]
+        if kind.is_switch:
+            parser.add_argument(name, dest=env, action=argparse.BooleanOptionalAction, help=meaning)
+        elif kind.options:
+            parser.add_argument(name, dest=env, choices=kind.options, help=meaning)
+        else:
+            parser.add_argument(name, dest=env, metavar="VALUE", type=option_value(kind),
+                                help=f"{meaning[:-1]}; {kind.allowed})")
+    values = vars(parser.parse_args(argv))
+    return {env: (str(int(value)) if isinstance(value, bool) else value) for env, value in values.items()
+            if value is not None}
 
 
 def load_settings(cls: type[S] = SwarmSettings, environ: Mapping[str, str] | None = None,  # type: ignore[assignment]

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from swarm.settings import (RuntimeSettings, SettingsError, SwarmSettings, load_settings, option_name,
+from swarm.settings import (RuntimeSettings, SettingsError, SwarmSettings, command_line, load_settings, option_name,
                             readme_with_table)
 from tests.helpers import ROOT, processes_with_log_dir
 
@@ -197,11 +197,44 @@ def test_the_control_lists_every_setting_as_an_option(tmp_path):
     assert not list(tmp_path.iterdir()), "--help started something"
 
 
-def test_an_option_wins_over_its_environment_variable(tmp_path):
-    result = subprocess.run([sys.executable, str(CONTROL), "--models", "0", "--envs", "x"], capture_output=True,
-                            text=True, timeout=60, cwd=tmp_path, env={**os.environ, "SWARM_MODELS": "3"})
-    assert result.returncode == 2
-    assert "SWARM_MODELS='0' is not allowed" in result.stderr and "SWARM_ENVS='x' is not allowed" in result.stderr
+def test_an_option_wins_over_its_environment_variable_and_a_bad_one_is_named_as_typed(tmp_path):
+    result = subprocess.run([sys.executable, str(CONTROL), "--models", "3", "--envs", "x"], capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path, env={**os.environ, "SWARM_MODELS": "0"})
+    assert result.returncode == 2 and "SWARM_MODELS" not in result.stderr
+    assert result.stderr.strip() == ("06_control.py: argument --envs: 'x' is not allowed: a whole number >= 1 "
+                                     "(--help lists the options)")
+    assert not list(tmp_path.iterdir())
+
+
+NUMBERED_SCRIPTS = [ROOT / name for name in ("01_server.py", "02_model.py", "03_aggregation.py", "04_environment.py",
+                                             "05_evolution.py", "06_control.py", "07_watch.py")]
+NUMBERED_SCRIPTS += sorted((ROOT / "trebuchet").glob("0*.py"))
+
+
+@pytest.mark.parametrize("script", NUMBERED_SCRIPTS, ids=lambda path: path.name)
+def test_every_numbered_script_has_help_and_starts_nothing_for_it(script, tmp_path):
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path, env={**os.environ, "SWARM_LOG_DIR": str(tmp_path / "logs")})
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: {script.name}"), result.stderr
+    assert not list(tmp_path.iterdir()), "--help started something: it wrote logs"
+
+
+@pytest.mark.parametrize("script", ["03_aggregation.py", "trebuchet/03_trebuchet.py"])
+def test_a_component_names_a_bad_option_as_typed(script, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / script), "--log-level", "LOUD"], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "argument --log-level: invalid choice: 'LOUD'" in result.stderr
+
+
+def test_switches_are_options_on_and_off_and_choices_and_preset_defaults_are_listed():
+    assert command_line(SwarmSettings, ["--no-evolution", "--launch"]) == {"SWARM_EVOLUTION": "0", "SWARM_LAUNCH": "1"}
+    assert command_line(SwarmSettings, []) == {}
+    help_text = " ".join(subprocess.run([sys.executable, str(CONTROL), "--help"], capture_output=True, text=True,
+                                        timeout=60).stdout.split())
+    assert "--evolution, --no-evolution" in help_text and "default on" in help_text
+    assert "--vote {probabilities,majority,log-probabilities}" in help_text
+    assert "(SWARM_LEARNING_RATE; default 0.002, tutorial preset: 0.0007;" in help_text
 
 
 def test_each_measured_environment_has_its_own_budget_unless_one_is_set():

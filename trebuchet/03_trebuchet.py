@@ -170,7 +170,7 @@ def backward(msg, state: TrebuchetState):
 
 def main() -> None:
     """Connect and serve until the server goes away."""
-    settings = setup_component(COMPONENT_NAME, TrebuchetSettings)
+    settings = setup_component(COMPONENT_NAME, TrebuchetSettings, description=__doc__)
     torch.set_num_threads(1)  # three torch processes share two cores; small tensors gain nothing from more
     handlers.wire(SwarmClient(COMPONENT_NAME, settings, state=new_state(settings))).listen()
 

@@ -118,7 +118,7 @@ def summary(state: TrainerState) -> dict:
 def main() -> None:
     """Train for TRAIN_STEPS steps, report, and exit (exit code 1, naming what is missing, on a
     timeout)."""
-    settings = setup_component(COMPONENT_NAME, TrebuchetSettings)
+    settings = setup_component(COMPONENT_NAME, TrebuchetSettings, description=__doc__)
     torch.set_num_threads(1)
     state = TrainerState(settings.train_steps, rng=np.random.default_rng(settings.component_seed(COMPONENT_NAME)))
     client = handlers.wire(SwarmClient(COMPONENT_NAME, settings, state=state))

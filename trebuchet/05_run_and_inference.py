@@ -30,6 +30,7 @@
 
 # %%
 import json
+import sys
 import time
 
 import matplotlib.pyplot as plt
@@ -45,7 +46,7 @@ from trebuchet import protocol as tp
 from trebuchet.settings import TrebuchetSettings
 
 HERE = PROJECT_DIR / "trebuchet"  # swarm.yaml's folder, wherever this runs from (a notebook has no __file__)
-settings = load_settings(TrebuchetSettings)
+settings = load_settings(TrebuchetSettings, argv=sys.argv[1:], description="Train the trebuchet's control model and use it.")
 
 # %% [markdown]
 # Start the server, the control model and the trebuchet from `swarm.yaml`. Each writes to its
