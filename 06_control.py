@@ -48,7 +48,11 @@ from swarm.environments import solved_at
 from swarm.settings import in_notebook, load_settings
 
 settings = load_settings(argv=sys.argv[1:], description="Train the RL swarm until it solves CartPole-v1.")
-resumed = checkpoint.resume(settings)  # SWARM_RESUME's swarm; one of another size or game is refused here
+# SWARM_RESUME: the checkpoint's swarm and its run's settings, but for those this command sets
+resumed, settings, changed = checkpoint.resume(settings, checkpoint.given_settings(sys.argv[1:]))
+if resumed is not None:
+    print(f"resuming {settings.resume} with its settings"
+          + (f"; this command changes {', '.join(changed)}" if changed else ""), flush=True)
 checkpoint_path = settings.log_dir / checkpoint.FILE_NAME
 explain_stops(settings, checkpoint_path)  # from a shell: a stop, not a traceback
 

@@ -137,14 +137,38 @@ def restore_message(checkpoint: dict[str, Any], model_ids: list[str]) -> dict[st
                         for model_id, saved in pairs if saved["optimizer"] is not None}}
 
 
-def resume(settings: SwarmSettings) -> dict[str, Any] | None:
-    """SWARM_RESUME's checkpoint, checked against these settings before anything starts (refused
-    as a bad setting is)."""
+# Where and how this command runs, not what the run is: a resumed run takes these from its command.
+DEPLOYMENT = {"SWERGIO_HOST", "SWERGIO_PORT", "SWARM_LOG_DIR", "SWARM_LOG_LEVEL", "SWARM_START_TIMEOUT",
+              "SWARM_REPLY_TIMEOUT", "SWARM_TOKEN", "SWARM_LAUNCH", "SWARM_LAUNCHER", "SWARM_MODELS_PER_PROCESS",
+              "SWARM_MODEL_TIMEOUT", "SWARM_RESTARTS", "SWARM_RESUME"}
+
+
+def resume(settings: SwarmSettings, given: set[str]) -> tuple[dict[str, Any] | None, SwarmSettings, list[str]]:
+    """SWARM_RESUME's checkpoint and the run's settings: the checkpoint's, except those the command
+    gives (`given`, by variable; an explicit SWARM_PRESET gives all but the size and game) and where it runs
+    (DEPLOYMENT). Also the run settings the command changed. A checkpoint that is not whole, or
+    of another size or game than the command asks for, is refused as a bad setting is."""
     if settings.resume is None:
-        return None
+        return None, settings, []
     try:
         saved = load(settings.resume)
-        check_fits(saved, settings, settings.resume)
+        current = settings.to_env()
+        own = {name for name in current if name not in DEPLOYMENT and name in given}
+        if "SWARM_PRESET" in own:  # the preset's values, but the swarm's size and game stay the checkpoint's
+            own |= {name for name in current if name not in DEPLOYMENT | {"SWARM_ENV_ID", "SWARM_MODELS"}}
+        run = SwarmSettings.from_env({**saved["settings"], **{name: current[name] for name in current
+                                                                if name in DEPLOYMENT or name in own}})
+        check_fits(saved, run, settings.resume)
     except SettingsError as error:
         refuse([f"SWARM_RESUME: {problem}" for problem in error.problems])
-    return saved
+    changed = sorted(name for name in own if current[name] != saved["settings"].get(name))
+    return saved, run, changed
+
+
+def given_settings(argv: list[str]) -> set[str]:
+    """The variables a command sets: in its environment, or as options (never in a notebook)."""
+    from swarm.settings import command_line, in_notebook
+
+    names = {f.metadata["env"] for f in SwarmSettings.fields()}
+    options = set() if in_notebook() else set(command_line(SwarmSettings, argv))
+    return {name for name in names if os.environ.get(name, "") != ""} | options

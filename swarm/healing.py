@@ -167,12 +167,11 @@ def hosted_by(environment: dict[str, str], name: str, settings: SwarmSettings) -
 
 
 def resume_command(settings: SwarmSettings, path: Path) -> str:
-    """The shell command that goes on from the checkpoint `path` with these settings."""
-    base = SwarmSettings.from_env({}).to_env()
-    defaults = SwarmSettings.from_env({"SWARM_PRESET": settings.preset, "SWARM_ENV_ID": settings.env_id}).to_env()
-    changed = {name: value for name, value in settings.to_env(secrets=False).items() if name != "SWARM_RESUME"
-               and value != (base if name in ("SWARM_PRESET", "SWARM_ENV_ID") else defaults).get(name)}
-    variables = "".join(f"{name}={shlex.quote(value)} " for name, value in changed.items())
+    """The shell command that goes on from the checkpoint `path`: a resumed run takes its settings
+    from the checkpoint, so only where it runs is said (what differs from the defaults)."""
+    defaults = SwarmSettings.from_env({}).to_env()
+    variables = "".join(f"{name}={shlex.quote(value)} " for name, value in settings.to_env(secrets=False).items()
+                        if name in checkpoint.DEPLOYMENT and name != "SWARM_RESUME" and value != defaults.get(name))
     return f"{variables}SWARM_RESUME={shlex.quote(str(path))} python 06_control.py"
 
 

@@ -169,9 +169,29 @@ def test_the_control_checkpoints_every_round_and_a_resumed_swarm_goes_on(swarm_e
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
     assert f"resumed from {kept}: round 2" in output and "ROUND 3/3" in output and "ROUND 1/" not in output
+    assert f"resuming {kept} with its settings; this command changes SWARM_ROUNDS" in output
     history = json.loads((swarm_env.log_dir / "result.json").read_text())["history"]
     assert history[:2] == first_run and history[2]["round"] == 3 and history[2]["steps"] > history[1]["steps"]
     assert len(checkpoint.load(swarm_env.log_dir / checkpoint.FILE_NAME)["history"]) == 3
+
+
+def test_a_resumed_run_keeps_the_checkpoints_settings_unless_the_command_sets_them(tmp_path):
+    path = tmp_path / "swarm.pt"
+    tutorial = SwarmSettings.from_env({"SWARM_PRESET": "tutorial", "SWARM_MODELS": "2", "SWARM_EPISODES": "3",
+                                       "SWARM_ROUNDS": "1", "SWARM_SEED": "4"})
+    LocalSwarm(tutorial).train_until_solved(report=lambda line: None, checkpoint_path=path)
+
+    command = SwarmSettings.from_env({"SWARM_RESUME": str(path), "SWARM_EPISODES": "5", "SWERGIO_PORT": "9000"})
+    saved, run, changed = checkpoint.resume(command, {"SWARM_RESUME", "SWARM_EPISODES", "SWERGIO_PORT"})
+    assert saved["history"] and changed == ["SWARM_EPISODES"]
+    assert (run.preset, run.models, run.envs, run.training_actions, run.seed) == ("tutorial", 2, 1, "summed", 4)
+    assert (run.episodes, run.port, run.resume) == (5, 9000, path)
+
+    _, run, changed = checkpoint.resume(command.replace(preset="swarm"), {"SWARM_RESUME", "SWARM_PRESET"})
+    assert (run.preset, run.models, run.training_actions, run.envs) == ("swarm", 2, "leader", 4)
+    assert "SWARM_PRESET" in changed
+    with pytest.raises(SystemExit):  # a size the checkpoint does not have: refused as a bad setting
+        checkpoint.resume(command.replace(models=3), {"SWARM_RESUME", "SWARM_MODELS"})
 
 
 def test_a_checkpoint_of_another_size_is_refused_before_anything_starts(swarm_env, trained):
