@@ -3,12 +3,13 @@
     python 07_watch.py                                 # logs/swarm.pt (SWARM_LOG_DIR), 10 episodes
     python 07_watch.py path/to/swarm.pt --episodes 100
     python 07_watch.py path/to/swarm.pt --render cartpole.gif
+    python 07_watch.py path/to/swarm.pt --render cartpole.mp4
 
 The checkpoint's swarm is built in this one process, without a server (`swarm.local`: the scripts'
 own handlers), given the checkpoint's members, and plays deterministic episodes with the swarm's
 own aggregation, by the checkpoint's SWARM_VOTE (by default the argmax of the members' summed
 probabilities). It prints their mean and standard deviation; with --render it also saves one
-episode as an animated GIF.
+episode as an animated GIF or an mp4 video (H.264, by the ffmpeg that imageio-ffmpeg bundles).
 """
 import argparse
 import os
@@ -35,8 +36,12 @@ def load_swarm(saved: dict, seed: int | None) -> LocalSwarm:
     return swarm
 
 
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
 def render(swarm: LocalSwarm, path: Path, seed: int | None) -> float:
-    """Play one episode on a rendering copy of the environment and save it as a GIF; its score."""
+    """Play one episode on a rendering copy of the environment and save it as a GIF or an mp4
+    (by the file's suffix); its score."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # no screen needed: pygame draws into memory
     from PIL import Image
 
@@ -51,7 +56,14 @@ def render(swarm: LocalSwarm, path: Path, seed: int | None) -> float:
     env.close()
     images = [Image.fromarray(frame).reduce(2) for frame in frames[::FRAME_EVERY]]
     fps = env.metadata.get("render_fps", 50) / FRAME_EVERY
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    if path.suffix.lower() == ".mp4":
+        import imageio.v2 as imageio
+
+        # H.264 wants even sides; yuv420p is what every player plays
+        imageio.mimwrite(path, [np.asarray(image) for image in images], fps=fps, codec="libx264",
+                         macro_block_size=2, pixelformat="yuv420p")
+    else:
+        images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
     return score
 
 
@@ -62,11 +74,14 @@ def main(argv: list[str] | None = None) -> None:
                         default=RuntimeSettings.from_env().log_dir / checkpoint.FILE_NAME,
                         help="a swarm.pt written by 06_control.py (default: swarm.pt in SWARM_LOG_DIR)")
     parser.add_argument("--episodes", type=int, default=10, help="deterministic episodes to play (default 10)")
-    parser.add_argument("--render", type=Path, metavar="FILE.gif", help="also save one episode as an animation")
+    parser.add_argument("--render", type=Path, metavar="FILE.gif|FILE.mp4",
+                        help="also save one episode as an animated GIF or an mp4 video")
     parser.add_argument("--seed", type=int, help="the episodes' starting states (default: fresh ones)")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be at least 1")
+    if args.render and args.render.suffix.lower() not in VIDEO_SUFFIXES:
+        parser.error(f"--render {args.render}: the file must end in .gif or .mp4")
     if not args.checkpoint.is_file():
         parser.error(f"no checkpoint at {args.checkpoint}: train one with `python 06_control.py` first")
     try:

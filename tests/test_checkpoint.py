@@ -233,6 +233,19 @@ def test_watch_plays_the_checkpoint_and_saves_an_animation(trained, tmp_path):
     assert "saved to" in result.stdout
 
 
+def test_watch_saves_an_episode_as_an_mp4_with_its_frames(trained, tmp_path):
+    import imageio.v2 as imageio
+
+    _, _, path = trained
+    result = watch(path, "--episodes", "1", "--seed", "3", "--render", tmp_path / "episode.mp4")
+    assert result.returncode == 0, result.stderr
+    score = float(result.stdout.split("one episode (score ")[1].split(")")[0])
+    frames = imageio.mimread(tmp_path / "episode.mp4", memtest=False)
+    assert len(frames) == int(score) // 2 + 1, "every other frame of the episode, its first included"
+    assert frames[0].shape == (200, 300, 3) and frames[0].std() > 0, "a picture, not a blank"
+    assert watch(path, "--render", tmp_path / "episode.avi").returncode == 2
+
+
 def test_watch_without_a_checkpoint_says_how_to_get_one(tmp_path):
     result = watch(tmp_path / "none.pt")
     assert result.returncode == 2 and "train one with `python 06_control.py` first" in result.stderr
