@@ -45,14 +45,20 @@ from swarm.protocol import (AVG_SCORE, CMD, COMPONENT_ID, DETERMINISTIC, ENV_DON
 from swarm.rounds import train_until_solved
 from swarm.scripts import load_script
 from swarm.environments import solved_at
-from swarm.settings import in_notebook, load_settings
+from swarm.runs import new_run_folder
+from swarm.settings import SwarmSettings, given_settings, in_notebook, load_settings
 
-settings = load_settings(argv=sys.argv[1:], description="Train the RL swarm until it solves CartPole-v1.")
+settings = load_settings(argv=sys.argv[1:], description="Train the RL swarm until it solves CartPole-v1.",
+                         log_dir_needed=False)
+given = given_settings(SwarmSettings, sys.argv[1:])  # the settings this command sets itself
 # SWARM_RESUME: the checkpoint's swarm and its run's settings, but for those this command sets
-resumed, settings, changed = checkpoint.resume(settings, checkpoint.given_settings(sys.argv[1:]))
+resumed, settings, changed = checkpoint.resume(settings, given)
+if "SWARM_LOG_DIR" not in given:  # a folder of its own: runs/<env>-<date>-<time>[-seed<N>], and runs/latest
+    settings = settings.replace(log_dir=new_run_folder(settings))
 if resumed is not None:
     print(f"resuming {settings.resume} with its settings"
           + (f"; this command changes {', '.join(changed)}" if changed else ""), flush=True)
+print(f"this run's folder: {settings.log_dir}", flush=True)
 checkpoint_path = settings.log_dir / checkpoint.FILE_NAME
 explain_stops(settings, checkpoint_path)  # from a shell: a stop, not a traceback
 
@@ -60,7 +66,7 @@ explain_stops(settings, checkpoint_path)  # from a shell: a stop, not a tracebac
 # Start the server, aggregation, environment and evolution from `swarm.yaml`, then the models:
 # all run `02_model.py`, each as its own process (the tutorial's shape; `SWARM_MODELS_PER_PROCESS`
 # hosts several in one, `SWARM_LAUNCHER=fork` forks them from one interpreter). Every component
-# writes to its own log file in `SWARM_LOG_DIR`; if anything fails from here on, the whole swarm
+# writes to its own log file in the run's folder; if anything fails from here on, the whole swarm
 # is stopped. With `SWARM_LAUNCH=0` nothing is started here: the control joins a swarm whose
 # processes were started by hand, for instance on several hosts (`docs/hosts.md`).
 
@@ -220,7 +226,7 @@ print("swarm stopped" if settings.launch else "done; the processes started by ha
 # %% [markdown]
 # The trained swarm, playing: `07_watch.py` loads the checkpoint into this process (no server),
 # plays deterministic episodes with the swarm's own aggregation, and saves one as an animation.
-# From a shell: `python 07_watch.py logs/swarm.pt --render cartpole.gif`.
+# From a shell: `python 07_watch.py --render cartpole.mp4` (the newest run, `runs/latest`).
 
 # %%
 watch = load_script("07_watch.py")

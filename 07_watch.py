@@ -1,6 +1,6 @@
 """07_watch.py: a trained swarm, playing.
 
-    python 07_watch.py                                 # logs/swarm.pt (SWARM_LOG_DIR), 10 episodes
+    python 07_watch.py                                 # the newest run's (runs/latest/swarm.pt), 10 episodes
     python 07_watch.py path/to/swarm.pt --episodes 100
     python 07_watch.py path/to/swarm.pt --render cartpole.gif
     python 07_watch.py path/to/swarm.pt --render cartpole.mp4
@@ -22,6 +22,7 @@ import numpy as np
 from swarm import checkpoint
 from swarm.local import LocalSwarm
 from swarm.protocol import SCORES
+from swarm.runs import latest_checkpoint
 from swarm.settings import RuntimeSettings, SettingsError, SwarmSettings
 
 FRAME_EVERY = 2  # every other frame (CartPole: 25 a second) is smooth enough, in half the file
@@ -70,9 +71,12 @@ def render(swarm: LocalSwarm, path: Path, seed: int | None) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    given = os.environ.get("SWARM_LOG_DIR", "") != ""
     parser.add_argument("checkpoint", type=Path, nargs="?",
-                        default=RuntimeSettings.from_env().log_dir / checkpoint.FILE_NAME,
-                        help="a swarm.pt written by 06_control.py (default: swarm.pt in SWARM_LOG_DIR)")
+                        default=(RuntimeSettings.from_env().log_dir / checkpoint.FILE_NAME if given
+                                 else latest_checkpoint(file_name=checkpoint.FILE_NAME)),
+                        help="a swarm.pt written by 06_control.py (default: the newest run's, runs/latest/swarm.pt, "
+                             "or swarm.pt in SWARM_LOG_DIR if it is set)")
     parser.add_argument("--episodes", type=int, default=10, help="deterministic episodes to play (default 10)")
     parser.add_argument("--render", type=Path, metavar="FILE.gif|FILE.mp4",
                         help="also save one episode as an animated GIF or an mp4 video")

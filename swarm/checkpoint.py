@@ -163,12 +163,3 @@ def resume(settings: SwarmSettings, given: set[str]) -> tuple[dict[str, Any] | N
         refuse([f"SWARM_RESUME: {problem}" for problem in error.problems])
     changed = sorted(name for name in own if current[name] != saved["settings"].get(name))
     return saved, run, changed
-
-
-def given_settings(argv: list[str]) -> set[str]:
-    """The variables a command sets: in its environment, or as options (never in a notebook)."""
-    from swarm.settings import command_line, in_notebook
-
-    names = {f.metadata["env"] for f in SwarmSettings.fields()}
-    options = set() if in_notebook() else set(command_line(SwarmSettings, argv))
-    return {name for name in names if os.environ.get(name, "") != ""} | options

@@ -288,13 +288,14 @@ def command_line(cls: type[RuntimeSettings], argv: list[str], description: str |
 
 def load_settings(cls: type[S] = SwarmSettings, environ: Mapping[str, str] | None = None,  # type: ignore[assignment]
                   argv: list[str] | None = None, description: str | None = None,
-                  problems: list[str] | None = None) -> S:
+                  problems: list[str] | None = None, log_dir_needed: bool = True) -> S:
     """The settings, checked, with the log folder created: what every script calls first.
 
     `argv` (a script's command line; never a notebook's) overrides the environment variables.
     From a shell every bad setting (and each of the caller's `problems`) is printed in a line of
     its own and the script exits with status 2; in a notebook one SettingsError with the same
-    lines is raised.
+    lines is raised. The log folder is created here, unless it is not `log_dir_needed` and
+    SWARM_LOG_DIR is not set (the control then makes a folder for its run).
     """
     environ = os.environ if environ is None else environ
     if argv is not None and not in_notebook():
@@ -306,11 +307,17 @@ def load_settings(cls: type[S] = SwarmSettings, environ: Mapping[str, str] | Non
     except SettingsError as error:
         problems += error.problems
     log_dir = settings.log_dir if settings else Path(environ.get("SWARM_LOG_DIR") or "logs")
-    if (problem := folder_problem(log_dir)) is not None:
+    if (log_dir_needed or environ.get("SWARM_LOG_DIR")) and (problem := folder_problem(log_dir)) is not None:
         problems.append(f"SWARM_LOG_DIR={str(log_dir)!r} is not allowed: {problem}")
     if problems:
         refuse(problems)
     return settings
+
+
+def given_settings(cls: type[RuntimeSettings], argv: list[str]) -> set[str]:
+    """The variables a command sets: in its environment, or as options (never in a notebook)."""
+    options = set() if in_notebook() else set(command_line(cls, argv))
+    return {f.metadata["env"] for f in cls.fields() if os.environ.get(f.metadata["env"], "") != ""} | options
 
 
 def refuse(problems: list[str]) -> NoReturn:

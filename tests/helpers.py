@@ -124,7 +124,8 @@ def run_control(env_overrides, **popen):
     # background job (a non-interactive shell starts those with SIGINT ignored, and the
     # children would inherit that).
     popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, **popen}
-    return subprocess.Popen([sys.executable, str(ROOT / "06_control.py")], cwd=tempfile.gettempdir(), env=env,
+    cwd = popen.pop("cwd", tempfile.gettempdir())
+    return subprocess.Popen([sys.executable, str(ROOT / "06_control.py")], cwd=cwd, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
 
