@@ -228,6 +228,26 @@ def test_model_processes_killed_at_random_moments_are_restarted_and_the_run_fini
     assert_all_gone(gone)
 
 
+def test_with_the_fork_launcher_a_killed_model_restarts_the_launcher_and_all_its_models(swarm_env):
+    log_dir = swarm_env.log_dir
+    process = run_control({"SWARM_MODELS": "3", "SWARM_LAUNCHER": "fork", "SWARM_ROUNDS": "6", "SWARM_EPISODES": "5"})
+    output = Output(process)
+    try:
+        output.wait_for("ROUND 2")
+        launcher = psutil.Process(wait_for_pid(log_dir, "models"))  # the launcher, or one of its forks
+        if launcher.parent().environ().get("SWARM_COMPONENT_NAME") == "models":
+            launcher = launcher.parent()
+        forked = launcher.children()
+        assert len(forked) == 3
+        os.kill(forked[1].pid, signal.SIGKILL)
+        output.wait_for("restarted models in")
+        history = finished_run(process, output, log_dir)
+    finally:
+        process.kill()
+    assert [row["restarted"] for row in history].count("models") == 1 and len(history) == 6
+    assert_all_gone([launcher.pid, *(child.pid for child in forked)])
+
+
 def test_a_frozen_model_is_restarted_after_the_model_timeout_and_the_frozen_process_is_gone(swarm_env):
     log_dir = swarm_env.log_dir
     process = run_control({"SWARM_MODELS": "3", "SWARM_ROUNDS": "8", "SWARM_EPISODES": "5", "SWARM_MODEL_TIMEOUT": "2"})
@@ -262,40 +282,28 @@ def test_a_component_killed_mid_round_is_restarted(swarm_env, victim):
     assert_all_gone([pid])
 
 
-def test_without_restarts_a_killed_model_stops_the_run_with_a_message_and_the_command_to_go_on(swarm_env):
+@pytest.mark.parametrize(("victim", "restarts", "said"), [
+    ("model2", "0", "the run stopped: component(s) stopped unexpectedly: model2 (exit code -9"),
+    ("server", "5", "the run stopped: the server stopped"),
+])
+def test_a_fault_that_is_not_healed_stops_the_run_with_a_message_and_the_command_to_go_on(swarm_env, victim, restarts,
+                                                                                          said):
     log_dir = swarm_env.log_dir
-    process = run_control({"SWARM_MODELS": "3", "SWARM_ROUNDS": "50", "SWARM_EPISODES": "5", "SWARM_RESTARTS": "0"})
+    process = run_control({"SWARM_MODELS": "3", "SWARM_ROUNDS": "50", "SWARM_EPISODES": "5", "SWARM_RESTARTS": restarts})
     output = Output(process)
     try:
         output.wait_for("ROUND 3")
         pids = component_pids(log_dir)
-        os.kill(pids["model2"], signal.SIGKILL)
+        os.kill(pids[victim], signal.SIGKILL)
         assert process.wait(timeout=60) == 1
     finally:
         process.kill()
     time.sleep(0.2)
     text = "".join(output.lines)
-    assert "Traceback" not in text
-    assert "the run stopped: component(s) stopped unexpectedly: model2 (exit code -9" in text
-    assert f"SWARM_LOG_DIR={log_dir} SWARM_RESUME={log_dir / 'swarm.pt'} python 06_control.py" in text
-    assert_all_gone(pids.values(), within=10)
-
-
-def test_a_killed_server_stops_the_run_with_the_command_to_go_on(swarm_env):
-    log_dir = swarm_env.log_dir
-    process = run_control({"SWARM_MODELS": "2", "SWARM_ROUNDS": "50", "SWARM_EPISODES": "5"})
-    output = Output(process)
-    try:
-        output.wait_for("ROUND 3")
-        pids = component_pids(log_dir)
-        os.kill(pids["server"], signal.SIGKILL)
-        assert process.wait(timeout=60) == 1
-    finally:
-        process.kill()
-    time.sleep(0.2)
-    text = "".join(output.lines)
-    assert "Traceback" not in text and "restarted" not in text
-    assert "the run stopped: the server stopped" in text and "SWARM_RESUME=" in text
+    assert "Traceback" not in text and "restarted" not in text and said in text
+    command = next(line.strip() for line in output.lines if line.strip().endswith("python 06_control.py"))
+    assert f"SWARM_LOG_DIR={log_dir} " in command  # where it ran: the run's own settings come from the checkpoint
+    assert command.endswith(f"SWARM_RESUME={log_dir / 'swarm.pt'} python 06_control.py")
     assert_all_gone(pids.values(), within=10)
 
 
