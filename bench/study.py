@@ -33,7 +33,8 @@ last line is one JSON object with the per-arm summary and the p-value.
 
 Each finished run is appended to --out's runs.jsonl at once. A study started again with the same
 --out and the same budgets and settings reuses those runs and plays only the missing ones, so a long
-study (LunarLander: hours) can be stopped and continued.
+study (LunarLander: hours) can be stopped and continued; `--no-play` writes the summary of the
+runs finished so far and plays nothing.
 """
 from __future__ import annotations
 
@@ -266,6 +267,14 @@ def plot(results: list[dict], summary: dict, budget: int, path: Path, title: str
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
+def seeds_played(results: list[dict]) -> str:
+    """The seeds of the runs in a summary: `0-9`, or a list where some are missing."""
+    seeds = sorted({r["seed"] for r in results})
+    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+    return ", ".join(map(str, seeds))
+
+
 # --------------------------------------------------------------------------- command line
 def seed_range(text: str) -> list[int]:
     first, _, last = text.partition("-")
@@ -296,6 +305,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where study.json, study.md and study.png go (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 2 models, tiny budgets: a smoke test")
     parser.add_argument("--verbose", action="store_true", help="every round of every in-process run")
+    parser.add_argument("--no-play", action="store_true",
+                        help="summarise the runs already in --out's runs.jsonl; play none of the missing ones")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep each in-process swarm run's checkpoint as DIR/ARM-SEED.pt (for 07_watch.py)")
     args = parser.parse_args()
@@ -325,13 +336,16 @@ def main() -> None:
     done = finished_runs(journal, setup)
     results = [done[task] for task in tasks if task in done]
     tasks, total = [task for task in tasks if task not in done], len(tasks)
+    if args.no_play:
+        tasks, total = [], len(results)
     if results:
         print(f"  {len(results)} runs already in {journal}; {len(tasks)} to play", flush=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so the pool below is ended
     context = multiprocessing.get_context("spawn")
     # Leaving the block (done, error, Ctrl-C, SIGTERM) terminates the workers; a SIGKILLed study
     # leaves none either: each worker watches its parent.
-    with context.Pool(args.jobs, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+    with context.Pool(min(args.jobs, max(len(tasks), 1)), initializer=exit_with_parent,
+                      initargs=(os.getpid(),)) as pool:
         for r in pool.imap_unordered(run_task, [(arm, seed, args) for arm, seed in tasks]):
             results.append(r)
             with open(journal, "a") as rows:
@@ -341,7 +355,7 @@ def main() -> None:
                   flush=True)
 
     summary = {arm: {**arm_summary([r for r in results if r["arm"] == arm], args.max_steps), "setup": setups[arm]}
-               for arm in args.arms}
+               for arm in args.arms if any(r["arm"] == arm for r in results)}
     both = {"swarm", "swarm-no-evolution"} <= set(args.arms)
     p = p_value(results, args.max_steps) if both else None
     ratio = median_ratio(results, args.max_steps) if both else None
@@ -353,7 +367,7 @@ def main() -> None:
                                                     indent=1))
     (args.out / "study.md").write_text(f"`{command}` ({machine})\n\n" + "\n".join(lines) + "\n")
     plot(results, summary, args.max_steps, args.out / "study.png",
-         f"{args.env_id}, seeds {args.seeds[0]}-{args.seeds[-1]}, {'sockets' if args.sockets else 'in process'}",
+         f"{args.env_id}, seeds {seeds_played(results)}, {'sockets' if args.sockets else 'in process'}",
          solved_at(args.env_id))
     print(json.dumps({"arms": {arm: {k: s[k] for k in ("runs", "solved", "median_steps", "median_seconds",
                                                        "median_spread", "setup")} for arm, s in summary.items()},

@@ -46,6 +46,9 @@ def test_the_study_runs_the_real_swarm_over_sockets(tmp_path):
 def test_a_study_started_again_plays_only_the_runs_it_has_not_finished(tmp_path):
     run_study("--seeds", "0", "--arms", "swarm", "--out", str(tmp_path), "--jobs", "1")
     first = json.loads((tmp_path / "study.json").read_text())["runs"]
+    _, summary = run_study("--seeds", "0-3", "--arms", "swarm", "sb3-a2c", "--out", str(tmp_path), "--no-play")
+    assert list(summary["arms"]) == ["swarm"] and summary["arms"]["swarm"]["runs"] == 1, "the finished run, no other"
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 1
     output, last = run_study("--seeds", "0-1", "--arms", "swarm", "--out", str(tmp_path), "--jobs", "1")
     assert "1 runs already in" in output and "1 to play" in output and last["arms"]["swarm"]["runs"] == 2
     runs = json.loads((tmp_path / "study.json").read_text())["runs"]
