@@ -49,9 +49,6 @@ class Healer:
         self.saved = {"members": sorted((checkpoint.member(answer) for answer in answers),
                                         key=lambda m: m["model_id"])}
 
-    def remember_checkpoint(self, saved: dict[str, Any]) -> None:
-        self.saved = {"members": saved["members"]}
-
     def heal(self, fault: Exception, round_nr: int) -> tuple[list[str], float]:
         """Restart the processes `fault` lost, wait until the swarm answers, give every member the
         remembered state; the processes restarted and the seconds it took. Raises SwarmError
