@@ -5,6 +5,7 @@ observation, and then answers every ACTION with the next observation, the reward
 the episode is done, until the requested episodes are over; then it reports the average score.
 With SWARM_ENVS > 1 it steps that many copies at once, and every copy's episodes count.
 """
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -14,8 +15,8 @@ import numpy as np
 from swarm.checks import get_actions, get_bool, get_int, get_per_env, unbatch
 from swarm.client import Handlers, Reply, SwarmClient
 from swarm.component import setup_component
-from swarm.protocol import (ACTION, AVG_SCORE, BEHAVIOUR, DETERMINISTIC, DONE, ENV_DONE, ENV_PROGRESS, EPISODE,
-                            FINAL_OBSERVATION, NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL,
+from swarm.protocol import (ACTION, AVG_SCORE, BEHAVIOUR, DETERMINISTIC, DONE, ENDED_AT, ENV_DONE, ENV_PROGRESS, EPISODE,
+                            FINAL_OBSERVATION, LENGTHS, NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL,
                             ROOM_OBSERVATION, ROOT_ID, SCORE, SCORES, STATUS, STEPS, TRUNCATED)
 from swarm.settings import SwarmSettings
 
@@ -36,6 +37,10 @@ class Run:
     deterministic: bool
     episode_returns: list[float]  # of the episode in progress, one per environment copy
     scores: list[float] = field(default_factory=list)  # the counted episodes, in the order they ended
+    lengths: list[int] = field(default_factory=list)  # their lengths, in steps
+    ended_at: list[float] = field(default_factory=list)  # when they ended, in seconds from the run's start
+    episode_lengths: list[int] = field(default_factory=list)  # of the episode in progress, per copy
+    began: float = field(default_factory=time.monotonic)
     steps: int = 0  # environment steps: a step of N copies counts N
     quota: list[int] = field(default_factory=list)  # episodes still to count, per copy
     done_report: dict | None = None  # ENV_DONE, held until the action for the last observation
@@ -43,6 +48,7 @@ class Run:
     def __post_init__(self) -> None:
         copies = len(self.episode_returns)
         self.quota = self.quota or [self.episodes // copies + (i < self.episodes % copies) for i in range(copies)]
+        self.episode_lengths = self.episode_lengths or [0] * copies
 
     @property
     def finished(self) -> bool:
@@ -102,11 +108,14 @@ def step(msg: dict, state: EnvironmentCopies) -> list[dict | Reply] | None:
         done = bool(terminated or truncated)
         final_observations.append(observation)
         run.episode_returns[i] += float(reward)
+        run.episode_lengths[i] += 1
         if done:
             if run.quota[i] > 0:
                 run.quota[i] -= 1
                 finished.append(run.episode_returns[i])
-            run.episode_returns[i] = 0.0
+                run.lengths.append(run.episode_lengths[i])
+                run.ended_at.append(time.monotonic() - run.began)
+            run.episode_returns[i], run.episode_lengths[i] = 0.0, 0
             observation, _info = env.reset()  # after DONE: the next episode's first observation
         observations.append(observation)
         rewards.append(float(reward))
@@ -127,7 +136,7 @@ def step(msg: dict, state: EnvironmentCopies) -> list[dict | Reply] | None:
         report = {STATUS: ENV_DONE if run.finished else ENV_PROGRESS, EPISODE: len(run.scores),
                   SCORE: finished[-1], STEPS: run.steps, AVG_SCORE: float(np.mean(run.scores)), ROOT_ID: run.root_id}
         if run.finished:
-            run.done_report = {**report, SCORES: run.scores}
+            run.done_report = {**report, SCORES: run.scores, LENGTHS: run.lengths, ENDED_AT: run.ended_at}
         else:
             replies.append(Reply(ROOM_CONTROL, report))
     return replies

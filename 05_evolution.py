@@ -25,7 +25,8 @@ from swarm.checks import BadMessage, as_vector, get_bool, get_float, get_str, re
 from swarm.client import Handlers, Reply, SwarmClient
 from swarm.component import setup_component
 from swarm.fitness import fitness_spread
-from swarm.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, ENT_COEF, EVOLUTION, EVO_DONE, FITNESS_SPREAD, GAMMA, GET,
+from swarm.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, COPIED, ENT_COEF, EVOLUTION, EVO_DONE, FITNESS,
+                            FITNESS_SPREAD, GAMMA, GET,
                             HYPERPARAMETERS, LEARNING_RATE, ModelRegistry, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING,
                             ROOT_ID, SET, STATUS, WEIGHTS, error_report, read_hyperparameters, register_model)
 from swarm.settings import SwarmSettings
@@ -156,17 +157,20 @@ def collect(msg: dict, state: Evolution) -> list[dict | Reply] | None:
         state.fitness = {k: get_float(contribution, k) for k in contribution}
     if len(state.weights) < state.nr_of_models or state.fitness is None:
         return None
+    copied: dict[str, str] = {}
     if state.operators == "pbt":
         choices = exploit_and_explore(list(state.weights), state.fitness, state.hyperparameters, random, state.evolved)
         message = {CMD: SET,
                    WEIGHTS: {loser: state.weights[winner].tolist() for loser, (winner, _) in choices.items()},
                    HYPERPARAMETERS: {loser: new for loser, (_, new) in choices.items()}}
+        copied = {loser: winner for loser, (winner, _) in choices.items()}
     else:
         message = {CMD: SET, WEIGHTS: evolve(state.weights, state.fitness)}
     ranked = [model_id for model_id in state.weights if model_id in state.fitness]
     # EVO_DONE after the SET: the control's next request must find the models with their new weights.
     report = {STATUS: EVO_DONE, ROOT_ID: state.request_id or state.root_id,
-              FITNESS_SPREAD: fitness_spread(state.fitness, ranked)}
+              FITNESS_SPREAD: fitness_spread(state.fitness, ranked),
+              FITNESS: {model_id: state.fitness[model_id] for model_id in ranked}, COPIED: copied}
     state.root_id = None  # done: late or repeated answers start nothing
     return [message, Reply(ROOM_CONTROL, report)]
 

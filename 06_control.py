@@ -31,6 +31,7 @@
 import csv
 import json
 import sys
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -40,6 +41,7 @@ from swarm.control import ControlClient
 from swarm.healing import Healer, explain_stops
 from swarm.launcher import ManagedSwarm
 from swarm.local import confirm_from_state
+from swarm.records import RunRecords
 from swarm.protocol import (AVG_SCORE, CMD, COMPONENT_ID, DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION,
                             FITNESS_SPREAD, NR_OF_EPISODE, ROOM_EVOLUTION, SCORES, STATE, WEIGHTS, custom_message)
 from swarm.rounds import train_until_solved
@@ -116,10 +118,15 @@ if healer is not None:
 # `deterministic=True` the models neither learn from them nor earn contribution. While it waits,
 # a line shows the episodes done so far and their mean score (in a terminal or the notebook).
 # `start_evo` runs one evolution step and returns its fitness spread. Each waits, bounded, for
-# the reply to its own request.
+# the reply to its own request. Beside the checkpoint the run records, in its folder, what
+# TensorBoard shows (`tensorboard --logdir runs`: every round's scores and every member's
+# hyperparameters and fitness), `monitor.csv` (every training episode, as stable-baselines3's
+# Monitor writes it) and `lineage.csv` (who copied whom in each evolution step).
 
 # %%
 live = sys.stdout.isatty() or in_notebook()  # a line that rewrites itself; not in a log file
+records = RunRecords(settings.log_dir, settings.env_id)
+evolutions = []  # every EVO_DONE: the members' fitness, and who copied whom
 
 
 def start(nr_of_episodes=1, deterministic=False):
@@ -131,15 +138,19 @@ def start(nr_of_episodes=1, deterministic=False):
                   end="", flush=True)
         return False  # not the reply: keep waiting for ENV_DONE
 
+    asked_at = time.time()
     reply = control.request({NR_OF_EPISODE: nr_of_episodes, DETERMINISTIC: deterministic}, until=ENV_DONE,
                             progress=show_progress)
     if live:
         print("\r\033[K", end="", flush=True)  # rub the progress line out
+    if not deterministic:
+        records.training_run(reply, asked_at)
     return reply
 
 
 def start_evo():
-    return control.request({EVOLUTION: True}, until=EVO_DONE)[FITNESS_SPREAD]
+    evolutions.append(control.request({EVOLUTION: True}, until=EVO_DONE))
+    return evolutions[-1][FITNESS_SPREAD]
 
 
 def confirm(threshold, round_nr):
@@ -195,6 +206,9 @@ def save_round(history):
     fig = plot_scores(history)
     fig.savefig(settings.log_dir / "scores.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
+    row, before = history[-1], history[-2] if len(history) > 1 else dict(steps=0, seconds=0.0)
+    records.round(row, states, evolutions[-1] if row["fitness_spread"] is not None else None,
+                  (row["steps"] - before["steps"]) / max(row["seconds"] - before["seconds"], 1e-9))
 
 
 # what the healer cannot heal (or Ctrl-C) stops every process
@@ -212,6 +226,7 @@ print(f"checkpoint: {checkpoint_path}")
 result.update(ready_s=ready_s, models=settings.models, envs=settings.envs, evolution=settings.evolution,
               seed=settings.seed)
 (settings.log_dir / "result.json").write_text(json.dumps(result, indent=1))
+records.close()
 plot_scores(result["history"])
 print(f"plot saved to {settings.log_dir / 'scores.png'}")
 

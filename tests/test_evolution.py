@@ -6,8 +6,8 @@ import pytest
 
 from swarm.checks import BadMessage
 from swarm.client import Reply
-from swarm.protocol import (CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, ENT_COEF, ERROR, EVO_DONE, EVOLUTION,
-                            FITNESS_SPREAD, GAMMA, GET, HYPERPARAMETERS, LEARNING_RATE, MISSING, NR_OF_EPISODE,
+from swarm.protocol import (CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, COPIED, ENT_COEF, ERROR, EVO_DONE, EVOLUTION,
+                            FITNESS, FITNESS_SPREAD, GAMMA, GET, HYPERPARAMETERS, LEARNING_RATE, MISSING, NR_OF_EPISODE,
                             OPTIMIZER, PONG, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING, ROOT_ID, SET, STATUS, WEIGHTS,
                             custom_message)
 from swarm.settings import SwarmSettings
@@ -58,7 +58,8 @@ def test_one_request_gives_one_evolution_and_one_evo_done():
     messages = answers(get[ROOT_ID], vectors, {k: 1.0 for k in vectors})
     sets, dones = feed(evolution, messages + messages)  # duplicates arrive late: no second round
     assert len(sets) == 1 and len(dones) == 1
-    assert dones[0] == {STATUS: EVO_DONE, ROOT_ID: "request-1", FITNESS_SPREAD: 0.0}
+    assert dones[0] == {STATUS: EVO_DONE, ROOT_ID: "request-1", FITNESS_SPREAD: 0.0,
+                        FITNESS: {k: 1.0 for k in vectors}, COPIED: {}}  # the genetic algorithm copies no one whole
     new_weights = sets[0][WEIGHTS]
     assert sets[0][CMD] == SET and set(new_weights) == set(vectors)
     assert all(len(v) == 11 for v in new_weights.values()), "genome length comes from the vectors"
@@ -231,6 +232,7 @@ def test_a_pbt_evolution_sets_only_the_members_that_change():
     assert list(reply[HYPERPARAMETERS]) == ["m0"]
     assert OPTIMIZER not in reply, "a copy starts with fresh Adam moments"
     assert done[STATUS] == EVO_DONE and done[FITNESS_SPREAD] == pytest.approx(30.0 / 15.0)
+    assert done[COPIED] == {"m0": "m3"} and done[FITNESS] == {f"m{i}": 10.0 * i for i in range(4)}
 
 
 def test_a_pbt_answer_without_a_learning_rate_is_refused():

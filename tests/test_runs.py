@@ -1,10 +1,15 @@
 """A folder per run: two runs keep two checkpoints, `runs/latest` is the newest, and the watch
 finds it without being told."""
+import csv
 import datetime
+import itertools
 import json
 import subprocess
 import sys
 
+import pytest
+
+from swarm import checkpoint
 from swarm.runs import LATEST, new_run_folder
 from swarm.settings import SwarmSettings
 from tests.helpers import ROOT, run_control
@@ -38,3 +43,40 @@ def test_two_runs_leave_two_folders_and_two_checkpoints_and_the_watch_plays_the_
                              text=True, timeout=300, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
     assert watched.returncode == 0, watched.stderr
     assert watched.stdout.startswith("CartPole-v1, 2 models (after 1 rounds")
+
+
+def test_a_run_records_tensorboard_events_a_monitor_row_per_episode_and_its_lineage(swarm_env):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    process = run_control({"SWARM_PRESET": "swarm", "SWARM_MODELS": "4", "SWARM_ROUNDS": "2", "SWARM_EPISODES": "3"})
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    folder = swarm_env.log_dir
+    history = json.loads((folder / "result.json").read_text())["history"]
+    members = sorted(m["model_id"] for m in checkpoint.load(folder / "swarm.pt")["members"])
+
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for name in ("train_mean", "eval_mean", "eval_std", "steps_per_second", "fitness_spread", "after_mean"):
+        assert f"round/{name}" in tags, name
+    for member in members:
+        assert {f"member/{member}/{name}" for name in ("learning_rate", "ent_coef", "gamma", "fitness")} <= tags
+    train = events.Scalars("round/train_mean")
+    assert [(e.step, round(e.value, 4)) for e in train] == [(row["steps"], round(row["train_mean"], 4)) for row in history]
+
+    with open(folder / "monitor.csv") as monitor:
+        assert json.loads(monitor.readline()[1:])["env_id"] == "CartPole-v1"
+        rows = list(csv.DictReader(monitor))
+    assert len(rows) == 2 * 3, "a row per training episode (3 a round)"
+    assert [float(r["r"]) for r in rows[:3]] == [float(r["l"]) for r in rows[:3]], "CartPole: a point a step"
+    assert sum(float(r["r"]) for r in rows[:3]) / 3 == pytest.approx(history[0]["train_mean"])
+    assert all(float(a["t"]) <= float(b["t"]) for a, b in itertools.pairwise(rows))
+
+    with open(folder / "lineage.csv") as lineage:
+        rows = list(csv.DictReader(lineage))
+    assert [(r["round"], r["member"]) for r in rows] == [(str(n), m) for n in (1, 2) for m in members]
+    copies = [r for r in rows if r["copied_from"]]
+    assert len(copies) == 1 and copies[0]["round"] == "1" and copies[0]["copied_from"] in members, \
+        "population-based training: the worst quarter (1 of 4) copies; the last round has no evolution"
+    assert all(r["fitness"] for r in rows if r["round"] == "1") and not any(r["fitness"] for r in rows if r["round"] == "2")
