@@ -228,58 +228,58 @@ def test_model_processes_killed_at_random_moments_are_restarted_and_the_run_fini
     assert_all_gone(gone)
 
 
-def test_with_the_fork_launcher_a_killed_model_restarts_the_launcher_and_all_its_models(swarm_env):
-    log_dir = swarm_env.log_dir
-    process = run_control({"SWARM_MODELS": "3", "SWARM_LAUNCHER": "fork", "SWARM_ROUNDS": "6", "SWARM_EPISODES": "5"})
+def healed_run(swarm_env, settings: dict[str, str], fault, healed: str, at: str = "ROUND 2"):
+    """`06_control.py` with `settings` (8 rounds of 5 episodes, 3 models unless said); at the line
+    `at`, `fault(log_dir)` (the pids it hit); then the run must say it restarted `healed` and
+    finish. Its history, its output lines and the pids hit."""
+    process = run_control({"SWARM_MODELS": "3", "SWARM_ROUNDS": "8", "SWARM_EPISODES": "5", **settings})
     output = Output(process)
     try:
-        output.wait_for("ROUND 2")
+        output.wait_for(at)
+        hit = fault(swarm_env.log_dir)
+        output.wait_for(f"restarted {healed} in")
+        history = finished_run(process, output, swarm_env.log_dir)
+    finally:
+        process.kill()
+    assert [row["restarted"] for row in history].count(healed) == 1
+    assert len(history) == int(settings.get("SWARM_ROUNDS", "8"))
+    return history, output.lines, hit
+
+
+def test_with_the_fork_launcher_a_killed_model_restarts_the_launcher_and_all_its_models(swarm_env):
+    def kill_a_fork(log_dir):
         launcher = psutil.Process(wait_for_pid(log_dir, "models"))  # the launcher, or one of its forks
         if launcher.parent().environ().get("SWARM_COMPONENT_NAME") == "models":
             launcher = launcher.parent()
         forked = launcher.children()
         assert len(forked) == 3
         os.kill(forked[1].pid, signal.SIGKILL)
-        output.wait_for("restarted models in")
-        history = finished_run(process, output, log_dir)
-    finally:
-        process.kill()
-    assert [row["restarted"] for row in history].count("models") == 1 and len(history) == 6
-    assert_all_gone([launcher.pid, *(child.pid for child in forked)])
+        return [launcher.pid, *(child.pid for child in forked)]
+
+    _, _, hit = healed_run(swarm_env, {"SWARM_LAUNCHER": "fork", "SWARM_ROUNDS": "6"}, kill_a_fork, "models")
+    assert_all_gone(hit)
 
 
 def test_a_frozen_model_is_restarted_after_the_model_timeout_and_the_frozen_process_is_gone(swarm_env):
-    log_dir = swarm_env.log_dir
-    process = run_control({"SWARM_MODELS": "3", "SWARM_ROUNDS": "8", "SWARM_EPISODES": "5", "SWARM_MODEL_TIMEOUT": "2"})
-    output = Output(process)
-    try:
-        output.wait_for("ROUND 2")
+    def freeze_model1(log_dir):
         frozen = wait_for_pid(log_dir, "model1")
         os.kill(frozen, signal.SIGSTOP)
-        output.wait_for("restarted model1 in")
-        assert not psutil.pid_exists(frozen) or psutil.Process(frozen).status() == psutil.STATUS_ZOMBIE
-        history = finished_run(process, output, log_dir)
-    finally:
-        process.kill()
-    assert [row["restarted"] for row in history].count("model1") == 1 and len(history) == 8
-    assert any("no LOGITS within 2 s" in line for line in output.lines)
+        return [frozen]
+
+    _, lines, hit = healed_run(swarm_env, {"SWARM_MODEL_TIMEOUT": "2"}, freeze_model1, "model1")
+    assert_all_gone(hit)  # stopped, woken and gone: not left frozen
+    assert any("no LOGITS within 2 s" in line for line in lines)
 
 
 @pytest.mark.parametrize("victim", ["aggregation", "environment", "evolution"])
 def test_a_component_killed_mid_round_is_restarted(swarm_env, victim):
-    log_dir = swarm_env.log_dir
-    process = run_control({"SWARM_MODELS": "3", "SWARM_ROUNDS": "8", "SWARM_EPISODES": "5"})
-    output = Output(process)
-    try:
-        output.wait_for("ROUND 3")
+    def kill(log_dir):
         pid = wait_for_pid(log_dir, victim)
         os.kill(pid, signal.SIGKILL)
-        output.wait_for(f"restarted {victim} in")
-        history = finished_run(process, output, log_dir)
-    finally:
-        process.kill()
-    assert [row["restarted"] for row in history].count(victim) == 1 and len(history) == 8
-    assert_all_gone([pid])
+        return [pid]
+
+    _, _, hit = healed_run(swarm_env, {}, kill, victim, at="ROUND 3")
+    assert_all_gone(hit)
 
 
 @pytest.mark.parametrize(("victim", "restarts", "said"), [
