@@ -151,6 +151,38 @@ def wait_for_line(process, prefix, timeout=120.0):
     pytest.fail(f"no line starting with {prefix!r} in:\n{''.join(lines)}")
 
 
+class Output:
+    """A process's output, read by a thread into lines, so no wait on it can block."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.new: queue.Queue[str | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self.thread.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.lines.append(line)
+            self.new.put(line)
+        self.new.put(None)
+
+    def wait_for(self, prefix: str, timeout: float = 180.0) -> str:
+        """The first new line that starts with `prefix`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.new.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no line starting with {prefix!r} within {timeout:g} s in:\n{self.text()}")
+            if line is None:
+                pytest.fail(f"the process ended without a line starting with {prefix!r}:\n{self.text()}")
+            if line.startswith(prefix):
+                return line
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
 def seconds_until_gone(pids, timeout):
     """How long until none of `pids` runs any more (a zombie counts as gone), polled every 50 ms;
     None if some are still running after `timeout` seconds."""

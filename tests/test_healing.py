@@ -4,13 +4,11 @@ import dataclasses
 import itertools
 import json
 import os
-import queue
 import random
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -22,8 +20,8 @@ from swarm.healing import Healer, resume_command, stopped_run
 from swarm.launcher import ManagedSwarm, SwarmError
 from swarm.protocol import CMD, ROOM_EVOLUTION, STATE, WEIGHTS
 from swarm.settings import SwarmSettings
-from tests.helpers import (ROOT, assert_all_gone, get_weights, processes_with_log_dir, ready_swarm, run_control,
-                           set_weights)
+from tests.helpers import (ROOT, Output, assert_all_gone, get_weights, processes_with_log_dir, ready_swarm,
+                           run_control, set_weights)
 
 
 # --------------------------------------------------------------------------- the round loop
@@ -144,34 +142,6 @@ def test_a_fault_that_names_no_process_is_not_healed(swarm_env):
 
 
 # --------------------------------------------------------------------------- whole runs
-class Output:
-    """The control's output lines, read by a thread, waited for with a timeout."""
-
-    def __init__(self, process) -> None:
-        self.lines: list[str] = []
-        self.queue: queue.Queue = queue.Queue()
-        threading.Thread(target=self.read, args=(process,), daemon=True).start()
-
-    def read(self, process) -> None:
-        for line in process.stdout:
-            self.lines.append(line)
-            self.queue.put(line)
-        self.queue.put(None)
-
-    def wait_for(self, text: str, timeout: float = 180.0) -> str:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.queue.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            if text in line:
-                return line
-        pytest.fail(f"no line with {text!r} within {timeout:g} s in:\n{''.join(self.lines)}")
-
-
 def component_pids(log_dir) -> dict[str, int]:
     """The running processes of the swarm whose logs go to `log_dir`, by their component name."""
     pids = {}
@@ -196,10 +166,10 @@ def wait_for_pid(log_dir, name: str, timeout: float = 30.0) -> int:
 
 def finished_run(process, output: Output, log_dir, timeout: float = 300.0) -> list[dict]:
     try:
-        assert process.wait(timeout=timeout) == 0, "".join(output.lines)
+        assert process.wait(timeout=timeout) == 0, output.text()
     finally:
         process.kill()
-    time.sleep(0.2)  # the reader thread takes the last lines
+    output.thread.join(timeout=10)  # the last lines
     return json.loads((log_dir / "result.json").read_text())["history"]
 
 
@@ -218,7 +188,7 @@ def test_model_processes_killed_at_random_moments_are_restarted_and_the_run_fini
             pid = wait_for_pid(log_dir, victim)
             os.kill(pid, signal.SIGKILL)
             gone.append(pid)
-            output.wait_for(f"restarted {victim} in")
+            output.wait_for(f"  restarted {victim} in")
         history = finished_run(process, output, log_dir)
     finally:
         process.kill()
@@ -237,7 +207,7 @@ def healed_run(swarm_env, settings: dict[str, str], fault, healed: str, at: str 
     try:
         output.wait_for(at)
         hit = fault(swarm_env.log_dir)
-        output.wait_for(f"restarted {healed} in")
+        output.wait_for(f"  restarted {healed} in")
         history = finished_run(process, output, swarm_env.log_dir)
     finally:
         process.kill()
@@ -298,8 +268,8 @@ def test_a_fault_that_is_not_healed_stops_the_run_with_a_message_and_the_command
         assert process.wait(timeout=60) == 1
     finally:
         process.kill()
-    time.sleep(0.2)
-    text = "".join(output.lines)
+    output.thread.join(timeout=10)
+    text = output.text()
     assert "Traceback" not in text and "restarted" not in text and said in text
     command = next(line.strip() for line in output.lines if line.strip().endswith("python 06_control.py"))
     assert f"SWARM_LOG_DIR={log_dir} " in command  # where it ran: the run's own settings come from the checkpoint
@@ -339,8 +309,8 @@ def test_a_model_started_by_hand_is_named_with_its_command_and_waited_for(swarm_
         output.wait_for("ROUND 3")
         by_hand[1].kill()
         by_hand[1].wait(10)
-        output.wait_for("start it again on its host")
-        command = shlex.split(output.wait_for("python 02_model.py", timeout=5))
+        assert "start it again on its host" in output.wait_for("  model1 stopped answering")
+        command = shlex.split(output.wait_for("    SWARM_COMPONENT_NAME=model1 ", timeout=5))
         assert command[0] == "SWARM_COMPONENT_NAME=model1" and command[-2:] == ["python", "02_model.py"]
         variables = dict(word.split("=", 1) for word in command[:-2])
         by_hand.append(subprocess.Popen([sys.executable, str(ROOT / "02_model.py")], env={**env, **variables},

@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import signal
@@ -44,7 +43,7 @@ from swarm.protocol import COMPONENT_ID, HYPERPARAMETERS, LEARNING_RATE, WEIGHTS
 from swarm.server import SwarmServer, log_server_line
 from swarm.settings import RuntimeSettings, SettingsError, SwarmSettings, load_settings
 from swarm.wire import FORMAT, HEADER_LENGTH, frame
-from tests.helpers import ROOT
+from tests.helpers import ROOT, Output
 from tests.peer import read_until_closed
 from tests.test_server_input import server_process, wait_for_log
 
@@ -416,37 +415,6 @@ def hosts(swarm_env):
         namespaces.remove()
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
     assert not [ns for ns in [*namespaces.names.values(), namespaces.bridge] if ns in left.split()], left
-
-
-class Output:
-    """A process's output, read by a thread into lines, so no wait on it can block."""
-
-    def __init__(self, process: subprocess.Popen) -> None:
-        self.lines: list[str] = []
-        self.new: queue.Queue[str | None] = queue.Queue()
-        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
-        self.thread.start()
-
-    def _read(self, process: subprocess.Popen) -> None:
-        for line in process.stdout:
-            self.lines.append(line)
-            self.new.put(line)
-        self.new.put(None)
-
-    def wait_for(self, prefix: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.new.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"no line starting with {prefix!r} within {timeout:g} s in:\n{self.text()}")
-            if line is None:
-                pytest.fail(f"the process ended without a line starting with {prefix!r}:\n{self.text()}")
-            if line.startswith(prefix):
-                return
-
-    def text(self) -> str:
-        return "".join(self.lines)
 
 
 def finish(process: subprocess.Popen, output: Output, timeout: float, what: str) -> str:
