@@ -9,10 +9,10 @@ import signal
 import sys
 
 from swarm.component import PARENT_VARIABLE, setup_component
-from swarm.launcher import model_processes
+from swarm.launcher import FORK_PROCESS, model_processes
 from swarm.scripts import load_script
 
-log = logging.getLogger("models")
+log = logging.getLogger(FORK_PROCESS)
 
 
 def run_model(model, name: str, count: int) -> None:
@@ -27,7 +27,7 @@ def run_model(model, name: str, count: int) -> None:
 
 
 def main() -> None:
-    settings = setup_component("models")
+    settings = setup_component(FORK_PROCESS)
     model = load_script("02_model.py")  # the imports every model needs, done once
     children = {}
     for name, hosted in model_processes(settings.models, settings.models_per_process).items():

@@ -4,7 +4,6 @@ is played again (swarm.rounds). The server cannot be healed: every client's conn
 from __future__ import annotations
 
 import contextlib
-import re
 import shlex
 import sys
 import time
@@ -15,9 +14,9 @@ from typing import Any
 import torch
 
 from swarm import checkpoint
-from swarm.component import IDS_VARIABLE, NAME_VARIABLE, hosted_names
+from swarm.component import IDS_VARIABLE, NAME_VARIABLE
 from swarm.control import ControlClient
-from swarm.launcher import ManagedSwarm, SwarmError, wait_for_answers
+from swarm.launcher import FORK_PROCESS, ManagedSwarm, SwarmError, model_processes, wait_for_answers
 from swarm.protocol import CMD, COMPONENT_ID, ROOM_EVOLUTION, STATE, WEIGHTS, custom_message
 from swarm.settings import SwarmSettings
 
@@ -105,12 +104,14 @@ class Healer:
         return lost
 
     def process_of(self, model_id: str) -> str | None:
-        """The process that hosts the model `model_id` (model7-1a2b...: model7's)."""
+        """The process the control started that hosts the model `model_id` (model7-1a2b...: model7's),
+        as `ManagedSwarm.start_models` started them."""
         model = model_id.rsplit("-", 1)[0]
-        for name, component in self.swarm.components.items():
-            if model in hosted_by(component.environment, name, self.settings):
-                return name
-        return None
+        hosts = {hosted: process for process, models in
+                 model_processes(self.settings.models, self.settings.models_per_process).items() for hosted in models}
+        if model not in hosts:
+            return None
+        return FORK_PROCESS if self.settings.launcher == "fork" else hosts[model]
 
     def log_file(self, name: str) -> Path:
         """Where a process logs: its launcher's file, or (started by hand) the same name on its host."""
@@ -152,15 +153,6 @@ class Healer:
                  or not torch.equal(torch.as_tensor(a[WEIGHTS], dtype=torch.float32), saved[a[COMPONENT_ID]])]
         if wrong:
             raise SwarmError(f"the restored weights did not take in {', '.join(sorted(wrong))}")
-
-
-def hosted_by(environment: dict[str, str], name: str, settings: SwarmSettings) -> list[str]:
-    """The models a launched process hosts: a model process its own range, the fork launcher all."""
-    if name == "models":  # SWARM_LAUNCHER=fork: one process forks them all
-        return [f"model{j}" for j in range(settings.models)]
-    if not re.fullmatch(r"model\d+", name):
-        return []
-    return hosted_names(name, int(environment.get("SWARM_MODELS_PER_PROCESS", "1")))
 
 
 def resume_command(settings: SwarmSettings, path: Path) -> str:

@@ -58,6 +58,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+FORK_PROCESS = "models"  # SWARM_LAUNCHER=fork: the one process that forks every model process
+
+
 def model_processes(models: int, per_process: int) -> dict[str, list[str]]:
     """Each model process's name and the models it hosts: k each, model0 hosting model0 to
     model<k-1>, model<k> the next k (the last may host fewer)."""
@@ -168,9 +171,9 @@ class ManagedSwarm(Swarm):
         if not isinstance(settings, SwarmSettings):
             raise TypeError("start_models needs the RL swarm's settings (SwarmSettings)")
         if settings.launcher == "fork":
-            self.add("models", "swarm.fork")
-            self.start("models")
-            return ["models"]
+            self.add(FORK_PROCESS, "swarm.fork")
+            self.start(FORK_PROCESS)
+            return [FORK_PROCESS]
         names = []
         for name, hosted in model_processes(settings.models, settings.models_per_process).items():
             self.add(name, "02_model.py")
