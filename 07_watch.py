@@ -23,7 +23,7 @@ from swarm import checkpoint
 from swarm.local import LocalSwarm
 from swarm.protocol import SCORES
 from swarm.runs import latest_checkpoint
-from swarm.settings import RuntimeSettings, SettingsError, SwarmSettings
+from swarm.settings import RuntimeSettings, SettingsError, SwarmSettings, given_settings
 
 FRAME_EVERY = 2  # every other frame (CartPole: 25 a second) is smooth enough, in half the file
 
@@ -71,9 +71,9 @@ def render(swarm: LocalSwarm, path: Path, seed: int | None) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    given = os.environ.get("SWARM_LOG_DIR", "") != ""
+    log_dir_given = "SWARM_LOG_DIR" in given_settings(RuntimeSettings, [])
     parser.add_argument("checkpoint", type=Path, nargs="?",
-                        default=(RuntimeSettings.from_env().log_dir / checkpoint.FILE_NAME if given
+                        default=(RuntimeSettings.from_env().log_dir / checkpoint.FILE_NAME if log_dir_given
                                  else latest_checkpoint(file_name=checkpoint.FILE_NAME)),
                         help="a swarm.pt written by 06_control.py (default: the newest run's, runs/latest/swarm.pt, "
                              "or swarm.pt in SWARM_LOG_DIR if it is set)")
