@@ -93,20 +93,30 @@ def train_until_solved(start: Start, start_evo: Evolve, confirm: Confirm, settin
     history = [Round(**row) for row in earlier or []]
     steps = steps_before = history[-1].steps if history else 0
     seconds_before = history[-1].seconds if history else 0.0
-    clock = dict(training=0.0)
-    began = time.monotonic() - seconds_before
+    training_seconds, began = 0.0, time.monotonic() - seconds_before
     solved = False
     report(describe(settings))
     for round_nr in itertools.count(len(history) + 1):
         report(f"ROUND {round_nr}" + (f"/{settings.rounds}" if settings.rounds else ""))
         restarted: list[str] = []
         lost = 0
-        while True:
-            played = [0]  # this attempt's training steps, known once its training is over
+        while True:  # an attempt at the round; a healed fault starts it again
+            training = None  # the attempt's training reply, once its training is over
             try:
-                row, ends = play_round(round_nr, steps, start, start_evo, confirm, settings, threshold, began,
-                                       played, clock)
-                row.restarted, row.lost_steps = (" ".join(restarted) or None), lost
+                training_began = time.monotonic()
+                training = start(settings.episodes, False)
+                training_seconds += time.monotonic() - training_began
+                row = Round(round_nr, steps + training[STEPS], 0.0, float(np.mean(training[SCORES])),
+                            *evaluate(start, settings.eval_episodes, settings.envs),
+                            restarted=" ".join(restarted) or None, lost_steps=lost)
+                if threshold is not None and row.eval_mean >= threshold:
+                    row.confirm_mean, row.confirm_episodes = confirm(threshold, round_nr)
+                    row.confirmed = row.confirm_episodes >= CONFIRM_EPISODES and row.confirm_mean >= threshold
+                ends = out_of_budget(row, settings, began)
+                if settings.evolution and not row.confirmed and not ends:
+                    row.fitness_spread = start_evo()
+                    row.after_mean, row.after_std = evaluate(start, settings.eval_episodes, settings.envs)
+                row.seconds = time.monotonic() - began
                 if after_round is not None:
                     after_round([asdict(r) for r in history] + [asdict(row)])
                 break
@@ -114,7 +124,7 @@ def train_until_solved(start: Start, start_evo: Evolve, confirm: Confirm, settin
                 if heal is None:
                     raise
                 names, seconds = heal(fault, round_nr)
-                lost_now = played[0] or steps_in_progress(fault)
+                lost_now = training[STEPS] if training is not None else steps_in_progress(fault)
                 lost, steps = lost + lost_now, steps + lost_now
                 restarted += names
                 report(f"  restarted {', '.join(names)} in {seconds:.1f} s after: {fault}; "
@@ -127,38 +137,16 @@ def train_until_solved(start: Start, start_evo: Evolve, confirm: Confirm, settin
             break
     seconds = time.monotonic() - began
     report(f"{'solved' if solved else 'NOT solved'} after {len(history)} rounds: {steps:,} training steps, "
-           f"{seconds:.0f} s wall ({(steps - steps_before) / max(clock['training'], 1e-9):.0f} training steps/s)")
-    return dict(solved=solved, steps=steps, seconds=seconds, training_seconds=clock["training"],
+           f"{seconds:.0f} s wall ({(steps - steps_before) / max(training_seconds, 1e-9):.0f} training steps/s)")
+    return dict(solved=solved, steps=steps, seconds=seconds, training_seconds=training_seconds,
                 history=[asdict(row) for row in history])
 
 
 def out_of_budget(row: Round, settings: SwarmSettings, began: float) -> bool:
+    """Whether the run's budget is spent once `row` is played: steps, wall time or rounds."""
     return bool((settings.max_steps and row.steps >= settings.max_steps)
                 or (settings.max_seconds and time.monotonic() - began >= settings.max_seconds)
                 or (settings.rounds and row.round >= settings.rounds))
-
-
-def play_round(round_nr: int, steps: int, start: Start, start_evo: Evolve, confirm: Confirm,
-               settings: SwarmSettings, threshold: float | None, began: float, played: list[int],
-               clock: dict[str, float]) -> tuple[Round, bool]:
-    """One round: training episodes, an evaluation, perhaps a confirmation, and an evolution step
-    with an evaluation of its population unless the run ends here; the round, and whether the
-    budget is spent."""
-    training_began = time.monotonic()
-    reply = start(settings.episodes, False)
-    played[0] = reply[STEPS]
-    clock["training"] += time.monotonic() - training_began
-    row = Round(round_nr, steps + reply[STEPS], 0.0, float(np.mean(reply[SCORES])),
-                *evaluate(start, settings.eval_episodes, settings.envs))
-    if threshold is not None and row.eval_mean >= threshold:
-        row.confirm_mean, row.confirm_episodes = confirm(threshold, round_nr)
-        row.confirmed = row.confirm_episodes >= CONFIRM_EPISODES and row.confirm_mean >= threshold
-    ends = out_of_budget(row, settings, began)
-    if settings.evolution and not row.confirmed and not ends:
-        row.fitness_spread = start_evo()
-        row.after_mean, row.after_std = evaluate(start, settings.eval_episodes, settings.envs)
-    row.seconds = time.monotonic() - began
-    return row, ends
 
 
 def steps_in_progress(fault: Exception) -> int:
