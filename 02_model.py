@@ -6,7 +6,7 @@ the rollout is full the model takes one A2C step on it. The evolution can read (
 (SET) a model's weights as one flat vector.
 
 A process serves SWARM_MODELS_PER_PROCESS models (1, the tutorial's: one process per model),
-computed together by the learner (swarm/learner.py); each answers as its own model.
+computed together by the learner (swarm_rl/learner.py); each answers as its own model.
 """
 import gc
 import secrets
@@ -14,16 +14,16 @@ import secrets
 import numpy as np
 import torch
 
-from swarm.checks import BadMessage, unbatch
-from swarm.client import Handlers, SwarmClient
-from swarm.component import (NAME_VARIABLE, component_name, hosted_names, new_component_id, setup_component,
+from swarm_rl.checks import BadMessage, unbatch
+from swarm_rl.client import Handlers, SwarmClient
+from swarm_rl.component import (NAME_VARIABLE, component_name, hosted_names, new_component_id, setup_component,
                              yield_to_the_critical_path)
-from swarm.environments import spaces
-from swarm.learner import A2CConfig, Members, make_policy
-from swarm.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENT_COEF, GAMMA, GET, HYPERPARAMETERS,
+from swarm_rl.environments import spaces
+from swarm_rl.learner import A2CConfig, Members, make_policy
+from swarm_rl.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENT_COEF, GAMMA, GET, HYPERPARAMETERS,
                             LEARNING_RATE, LOGITS, OPTIMIZER, REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION,
                             SET, STATE, WEIGHTS, read_observation, read_set)
-from swarm.settings import SwarmSettings
+from swarm_rl.settings import SwarmSettings
 
 COMPONENT_NAME = "model"
 NET_ARCH = [16, 16]  # the tutorial's: two 16-unit layers for the policy and for the value

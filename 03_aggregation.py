@@ -3,7 +3,7 @@
 Every model proposes a distribution over the actions. An evaluation step takes the swarm's vote
 (SWARM_VOTE; the tutorial's: the argmax of the summed probabilities). A training step samples its
 actions as SWARM_TRAINING_ACTIONS says (the tutorial's: from the summed probabilities), and the
-fitness (SWARM_FITNESS, swarm/fitness.py) is told about it; the evolution's GET gets the fitness.
+fitness (SWARM_FITNESS, swarm_rl/fitness.py) is told about it; the evolution's GET gets the fitness.
 A step whose last logits do not come within SWARM_MODEL_TIMEOUT seconds is given up, and the
 control is told which models are missing.
 """
@@ -16,14 +16,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from swarm.checks import BadMessage, as_batch, get_bool, get_per_env, get_str, require
-from swarm.client import Handlers, SwarmClient
-from swarm.component import setup_component
-from swarm.fitness import Fitness, Outcome, make_fitness
-from swarm.protocol import (ACTION, BEHAVIOUR, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, GET, LOGITS, REWARD,
+from swarm_rl.checks import BadMessage, as_batch, get_bool, get_per_env, get_str, require
+from swarm_rl.client import Handlers, SwarmClient
+from swarm_rl.component import setup_component
+from swarm_rl.fitness import Fitness, Outcome, make_fitness
+from swarm_rl.protocol import (ACTION, BEHAVIOUR, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, GET, LOGITS, REWARD,
                             ROOM_ACTION, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_PING, ROOT_ID, SET, WEIGHTS,
                             ModelRegistry, error_report, register_model)
-from swarm.settings import SwarmSettings
+from swarm_rl.settings import SwarmSettings
 
 COMPONENT_NAME = "aggregation"
 log = logging.getLogger(COMPONENT_NAME)

@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from deap import algorithms, base, creator, tools
 
-from swarm.checks import BadMessage, as_vector, get_bool, get_float, get_str, require
-from swarm.client import Handlers, Reply, SwarmClient
-from swarm.component import setup_component
-from swarm.fitness import fitness_spread
-from swarm.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, COPIED, ENT_COEF, EVOLUTION, EVO_DONE, FITNESS,
+from swarm_rl.checks import BadMessage, as_vector, get_bool, get_float, get_str, require
+from swarm_rl.client import Handlers, Reply, SwarmClient
+from swarm_rl.component import setup_component
+from swarm_rl.fitness import fitness_spread
+from swarm_rl.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, COPIED, ENT_COEF, EVOLUTION, EVO_DONE, FITNESS,
                             FITNESS_SPREAD, GAMMA, GET,
                             HYPERPARAMETERS, LEARNING_RATE, ModelRegistry, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING,
                             ROOT_ID, SET, STATUS, WEIGHTS, error_report, read_hyperparameters, register_model)
-from swarm.settings import SwarmSettings
+from swarm_rl.settings import SwarmSettings
 
 COMPONENT_NAME = "evolution"
 log = logging.getLogger(COMPONENT_NAME)

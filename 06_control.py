@@ -36,19 +36,19 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from swarm import checkpoint
-from swarm.control import ControlClient
-from swarm.healing import Healer, explain_stops
-from swarm.launcher import ManagedSwarm
-from swarm.local import confirm_from_state
-from swarm.records import RunRecords
-from swarm.protocol import (AVG_SCORE, CMD, COMPONENT_ID, DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION,
+from swarm_rl import checkpoint
+from swarm_rl.control import ControlClient
+from swarm_rl.healing import Healer, explain_stops
+from swarm_rl.launcher import ManagedSwarm
+from swarm_rl.local import confirm_from_state
+from swarm_rl.records import RunRecords
+from swarm_rl.protocol import (AVG_SCORE, CMD, COMPONENT_ID, DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION,
                             FITNESS_SPREAD, NR_OF_EPISODE, ROOM_EVOLUTION, SCORES, STATE, WEIGHTS, custom_message)
-from swarm.rounds import train_until_solved
-from swarm.scripts import load_script
-from swarm.environments import solved_at
-from swarm.runs import new_run_folder
-from swarm.settings import SwarmSettings, given_settings, in_notebook, load_settings
+from swarm_rl.rounds import train_until_solved
+from swarm_rl.scripts import load_script
+from swarm_rl.environments import solved_at
+from swarm_rl.runs import new_run_folder
+from swarm_rl.settings import SwarmSettings, given_settings, in_notebook, load_settings
 
 settings = load_settings(argv=sys.argv[1:], description="Train the RL swarm until it solves CartPole-v1.",
                          log_dir_needed=False)
@@ -166,7 +166,7 @@ def confirm(threshold, round_nr):
 # 475 over 100 consecutive episodes: an evaluation that reaches 475 is confirmed with 100
 # deterministic episodes, played in this process (`confirm`). The budget (`SWARM_MAX_STEPS`
 # training steps, `SWARM_MAX_SECONDS` of wall time from the first round) is checked after every
-# round. The same loop drives the in-process runner (`swarm.local`) that the study uses.
+# round. The same loop drives the in-process runner (`swarm_rl.local`) that the study uses.
 
 # %%
 def plot_scores(history):

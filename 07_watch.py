@@ -5,7 +5,7 @@
     python 07_watch.py path/to/swarm.pt --render cartpole.gif
     python 07_watch.py path/to/swarm.pt --render cartpole.mp4
 
-The checkpoint's swarm is built in this one process, without a server (`swarm.local`: the scripts'
+The checkpoint's swarm is built in this one process, without a server (`swarm_rl.local`: the scripts'
 own handlers), given the checkpoint's members, and plays deterministic episodes with the swarm's
 own aggregation, by the checkpoint's SWARM_VOTE (by default the argmax of the members' summed
 probabilities). It prints their mean and standard deviation; with --render it also saves one
@@ -19,11 +19,11 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 
-from swarm import checkpoint
-from swarm.local import LocalSwarm
-from swarm.protocol import SCORES
-from swarm.runs import latest_checkpoint
-from swarm.settings import RuntimeSettings, SettingsError, SwarmSettings, given_settings
+from swarm_rl import checkpoint
+from swarm_rl.local import LocalSwarm
+from swarm_rl.protocol import SCORES
+from swarm_rl.runs import latest_checkpoint
+from swarm_rl.settings import RuntimeSettings, SettingsError, SwarmSettings, given_settings
 
 FRAME_EVERY = 2  # every other frame (CartPole: 25 a second) is smooth enough, in half the file
 

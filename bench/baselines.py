@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from swarm.rounds import CONFIRM_EPISODES
+from swarm_rl.rounds import CONFIRM_EPISODES
 
 # arm -> env id -> (algorithm, n_envs, normalize, keyword arguments)
 ZOO: dict[str, dict[str, tuple[str, int, bool, dict[str, Any]]]] = {

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from swarm import checkpoint
-from swarm.local import LocalSwarm
-from swarm.settings import SwarmSettings
+from swarm_rl import checkpoint
+from swarm_rl.local import LocalSwarm
+from swarm_rl.settings import SwarmSettings
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from swarm.launcher import free_port
-from swarm.scripts import PROJECT_DIR
+from swarm_rl.launcher import free_port
+from swarm_rl.scripts import PROJECT_DIR
 
 
 def model_pids(control: psutil.Process) -> dict[str, int]:

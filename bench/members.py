@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from swarm.environments import solved_at
-from swarm.local import LocalSwarm
-from swarm.settings import VOTES, SwarmSettings
+from swarm_rl.environments import solved_at
+from swarm_rl.local import LocalSwarm
+from swarm_rl.settings import VOTES, SwarmSettings
 
 
 def play(choose: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int) -> float:

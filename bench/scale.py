@@ -18,9 +18,9 @@ import math
 import tempfile
 from pathlib import Path
 
-from swarm.launcher import free_port
-from swarm.scripts import load_script
-from swarm.settings import SwarmSettings
+from swarm_rl.launcher import free_port
+from swarm_rl.scripts import load_script
+from swarm_rl.settings import SwarmSettings
 
 
 def measure(models: int, envs: int, processes: int, launcher: str, operators: str, log_dir: Path) -> dict:

@@ -15,7 +15,7 @@ every round (10 deterministic episodes) and confirms an evaluation that reaches 
 100 more; the SB3 arms evaluate every 2,000 steps and confirm the same way. An unsolved run counts
 as the budget (the environment's SWARM_MAX_STEPS) in the medians.
 
-The swarm runs in process by default (`swarm.local`: the real handlers, no sockets, every model in
+The swarm runs in process by default (`swarm_rl.local`: the real handlers, no sockets, every model in
 one learner; a seeded swarm plays the same rounds there as over sockets, docs/learning.md,
 "Reproducibility"), or over sockets with `--sockets` (`06_control.py`).
 Runs go `--jobs` at a time, each in a process of its own.
@@ -53,11 +53,11 @@ from pathlib import Path
 
 import numpy as np
 
-from swarm import rounds
-from swarm.environments import DEFAULT_ENV_ID, solved_at
-from swarm.launcher import free_port
-from swarm.scripts import PROJECT_DIR, load_script
-from swarm.settings import SwarmSettings
+from swarm_rl import rounds
+from swarm_rl.environments import DEFAULT_ENV_ID, solved_at
+from swarm_rl.launcher import free_port
+from swarm_rl.scripts import PROJECT_DIR, load_script
+from swarm_rl.settings import SwarmSettings
 
 baselines = load_script("bench/baselines.py")
 
@@ -100,7 +100,7 @@ def progress(arm: str, seed: int, args: argparse.Namespace):
 
 
 def run_in_process(arm: str, seed: int, args: argparse.Namespace) -> dict:
-    from swarm.local import LocalSwarm
+    from swarm_rl.local import LocalSwarm
 
     with tempfile.TemporaryDirectory(prefix="study-") as log_dir:
         settings = swarm_settings(arm, seed, args, Path(log_dir))

@@ -18,7 +18,7 @@ It also prints where the CPU went while the swarm was measured: cores busy and C
     python bench/throughput.py                       # 20 models, 1 environment
     python bench/throughput.py --envs 32             # 32 CartPole copies per step
     python bench/throughput.py --quick               # 4 models, short: under a minute
-    python bench/throughput.py --launcher fork       # models forked from one process (swarm/fork.py)
+    python bench/throughput.py --launcher fork       # models forked from one process (swarm_rl/fork.py)
     python bench/throughput.py --per-process 10      # 10 models hosted in each model process
 """
 from __future__ import annotations
@@ -36,12 +36,12 @@ from pathlib import Path
 
 import psutil
 
-from swarm.control import ControlClient
-from swarm.launcher import ManagedSwarm, free_port
-from swarm.protocol import (DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOT_ID, STEPS)
-from swarm.scripts import PROJECT_DIR, load_script
-from swarm.environments import DEFAULT_ENV_ID
-from swarm.settings import SwarmSettings
+from swarm_rl.control import ControlClient
+from swarm_rl.launcher import ManagedSwarm, free_port
+from swarm_rl.protocol import (DETERMINISTIC, ENV_DONE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOT_ID, STEPS)
+from swarm_rl.scripts import PROJECT_DIR, load_script
+from swarm_rl.environments import DEFAULT_ENV_ID
+from swarm_rl.settings import SwarmSettings
 
 
 def compute_only_sps(models: int, envs: int, steps: int, warmup: int) -> float:
@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--skip-compute", action="store_true", help="measure the swarm only")
     parser.add_argument("--launcher", choices=["swarm", "fork"], default="swarm",
                         help="SWARM_LAUNCHER: swarm, one interpreter per model process, the tutorial's way "
-                             "(default); fork: swarm/fork.py, forks of one process that imported torch once")
+                             "(default); fork: swarm_rl/fork.py, forks of one process that imported torch once")
     parser.add_argument("--log-dir", type=Path, help="the components' logs (default: a new temporary folder)")
     args = parser.parse_args()
     args.models = args.models or (4 if args.quick else 20)

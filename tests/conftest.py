@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from swarm.launcher import free_port
-from swarm.settings import SwarmSettings
+from swarm_rl.launcher import free_port
+from swarm_rl.settings import SwarmSettings
 from tests.helpers import kill_all, processes_with_log_dir
 
 

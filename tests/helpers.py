@@ -20,11 +20,11 @@ import psutil
 import pytest
 from nbclient import NotebookClient
 
-from swarm.control import ControlClient
-from swarm.launcher import ManagedSwarm
-from swarm.protocol import CMD, COMPONENT_ID, GET, ROOM_EVOLUTION, ROOT_ID, SET, WEIGHTS, custom_message
-from swarm.scripts import PROJECT_DIR as ROOT
-from swarm.scripts import load_script
+from swarm_rl.control import ControlClient
+from swarm_rl.launcher import ManagedSwarm
+from swarm_rl.protocol import CMD, COMPONENT_ID, GET, ROOM_EVOLUTION, ROOT_ID, SET, WEIGHTS, custom_message
+from swarm_rl.scripts import PROJECT_DIR as ROOT
+from swarm_rl.scripts import load_script
 
 __all__ = ["ROOT", "load_script"]
 

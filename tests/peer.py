@@ -14,9 +14,9 @@ import time
 
 from swergio import Client
 
-from swarm.client import ConnectionClosed, SwarmClient
-from swarm.settings import RuntimeSettings
-from swarm.wire import FORMAT, HEADER_LENGTH
+from swarm_rl.client import ConnectionClosed, SwarmClient
+from swarm_rl.settings import RuntimeSettings
+from swarm_rl.wire import FORMAT, HEADER_LENGTH
 
 
 def read_until_closed(sock: socket.socket, seconds: float) -> tuple[bytes, bool]:

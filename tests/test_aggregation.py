@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from swarm.checks import BadMessage
-from swarm.fitness import Contribution, LeadReturn, Outcome, ReturnCredit
-from swarm.protocol import (ACTION, BEHAVIOUR, CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, ERROR,
+from swarm_rl.checks import BadMessage
+from swarm_rl.fitness import Contribution, LeadReturn, Outcome, ReturnCredit
+from swarm_rl.protocol import (ACTION, BEHAVIOUR, CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, ERROR,
                             GET, LOGITS, MISSING, PONG, REWARD, ROOT_ID, SET, STATUS, WEIGHTS)
-from swarm.settings import SwarmSettings
+from swarm_rl.settings import SwarmSettings
 from tests.helpers import load_script
 
 aggregation = load_script("03_aggregation.py")

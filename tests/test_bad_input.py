@@ -5,11 +5,11 @@ import time
 
 import numpy as np
 
-from swarm.client import SwarmClient
-from swarm.protocol import (ACTION, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, ENV_DONE, EPISODE, EVO_DONE,
+from swarm_rl.client import SwarmClient
+from swarm_rl.protocol import (ACTION, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, ENV_DONE, EPISODE, EVO_DONE,
                             EVOLUTION, LOGITS, NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL,
                             ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION, ROOT_ID, SET, WEIGHTS, custom_message)
-from swarm.wire import frame
+from swarm_rl.wire import frame
 from tests.helpers import drain, get_weights, ready_swarm, set_weights
 
 BAD_MESSAGES = {

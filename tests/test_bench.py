@@ -1,5 +1,5 @@
 """bench/throughput.py runs end to end and reports every figure (the figures themselves are
-checked by running the benchmark, not by tests), and its forked-models launcher option (swarm.fork) works."""
+checked by running the benchmark, not by tests), and its forked-models launcher option (swarm_rl.fork) works."""
 import json
 import os
 import signal
@@ -10,10 +10,11 @@ import numpy as np
 import psutil
 import pytest
 
-from swarm.client import SwarmClient
-from swarm.control import ControlClient
-from swarm.launcher import SwarmError
-from swarm.protocol import CMD, DETERMINISTIC, ENV_DONE, EPISODE, NR_OF_EPISODE, ROOM_EVOLUTION, SET, WEIGHTS, custom_message
+from swarm_rl.client import SwarmClient
+from swarm_rl.control import ControlClient
+from swarm_rl.launcher import SwarmError
+from swarm_rl.protocol import (CMD, DETERMINISTIC, ENV_DONE, EPISODE, NR_OF_EPISODE, ROOM_EVOLUTION, SET, WEIGHTS,
+                               custom_message)
 from tests.helpers import COMPONENTS, ROOT, assert_all_gone, get_weights, processes_with_log_dir, start_swarm
 
 
@@ -35,7 +36,7 @@ def test_the_quick_benchmark_reports_every_figure(swarm_env, per_process):
 
 
 def test_forked_models_are_separate_models_and_stop_with_the_swarm(swarm_env):
-    """SWARM_LAUNCHER=fork (swarm/fork.py): every fork has its own id and weights."""
+    """SWARM_LAUNCHER=fork (swarm_rl/fork.py): every fork has its own id and weights."""
     swarm = start_swarm(swarm_env.replace(launcher="fork"), 3)
     launched = list(swarm.pids().values())
     try:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from swarm import checkpoint
-from swarm.local import LocalSwarm
-from swarm.scripts import load_script
-from swarm.settings import SettingsError, SwarmSettings
+from swarm_rl import checkpoint
+from swarm_rl.local import LocalSwarm
+from swarm_rl.scripts import load_script
+from swarm_rl.settings import SettingsError, SwarmSettings
 from tests.helpers import ROOT, run_control, wait_for_line
 
 model = load_script("02_model.py")

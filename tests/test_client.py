@@ -11,13 +11,13 @@ import pytest
 import swergio.server
 from swergio import Client, Trigger
 
-from swarm.checks import BadMessage
-from swarm.client import ConnectionClosed, SwarmClient
-from swarm.launcher import free_port
-from swarm.protocol import CUSTOM, ROOT_ID, WEIGHTS, custom_message
-from swarm.server import SwarmServer, log_server_line
-from swarm.settings import SwarmSettings
-from swarm.wire import FORMAT, HEADER_LENGTH, frame
+from swarm_rl.checks import BadMessage
+from swarm_rl.client import ConnectionClosed, SwarmClient
+from swarm_rl.launcher import free_port
+from swarm_rl.protocol import CUSTOM, ROOT_ID, WEIGHTS, custom_message
+from swarm_rl.server import SwarmServer, log_server_line
+from swarm_rl.settings import SwarmSettings
+from swarm_rl.wire import FORMAT, HEADER_LENGTH, frame
 
 
 @pytest.fixture

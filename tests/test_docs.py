@@ -1,6 +1,6 @@
 """Documentation that is generated from the code matches what is committed."""
 from tests.helpers import ROOT
-from swarm.settings import readme_with_table
+from swarm_rl.settings import readme_with_table
 from trebuchet.settings import README, TrebuchetSettings
 
 

@@ -4,13 +4,13 @@ import random
 import numpy as np
 import pytest
 
-from swarm.checks import BadMessage
-from swarm.client import Reply
-from swarm.protocol import (CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, COPIED, ENT_COEF, ERROR, EVO_DONE, EVOLUTION,
+from swarm_rl.checks import BadMessage
+from swarm_rl.client import Reply
+from swarm_rl.protocol import (CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, COPIED, ENT_COEF, ERROR, EVO_DONE, EVOLUTION,
                             FITNESS, FITNESS_SPREAD, GAMMA, GET, HYPERPARAMETERS, LEARNING_RATE, MISSING, NR_OF_EPISODE,
                             OPTIMIZER, PONG, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING, ROOT_ID, SET, STATUS, WEIGHTS,
                             custom_message)
-from swarm.settings import SwarmSettings
+from swarm_rl.settings import SwarmSettings
 from tests.helpers import load_script
 
 evolution_script = load_script("05_evolution.py")
@@ -252,7 +252,7 @@ def test_the_state_comes_from_the_settings():
 
 def wired_evolution(nr_of_models):
     """The evolution's handlers on a client of an in-memory hub, and a peer in every room it answers to."""
-    from swarm.local import LocalClient, LocalHub
+    from swarm_rl.local import LocalClient, LocalHub
     hub, settings = LocalHub(), SwarmSettings(models=nr_of_models, operators="genetic")
     client = evolution_script.handlers.wire(LocalClient(hub, "evolution", settings, state=new_evolution(nr_of_models)))
     peer = LocalClient(hub, "peer", settings, serve=False)

@@ -18,8 +18,8 @@ import jupytext
 import psutil
 import pytest
 
-from swarm.launcher import ManagedSwarm, SwarmError
-from swarm.protocol import DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, STEPS
+from swarm_rl.launcher import ManagedSwarm, SwarmError
+from swarm_rl.protocol import DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, STEPS
 from tests.helpers import (ROOT, assert_all_gone, processes_with_log_dir, ready_swarm, run_control, seconds_until_gone,
                            wait_for_line)
 

@@ -1,12 +1,12 @@
-"""The fitness strategies (swarm/fitness.py), each on its own: no aggregation, no messages."""
+"""The fitness strategies (swarm_rl/fitness.py), each on its own: no aggregation, no messages."""
 import dataclasses
 
 import numpy as np
 import pytest
 
-from swarm.fitness import (FITNESSES, Contribution, Fitness, LeadReturn, Outcome, ReturnCredit, fitness_spread,
+from swarm_rl.fitness import (FITNESSES, Contribution, Fitness, LeadReturn, Outcome, ReturnCredit, fitness_spread,
                            make_fitness)
-from swarm.settings import SwarmSettings
+from swarm_rl.settings import SwarmSettings
 
 IDS = ["a", "b"]
 

@@ -15,11 +15,11 @@ import numpy as np
 import psutil
 import pytest
 
-from swarm import rounds
-from swarm.healing import Healer, resume_command, stopped_run
-from swarm.launcher import ManagedSwarm, SwarmError
-from swarm.protocol import CMD, ROOM_EVOLUTION, STATE, WEIGHTS
-from swarm.settings import SwarmSettings
+from swarm_rl import rounds
+from swarm_rl.healing import Healer, resume_command, stopped_run
+from swarm_rl.launcher import ManagedSwarm, SwarmError
+from swarm_rl.protocol import CMD, ROOM_EVOLUTION, STATE, WEIGHTS
+from swarm_rl.settings import SwarmSettings
 from tests.helpers import (ROOT, Output, assert_all_gone, get_weights, processes_with_log_dir, ready_swarm,
                            run_control, set_weights)
 

@@ -12,16 +12,16 @@ import numpy as np
 import psutil
 import pytest
 
-from swarm.checks import BadMessage
-from swarm.client import SwarmClient
-from swarm.control import ControlClient
-from swarm.component import hosted_names
-from swarm.launcher import SwarmError
-from swarm.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION,
+from swarm_rl.checks import BadMessage
+from swarm_rl.client import SwarmClient
+from swarm_rl.control import ControlClient
+from swarm_rl.component import hosted_names
+from swarm_rl.launcher import SwarmError
+from swarm_rl.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION,
                             EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, FITNESS_SPREAD, GET, HYPERPARAMETERS, LEARNING_RATE,
                             LOGITS, NR_OF_EPISODE, OBSERVATION, OPTIMIZER, REWARD, ROOM_EVOLUTION, SET, STATE, STEP,
                             TRUNCATED, WEIGHTS)
-from swarm.settings import SwarmSettings
+from swarm_rl.settings import SwarmSettings
 from tests.helpers import COMPONENTS, assert_all_gone, get_weights, set_weights, start_swarm
 from tests.test_model import model
 
@@ -107,7 +107,7 @@ def test_models_differ_from_each_other():
 
 
 def model_observed(msg, envs=2):
-    from swarm.protocol import read_observation
+    from swarm_rl.protocol import read_observation
     return read_observation(msg, envs, 4, 2)
 
 

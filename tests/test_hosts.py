@@ -35,14 +35,14 @@ import pytest
 import swergio.server
 from swergio import Client
 
-from swarm import checkpoint
-from swarm.client import ConnectionClosed, SwarmClient
-from swarm.component import NAME_VARIABLE, PARENT_VARIABLE
-from swarm.launcher import free_port
-from swarm.protocol import COMPONENT_ID, HYPERPARAMETERS, LEARNING_RATE, WEIGHTS, custom_message
-from swarm.server import SwarmServer, log_server_line
-from swarm.settings import RuntimeSettings, SettingsError, SwarmSettings, load_settings
-from swarm.wire import FORMAT, HEADER_LENGTH, frame
+from swarm_rl import checkpoint
+from swarm_rl.client import ConnectionClosed, SwarmClient
+from swarm_rl.component import NAME_VARIABLE, PARENT_VARIABLE
+from swarm_rl.launcher import free_port
+from swarm_rl.protocol import COMPONENT_ID, HYPERPARAMETERS, LEARNING_RATE, WEIGHTS, custom_message
+from swarm_rl.server import SwarmServer, log_server_line
+from swarm_rl.settings import RuntimeSettings, SettingsError, SwarmSettings, load_settings
+from swarm_rl.wire import FORMAT, HEADER_LENGTH, frame
 from tests.helpers import ROOT, Output
 from tests.peer import read_until_closed
 from tests.test_server_input import server_process, wait_for_log
@@ -54,7 +54,7 @@ ROOM = "room"
 # --------------------------------------------------------------------------- settings
 @pytest.mark.parametrize("host", ["10.213.0.1", "0.0.0.0", "192.0.2.7", "swarm.example"])
 def test_beyond_loopback_the_settings_refuse_a_server_without_a_token(tmp_path, capsys, monkeypatch, host):
-    monkeypatch.setattr("swarm.settings.in_notebook", lambda: False)  # as in a shell, whatever ran in this process
+    monkeypatch.setattr("swarm_rl.settings.in_notebook", lambda: False)  # as in a shell, whatever ran in this process
     environ = {"SWERGIO_HOST": host, "SWARM_LOG_DIR": str(tmp_path)}
     with pytest.raises(SystemExit) as refused:
         load_settings(RuntimeSettings, environ)
@@ -257,7 +257,7 @@ ABSENT = object()
                                             (None, "no TOKEN"), (ABSENT, "no TOKEN")],
                          ids=["right", "wrong-case", "a-number", "null", "absent"])
 def test_a_raw_peer_receives_only_once_its_register_carried_the_secret(guarded_hub, token, refusal):
-    """A peer speaking swergio's wire format (swarm/wire.py) by hand sends only its REGISTER, then
+    """A peer speaking swergio's wire format (swarm_rl/wire.py) by hand sends only its REGISTER, then
     a message is sent to its name: admitted, it receives it; refused, the server closes the
     connection (in order: nothing sent to it could be lost in a reset) without a byte."""
     name = f"raw-{uuid.uuid4().hex[:6]}"

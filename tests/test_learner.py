@@ -1,4 +1,4 @@
-"""The learner (swarm/learner.py) against its reference, stable-baselines3's A2C, and Adam against torch's."""
+"""The learner (swarm_rl/learner.py) against its reference, stable-baselines3's A2C, and Adam against torch's."""
 import subprocess
 import sys
 import textwrap
@@ -9,10 +9,10 @@ import torch
 from stable_baselines3 import A2C
 from stable_baselines3.common.logger import configure
 
-from swarm.adam import StackedAdam
-from swarm.environments import spaces
-from swarm.learner import A2CConfig, Members, advantages_and_returns, make_policy
-from swarm.protocol import ENT_COEF, GAMMA, NewState, Observed
+from swarm_rl.adam import StackedAdam
+from swarm_rl.environments import spaces
+from swarm_rl.learner import A2CConfig, Members, advantages_and_returns, make_policy
+from swarm_rl.protocol import ENT_COEF, GAMMA, NewState, Observed
 from tests.helpers import ROOT
 
 ENVS = 2
@@ -225,8 +225,8 @@ def test_a_model_process_never_imports_the_torch_compiler():
     code = textwrap.dedent("""
         import sys
         import numpy as np
-        from swarm.scripts import load_script
-        from swarm.settings import SwarmSettings
+        from swarm_rl.scripts import load_script
+        from swarm_rl.settings import SwarmSettings
         m = load_script("02_model.py")
         for names in (["model0"], ["model0", "model1"]):
             state = m.new_state(SwarmSettings(envs=1), names)

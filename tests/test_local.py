@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from swarm import rounds
-from swarm.local import LocalSwarm, confirm_from_state
-from swarm.settings import SwarmSettings
+from swarm_rl import rounds
+from swarm_rl.local import LocalSwarm, confirm_from_state
+from swarm_rl.settings import SwarmSettings
 from tests.helpers import run_control
 
 EXACT = ("round", "steps", "train_mean", "eval_mean", "eval_std", "confirm_mean", "after_mean", "after_std")

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from swarm import checkpoint
-from swarm.runs import LATEST, new_run_folder
-from swarm.settings import SwarmSettings
+from swarm_rl import checkpoint
+from swarm_rl.runs import LATEST, new_run_folder
+from swarm_rl.settings import SwarmSettings
 from tests.helpers import ROOT, run_control
 
 

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from swarm.local import LocalSwarm
-from swarm.settings import SwarmSettings
+from swarm_rl.local import LocalSwarm
+from swarm_rl.settings import SwarmSettings
 from tests.helpers import run_control
 
 # The defaults (06_control.py with no settings) and a seed whose run is long enough to show a

@@ -21,10 +21,10 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from swarm.client import SwarmClient
-from swarm.launcher import ManagedSwarm
-from swarm.protocol import custom_message
-from swarm.wire import frame
+from swarm_rl.client import SwarmClient
+from swarm_rl.launcher import ManagedSwarm
+from swarm_rl.protocol import custom_message
+from swarm_rl.wire import frame
 from tests.helpers import ROOT, assert_all_gone
 
 ROOM = "room"

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from swarm.settings import (RuntimeSettings, SettingsError, SwarmSettings, command_line, load_settings, option_name,
+from swarm_rl.settings import (RuntimeSettings, SettingsError, SwarmSettings, command_line, load_settings, option_name,
                             readme_with_table)
 from tests.helpers import ROOT, processes_with_log_dir
 
@@ -181,7 +181,7 @@ def test_the_runtime_settings_know_nothing_of_the_rl_swarm():
 
 def test_the_readme_table_is_the_generated_one():
     readme = (ROOT / "README.md").read_text()
-    assert readme_with_table(readme) == readme, "run: python -m swarm.settings --readme"
+    assert readme_with_table(readme) == readme, "run: python -m swarm_rl.settings --readme"
     for f in FIELDS:
         assert f"`{f.metadata['env']}`" in readme
 

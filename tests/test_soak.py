@@ -13,12 +13,12 @@ from collections import Counter
 import psutil
 import pytest
 
-from swarm.client import SwarmClient
-from swarm.control import ControlClient
-from swarm.launcher import wait_for_answers
-from swarm.protocol import (DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOM_CONTROL, ROOT_ID,
+from swarm_rl.client import SwarmClient
+from swarm_rl.control import ControlClient
+from swarm_rl.launcher import wait_for_answers
+from swarm_rl.protocol import (DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOM_CONTROL, ROOT_ID,
                             SCORES, STATUS)
-from swarm.settings import SwarmSettings
+from swarm_rl.settings import SwarmSettings
 from tests.helpers import COMPONENTS, assert_all_gone, start_swarm
 
 MB = 1024 * 1024

@@ -103,8 +103,8 @@ def test_a_stopped_study_leaves_no_worker_behind(tmp_path, how):
 
 
 def test_the_members_diagnostic_measures_every_member_and_vote_and_changes_nothing(tmp_path):
-    from swarm.local import LocalSwarm
-    from swarm.settings import SwarmSettings
+    from swarm_rl.local import LocalSwarm
+    from swarm_rl.settings import SwarmSettings
 
     tiny = {"SWARM_MODELS": "3", "SWARM_ROUNDS": "3", "SWARM_ENVS": "2", "SWARM_EPISODES": "2"}
     result = subprocess.run([sys.executable, "bench/members.py", "--seed", "4", "--episodes", "1", "--rule-episodes", "2",

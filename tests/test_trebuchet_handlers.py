@@ -6,9 +6,9 @@ import pytest
 import torch
 from swergio import MODEL_STATUS
 
-from swarm.checks import BadMessage
-from swarm.protocol import ROOT_ID, STATUS
-from swarm.settings import SettingsError
+from swarm_rl.checks import BadMessage
+from swarm_rl.protocol import ROOT_ID, STATUS
+from swarm_rl.settings import SettingsError
 from tests.helpers import load_script
 from trebuchet import protocol as tp
 from trebuchet.settings import TrebuchetSettings

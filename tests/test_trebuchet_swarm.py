@@ -10,9 +10,9 @@ import time
 import numpy as np
 from swergio import MODEL_STATUS
 
-from swarm.control import ControlClient
-from swarm.launcher import ManagedSwarm
-from swarm.protocol import ROOT_ID
+from swarm_rl.control import ControlClient
+from swarm_rl.launcher import ManagedSwarm
+from swarm_rl.protocol import ROOT_ID
 from tests.helpers import ROOT, assert_all_gone, assert_paired, execute_notebook
 from trebuchet import protocol as tp
 from trebuchet.settings import TrebuchetSettings

@@ -17,8 +17,8 @@ import torch
 from swergio import MODEL_STATUS
 from torch import nn
 
-from swarm.client import Handlers, SwarmClient
-from swarm.component import setup_component
+from swarm_rl.client import Handlers, SwarmClient
+from swarm_rl.component import setup_component
 from trebuchet import protocol as tp
 from trebuchet.settings import TrebuchetSettings
 

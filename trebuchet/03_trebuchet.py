@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from swergio import MODEL_STATUS
 
-from swarm.client import Handlers, SwarmClient
-from swarm.component import setup_component
+from swarm_rl.client import Handlers, SwarmClient
+from swarm_rl.component import setup_component
 from trebuchet import protocol as tp
 from trebuchet.settings import TrebuchetSettings
 

@@ -20,10 +20,10 @@ import torch
 from swergio import MODEL_STATUS
 from torch import nn
 
-from swarm.client import Handlers, SwarmClient
-from swarm.component import setup_component
-from swarm.launcher import SwarmError, wait_for_answers
-from swarm.protocol import CUSTOM, ROOM_CONTROL, ROOT_ID, STATUS
+from swarm_rl.client import Handlers, SwarmClient
+from swarm_rl.component import setup_component
+from swarm_rl.launcher import SwarmError, wait_for_answers
+from swarm_rl.protocol import CUSTOM, ROOM_CONTROL, ROOT_ID, STATUS
 from trebuchet import protocol as tp
 from trebuchet.settings import TrebuchetSettings
 

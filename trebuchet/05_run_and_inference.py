@@ -37,11 +37,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from swergio import MODEL_STATUS
 
-from swarm.control import ControlClient
-from swarm.launcher import ManagedSwarm, SwarmError
-from swarm.protocol import ROOM_CONTROL, ROOT_ID, STATUS
-from swarm.scripts import PROJECT_DIR
-from swarm.settings import load_settings
+from swarm_rl.control import ControlClient
+from swarm_rl.launcher import ManagedSwarm, SwarmError
+from swarm_rl.protocol import ROOM_CONTROL, ROOT_ID, STATUS
+from swarm_rl.scripts import PROJECT_DIR
+from swarm_rl.settings import load_settings
 from trebuchet import protocol as tp
 from trebuchet.settings import TrebuchetSettings
 

@@ -16,8 +16,8 @@ import numpy as np
 from swergio import MESSAGE_TYPE, MODEL_STATUS
 from swergio.messageType import ModelStatusSetting
 
-from swarm.checks import BadMessage, as_vector, get_str, require
-from swarm.protocol import ROOT_ID
+from swarm_rl.checks import BadMessage, as_vector, get_str, require
+from swarm_rl.protocol import ROOT_ID
 
 log = logging.getLogger("trebuchet")
 

@@ -1,5 +1,5 @@
 """The trebuchet example's settings: the project's runtime settings (server, logs, seed, timeouts)
-and the trainer's number of steps, each declared once (see swarm/settings.py).
+and the trainer's number of steps, each declared once (see swarm_rl/settings.py).
 
     python -m trebuchet.settings           # the settings as a Markdown table
     python -m trebuchet.settings --readme  # write that table into trebuchet/README.md
@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from swarm.settings import RuntimeSettings, readme_with_table, setting, whole
+from swarm_rl.settings import RuntimeSettings, readme_with_table, setting, whole
 
 README = Path(__file__).resolve().parent / "README.md"
 

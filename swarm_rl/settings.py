@@ -5,7 +5,7 @@ children) and the README's configuration table are all derived from the fields b
 component reads its settings with `load`, which checks every value before anything starts and
 names each bad one in a line of its own.
 
-    python -m swarm.settings            # the settings as a Markdown table (the README's)
+    python -m swarm_rl.settings            # the settings as a Markdown table (the README's)
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from swarm.kinds import (Kind, SettingsError, choice, existing_file, folder, number, optional, secret_text, setting,
+from swarm_rl.kinds import (Kind, SettingsError, choice, existing_file, folder, number, optional, secret_text, setting,
                          switch, text, whole)
 
 __all__ = ["Kind", "RuntimeSettings", "SettingsError", "SwarmSettings", "choice", "existing_file", "folder",
@@ -221,7 +221,7 @@ class SwarmSettings(RuntimeSettings):
     def problems(self) -> list[str]:
         """What the values allow but the swarm cannot do: the runtime's problems, an environment it
         cannot play, and a fitness its training actions cannot give."""
-        from swarm.environments import environment_problem  # gymnasium: only when a swarm is set up
+        from swarm_rl.environments import environment_problem  # gymnasium: only when a swarm is set up
 
         problems = super().problems()
         if (problem := environment_problem(self.env_id)) is not None:

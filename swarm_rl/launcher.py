@@ -18,12 +18,12 @@ from pathlib import Path
 
 from swergio_toolbox.swarm_control import Component, Swarm
 
-from swarm import settings as settings_module
-from swarm.client import SwarmClient
-from swarm.component import NAME_VARIABLE, PARENT_VARIABLE, dump_stacks_on_sigusr1, hosted_names
-from swarm.protocol import COMPONENT, COMPONENT_ID, PING, PONG, ROOM_PING, custom_message
-from swarm.scripts import PROJECT_DIR
-from swarm.settings import RuntimeSettings, SwarmSettings
+from swarm_rl import settings as settings_module
+from swarm_rl.client import SwarmClient
+from swarm_rl.component import NAME_VARIABLE, PARENT_VARIABLE, dump_stacks_on_sigusr1, hosted_names
+from swarm_rl.protocol import COMPONENT, COMPONENT_ID, PING, PONG, ROOM_PING, custom_message
+from swarm_rl.scripts import PROJECT_DIR
+from swarm_rl.settings import RuntimeSettings, SwarmSettings
 
 
 class SwarmError(RuntimeError):
@@ -99,7 +99,7 @@ class ManagedComponent(Component):
         return self.delay
 
     def target(self) -> list[str]:
-        """A script (`02_model.py`) runs as a file; a module name (`swarm.fork`) runs with -m."""
+        """A script (`02_model.py`) runs as a file; a module name (`swarm_rl.fork`) runs with -m."""
         return [self.filepath] if self.filepath.endswith(".py") else ["-m", self.filepath]
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -166,12 +166,12 @@ class ManagedSwarm(Swarm):
 
     def start_models(self) -> list[str]:
         """Start SWARM_MODELS models, SWARM_MODELS_PER_PROCESS per process, each process here or
-        (SWARM_LAUNCHER=fork) forked by swarm/fork.py; the names of the components started."""
+        (SWARM_LAUNCHER=fork) forked by swarm_rl/fork.py; the names of the components started."""
         settings = self.settings
         if not isinstance(settings, SwarmSettings):
             raise TypeError("start_models needs the RL swarm's settings (SwarmSettings)")
         if settings.launcher == "fork":
-            self.add(FORK_PROCESS, "swarm.fork")
+            self.add(FORK_PROCESS, "swarm_rl.fork")
             self.start(FORK_PROCESS)
             return [FORK_PROCESS]
         names = []

@@ -16,10 +16,10 @@ from typing import Any
 from swergio import MESSAGE_TYPE, Client, Trigger
 from swergio.messageType import MessageTypeSetting
 
-from swarm.checks import BadMessage
-from swarm.protocol import COMPONENT, COMPONENT_ID, CUSTOM, PING, PONG, ROOM_PING
-from swarm.settings import RuntimeSettings
-from swarm.wire import FORMAT, HEADER_LENGTH, TOKEN, body_length, frame
+from swarm_rl.checks import BadMessage
+from swarm_rl.protocol import COMPONENT, COMPONENT_ID, CUSTOM, PING, PONG, ROOM_PING
+from swarm_rl.settings import RuntimeSettings
+from swarm_rl.wire import FORMAT, HEADER_LENGTH, TOKEN, body_length, frame
 
 log = logging.getLogger("swarm")
 

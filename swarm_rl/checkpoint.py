@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from swarm.checks import BadMessage, as_vector, get_float, get_str, require
-from swarm.protocol import (CMD, COMPONENT_ID, EXP_AVG, EXP_AVG_SQ, HYPERPARAMETERS, LEARNING_RATE, OPTIMIZER, SET,
+from swarm_rl.checks import BadMessage, as_vector, get_float, get_str, require
+from swarm_rl.protocol import (CMD, COMPONENT_ID, EXP_AVG, EXP_AVG_SQ, HYPERPARAMETERS, LEARNING_RATE, OPTIMIZER, SET,
                             STEP, WEIGHTS, read_hyperparameters)
-from swarm.settings import SettingsError, SwarmSettings, refuse
+from swarm_rl.settings import SettingsError, SwarmSettings, refuse
 
 FILE_NAME = "swarm.pt"
 FORMAT = 1
@@ -107,7 +107,7 @@ def member_problem(saved: Any, size: int) -> str | None:
 
 def member_size(settings: SwarmSettings) -> int:
     """The length of a member's weight vector for `settings`' environment."""
-    from swarm.scripts import load_script  # the model script: its network is the members' shape
+    from swarm_rl.scripts import load_script  # the model script: its network is the members' shape
 
     with torch.random.fork_rng():  # building a model seeds torch: leave the caller's generator alone
         return load_script("02_model.py").new_state(settings.replace(seed=0), ["model0"]).size

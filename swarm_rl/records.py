@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from swarm.protocol import (COMPONENT_ID, COPIED, ENDED_AT, ENT_COEF, FITNESS, GAMMA, HYPERPARAMETERS, LEARNING_RATE,
+from swarm_rl.protocol import (COMPONENT_ID, COPIED, ENDED_AT, ENT_COEF, FITNESS, GAMMA, HYPERPARAMETERS, LEARNING_RATE,
                             LENGTHS, SCORES)
 
 ROUND_SCALARS = ("train_mean", "eval_mean", "eval_std", "after_mean", "fitness_spread", "lost_steps")

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 from swergio import MESSAGE_TYPE
 
-from swarm.checks import BadMessage, as_batch, as_vector, get_actions, get_bool, get_float, get_per_env, require
+from swarm_rl.checks import BadMessage, as_batch, as_vector, get_actions, get_bool, get_float, get_per_env, require
 
 CUSTOM = MESSAGE_TYPE.DATA.CUSTOM
 

@@ -21,16 +21,16 @@ import numpy as np
 import torch
 from swergio import MESSAGE_TYPE
 
-from swarm import checkpoint, rounds
-from swarm.client import Reply, SwarmClient
-from swarm.environments import BEST_RETURNS
-from swarm.launcher import SwarmError, model_processes
-from swarm.learner import Members
-from swarm.protocol import (ACTION, CMD, DETERMINISTIC, ENV_DONE, ERROR, EVO_DONE, EVOLUTION,
+from swarm_rl import checkpoint, rounds
+from swarm_rl.client import Reply, SwarmClient
+from swarm_rl.environments import BEST_RETURNS
+from swarm_rl.launcher import SwarmError, model_processes
+from swarm_rl.learner import Members
+from swarm_rl.protocol import (ACTION, CMD, DETERMINISTIC, ENV_DONE, ERROR, EVO_DONE, EVOLUTION,
                             FITNESS_SPREAD, NR_OF_EPISODE, OBSERVATION, PING, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING,
                             ROOT_ID, SCORES, STATE, STATUS, WEIGHTS, custom_message)
-from swarm.scripts import load_script
-from swarm.settings import SwarmSettings
+from swarm_rl.scripts import load_script
+from swarm_rl.settings import SwarmSettings
 
 log = logging.getLogger("swarm")
 JOIN, LEAVE = MESSAGE_TYPE.COMMAND.JOINROOM.id, MESSAGE_TYPE.COMMAND.LEAVEROOM.id

@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from swarm.client import ConnectionClosed, SwarmClient
-from swarm.launcher import ManagedSwarm, SwarmError
-from swarm.protocol import (COMPONENT_ID, ERROR, MISSING, ROOM_CONTROL, ROOM_EVOLUTION, ROOT_ID, STATUS,
+from swarm_rl.client import ConnectionClosed, SwarmClient
+from swarm_rl.launcher import ManagedSwarm, SwarmError
+from swarm_rl.protocol import (COMPONENT_ID, ERROR, MISSING, ROOM_CONTROL, ROOM_EVOLUTION, ROOT_ID, STATUS,
                             custom_message)
 
 

@@ -1,4 +1,4 @@
-"""The control's round loop, shared by `06_control.py` (over sockets) and `swarm.local`: training
+"""The control's round loop, shared by `06_control.py` (over sockets) and `swarm_rl.local`: training
 episodes, an evaluation, an evolution step and an evaluation of the new population, until solved
 (an evaluation at the threshold, confirmed over 100 deterministic episodes) or out of budget.
 """
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from swarm.environments import solved_at
-from swarm.protocol import SCORES, STEPS
-from swarm.settings import SwarmSettings
+from swarm_rl.environments import solved_at
+from swarm_rl.protocol import SCORES, STEPS
+from swarm_rl.settings import SwarmSettings
 
 Start = Callable[[int, bool], dict[str, Any]]  # (episodes, deterministic) -> the run's ENV_DONE reply
 Evolve = Callable[[], float]  # one evolution step -> its fitness spread

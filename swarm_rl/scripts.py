@@ -6,7 +6,10 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# In a clone the scripts sit beside the package; an installed wheel carries them in swarm_rl/tutorial.
+PROJECT_DIR = (_PACKAGE_DIR.parent if (_PACKAGE_DIR.parent / "06_control.py").is_file()
+               else _PACKAGE_DIR / "tutorial")
 _loaded: dict[str, ModuleType] = {}
 
 

@@ -14,8 +14,8 @@ import time
 import uuid
 from typing import IO, TypeVar
 
-from swarm import settings as settings_module
-from swarm.settings import RuntimeSettings, SwarmSettings
+from swarm_rl import settings as settings_module
+from swarm_rl.settings import RuntimeSettings, SwarmSettings
 
 log = logging.getLogger("swarm")
 S = TypeVar("S", bound=RuntimeSettings)

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import swergio.server
 from swergio import MESSAGE_TYPE, Server
 
-from swarm.settings import RuntimeSettings
-from swarm.wire import FORMAT, HEADER_LENGTH, TOKEN, body_length, frame
+from swarm_rl.settings import RuntimeSettings
+from swarm_rl.wire import FORMAT, HEADER_LENGTH, TOKEN, body_length, frame
 
 log = logging.getLogger("server")
 

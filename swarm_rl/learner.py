@@ -18,8 +18,8 @@ from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch.func import functional_call, vmap  # not torch.func.grad: it imports torch._dynamo
 
-from swarm.adam import StackedAdam
-from swarm.protocol import ENT_COEF, EXP_AVG, EXP_AVG_SQ, GAMMA, LEARNING_RATE, STEP, NewState, Observed
+from swarm_rl.adam import StackedAdam
+from swarm_rl.protocol import ENT_COEF, EXP_AVG, EXP_AVG_SQ, GAMMA, LEARNING_RATE, STEP, NewState, Observed
 
 
 @dataclass(frozen=True)

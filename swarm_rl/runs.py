@@ -7,7 +7,7 @@ import datetime
 import os
 from pathlib import Path
 
-from swarm.settings import SwarmSettings
+from swarm_rl.settings import SwarmSettings
 
 RUNS = Path("runs")
 LATEST = "latest"

@@ -8,9 +8,9 @@ import os
 import signal
 import sys
 
-from swarm.component import PARENT_VARIABLE, setup_component
-from swarm.launcher import FORK_PROCESS, model_processes
-from swarm.scripts import load_script
+from swarm_rl.component import PARENT_VARIABLE, setup_component
+from swarm_rl.launcher import FORK_PROCESS, model_processes
+from swarm_rl.scripts import load_script
 
 log = logging.getLogger(FORK_PROCESS)
 

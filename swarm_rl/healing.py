@@ -1,6 +1,6 @@
 """Healing: a process of the swarm that dies or falls silent during a run is started again under
 its name, seed and ids, every member goes back to the last checkpoint, and the round in progress
-is played again (swarm.rounds). The server cannot be healed: every client's connection goes with it."""
+is played again (swarm_rl.rounds). The server cannot be healed: every client's connection goes with it."""
 from __future__ import annotations
 
 import contextlib
@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from swarm import checkpoint
-from swarm.component import IDS_VARIABLE, NAME_VARIABLE
-from swarm.control import ControlClient
-from swarm.launcher import FORK_PROCESS, ManagedSwarm, SwarmError, model_processes, wait_for_answers
-from swarm.protocol import CMD, COMPONENT_ID, ROOM_EVOLUTION, STATE, WEIGHTS, custom_message
-from swarm.settings import SwarmSettings
+from swarm_rl import checkpoint
+from swarm_rl.component import IDS_VARIABLE, NAME_VARIABLE
+from swarm_rl.control import ControlClient
+from swarm_rl.launcher import FORK_PROCESS, ManagedSwarm, SwarmError, model_processes, wait_for_answers
+from swarm_rl.protocol import CMD, COMPONENT_ID, ROOM_EVOLUTION, STATE, WEIGHTS, custom_message
+from swarm_rl.settings import SwarmSettings
 
 SERVER = "server"
 
