@@ -166,3 +166,19 @@ def fitness_spread(fitness: dict[str, float], models: Iterable[str]) -> float:
         return 0.0
     size = np.abs(values).mean()  # a fitness that credits returns can be negative
     return float((values.max() - values.min()) / size) if size > 0 else 0.0
+
+
+def fitness_rank_correlation(previous: dict[str, float], current: dict[str, float],
+                             replaced: Iterable[str] = ()) -> float | None:
+    """Spearman's correlation between two consecutive evolutions' fitness of the members whose
+    weights were not replaced between them: near 0, the fitness ranks them by luck; None if fewer
+    than three such members, or a fitness with no spread."""
+    members = sorted(set(previous) & set(current) - set(replaced))
+    if len(members) < 3:
+        return None
+    before, after = [previous[m] for m in members], [current[m] for m in members]
+    if len(set(before)) < 2 or len(set(after)) < 2:
+        return None
+    from scipy.stats import spearmanr  # scipy: only when a run records
+
+    return float(spearmanr(before, after).statistic)

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from swarm_rl.fitness import fitness_rank_correlation
 from swarm_rl.protocol import (COMPONENT_ID, COPIED, ENDED_AT, ENT_COEF, FITNESS, GAMMA, HYPERPARAMETERS, LEARNING_RATE,
-                            LENGTHS, SCORES)
+                               LENGTHS, SCORES)
 
 ROUND_SCALARS = ("train_mean", "eval_mean", "eval_std", "after_mean", "fitness_spread", "lost_steps")
 MEMBER_HYPERPARAMETERS = {LEARNING_RATE: "learning_rate", ENT_COEF: "ent_coef", GAMMA: "gamma"}
@@ -33,6 +34,7 @@ class RunRecords:
         self.lineage = csv.DictWriter(self.lineage_file, fieldnames=LINEAGE_FIELDS)
         self.lineage.writeheader()
         self.training_seconds = 0.0
+        self.last_evolution: dict[str, Any] | None = None
 
     def training_run(self, reply: dict[str, Any], asked_at: float) -> None:
         """A training request's ENV_DONE: a monitor row per episode (`t`: seconds from the run's
@@ -45,7 +47,8 @@ class RunRecords:
     def round(self, row: dict[str, Any], states: list[dict[str, Any]], evolution: dict[str, Any] | None,
               steps_per_second: float) -> None:
         """A finished round: its figures, each member's hyperparameters (after the round) and
-        fitness, and the copies the evolution made, against training steps."""
+        fitness, the fitness's rank correlation with the last evolution's, and the copies the
+        evolution made, against training steps."""
         steps = row["steps"]
         for name in ROUND_SCALARS:
             if row.get(name) is not None:
@@ -53,6 +56,14 @@ class RunRecords:
         self.writer.add_scalar("round/steps_per_second", steps_per_second, steps)
         fitness = (evolution or {}).get(FITNESS, {})
         copied = (evolution or {}).get(COPIED, {})
+        if evolution is not None:
+            if self.last_evolution is not None:
+                # The members the last evolution gave other weights are not the ones it ranked.
+                correlation = fitness_rank_correlation(self.last_evolution.get(FITNESS, {}), fitness,
+                                                       self.last_evolution.get(COPIED, {}))
+                if correlation is not None:
+                    self.writer.add_scalar("round/fitness_rank_correlation", correlation, steps)
+            self.last_evolution = evolution
         for state in sorted(states, key=lambda s: s[COMPONENT_ID]):
             member, values = state[COMPONENT_ID], state[HYPERPARAMETERS]
             for key, name in MEMBER_HYPERPARAMETERS.items():

@@ -4,8 +4,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from swarm_rl.fitness import (FITNESSES, Contribution, Fitness, LeadReturn, Outcome, ReturnCredit, fitness_spread,
-                           make_fitness)
+from swarm_rl.fitness import (FITNESSES, Contribution, Fitness, LeadReturn, Outcome, ReturnCredit,
+                              fitness_rank_correlation, fitness_spread, make_fitness)
 from swarm_rl.settings import SwarmSettings
 
 IDS = ["a", "b"]
@@ -149,3 +149,12 @@ def test_the_strategies_share_no_state():
     first, second = make_fitness("contribution"), make_fitness("contribution")
     first.observe(IDS, shares(1.0, 0.0), None)
     assert second.scores() == {} and dataclasses.is_dataclass(first)
+
+
+def test_the_rank_correlation_compares_the_members_that_kept_their_weights():
+    previous = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 0.0}
+    assert fitness_rank_correlation(previous, {"a": 10.0, "b": 20.0, "c": 30.0, "d": 40.0, "e": 99.0}, ["e"]) == 1.0
+    assert fitness_rank_correlation(previous, {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}) == -1.0
+    assert fitness_rank_correlation(previous, {"a": 1.0, "b": 3.0, "c": 2.0, "d": 4.0}) == pytest.approx(0.8)
+    assert fitness_rank_correlation(previous, {"a": 1.0, "b": 2.0, "c": 3.0}, ["c"]) is None, "fewer than three"
+    assert fitness_rank_correlation(previous, dict.fromkeys("abcd", 5.0)) is None, "no spread, no ranks"

@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from swarm_rl import checkpoint
+from swarm_rl.protocol import COMPONENT_ID, COPIED, FITNESS, HYPERPARAMETERS, LEARNING_RATE
+from swarm_rl.records import RunRecords
 from swarm_rl.runs import LATEST, new_run_folder
 from swarm_rl.settings import SwarmSettings
 from tests.helpers import ROOT, run_control
@@ -82,3 +84,23 @@ def test_a_run_records_tensorboard_events_a_monitor_row_per_episode_and_its_line
     ranked = {r["member"] for r in rows if r["round"] == "1" and r["fitness"]}  # members that led an episode
     assert len(ranked) >= 2 and not any(r["fitness"] for r in rows if r["round"] == "2")
     assert {t for t in tags if t.endswith("/fitness")} == {f"member/{m}/fitness" for m in ranked}
+
+
+def test_the_records_hold_the_fitness_rank_correlation_of_consecutive_evolutions(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    records = RunRecords(tmp_path, "CartPole-v1")
+    states = [{COMPONENT_ID: m, HYPERPARAMETERS: {LEARNING_RATE: 7e-4}} for m in "abcde"]
+    evolutions = [{FITNESS: {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0}, COPIED: {"a": "e"}},
+                  {FITNESS: {"a": 9.0, "b": 3.0, "c": 2.0, "d": 4.0, "e": 5.0}, COPIED: {"b": "e"}},
+                  None,  # a round without an evolution
+                  {FITNESS: {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0}, COPIED: {}}]
+    for number, evolution in enumerate(evolutions, 1):
+        records.round({"round": number, "steps": 100 * number}, states, evolution, 1000.0)
+    records.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    # round 2 against round 1 without a (copied): b, c, d, e ranked 1, 2, 3, 4 then 2, 1, 3, 4;
+    # round 4 against round 2 without b: a, c, d, e ranked 4, 1, 2, 3 then 1, 2, 3, 4.
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("round/fitness_rank_correlation")] == \
+        [(200, 0.8), (400, -0.2)]
