@@ -17,12 +17,12 @@ import torch
 from swarm_rl.checks import BadMessage, unbatch
 from swarm_rl.client import Handlers, SwarmClient
 from swarm_rl.component import (NAME_VARIABLE, component_name, hosted_names, new_component_id, setup_component,
-                             yield_to_the_critical_path)
+                                yield_to_the_critical_path)
 from swarm_rl.environments import spaces
 from swarm_rl.learner import A2CConfig, Members, make_policy
 from swarm_rl.protocol import (CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENT_COEF, GAMMA, GET, HYPERPARAMETERS,
-                            LEARNING_RATE, LOGITS, OPTIMIZER, REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION,
-                            SET, STATE, WEIGHTS, read_observation, read_set)
+                               LEARNING_RATE, LOGITS, OPTIMIZER, REWARD, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION,
+                               SET, STATE, WEIGHTS, read_observation, read_set)
 from swarm_rl.settings import SwarmSettings
 
 COMPONENT_NAME = "model"

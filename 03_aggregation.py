@@ -21,8 +21,8 @@ from swarm_rl.client import Handlers, SwarmClient
 from swarm_rl.component import setup_component
 from swarm_rl.fitness import Fitness, Outcome, make_fitness
 from swarm_rl.protocol import (ACTION, BEHAVIOUR, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, GET, LOGITS, REWARD,
-                            ROOM_ACTION, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_PING, ROOT_ID, SET, WEIGHTS,
-                            ModelRegistry, error_report, register_model)
+                               ROOM_ACTION, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_LOGITS, ROOM_PING, ROOT_ID, SET, WEIGHTS,
+                               ModelRegistry, error_report, register_model)
 from swarm_rl.settings import SwarmSettings
 
 COMPONENT_NAME = "aggregation"

@@ -16,8 +16,8 @@ from swarm_rl.checks import get_actions, get_bool, get_int, get_per_env, unbatch
 from swarm_rl.client import Handlers, Reply, SwarmClient
 from swarm_rl.component import setup_component
 from swarm_rl.protocol import (ACTION, AVG_SCORE, BEHAVIOUR, DETERMINISTIC, DONE, ENDED_AT, ENV_DONE, ENV_PROGRESS, EPISODE,
-                            FINAL_OBSERVATION, LENGTHS, NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL,
-                            ROOM_OBSERVATION, ROOT_ID, SCORE, SCORES, STATUS, STEPS, TRUNCATED)
+                               FINAL_OBSERVATION, LENGTHS, NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL,
+                               ROOM_OBSERVATION, ROOT_ID, SCORE, SCORES, STATUS, STEPS, TRUNCATED)
 from swarm_rl.settings import SwarmSettings
 
 COMPONENT_NAME = "environment"

@@ -26,9 +26,9 @@ from swarm_rl.client import Handlers, Reply, SwarmClient
 from swarm_rl.component import setup_component
 from swarm_rl.fitness import fitness_spread
 from swarm_rl.protocol import (CMD, COMPONENT_ID, CONTRIBUTION, COPIED, ENT_COEF, EVOLUTION, EVO_DONE, FITNESS,
-                            FITNESS_SPREAD, GAMMA, GET,
-                            HYPERPARAMETERS, LEARNING_RATE, ModelRegistry, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING,
-                            ROOT_ID, SET, STATUS, WEIGHTS, error_report, read_hyperparameters, register_model)
+                               FITNESS_SPREAD, GAMMA, GET,
+                               HYPERPARAMETERS, LEARNING_RATE, ModelRegistry, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING,
+                               ROOT_ID, SET, STATUS, WEIGHTS, error_report, read_hyperparameters, register_model)
 from swarm_rl.settings import SwarmSettings
 
 COMPONENT_NAME = "evolution"

@@ -43,7 +43,7 @@ from swarm_rl.launcher import ManagedSwarm
 from swarm_rl.local import confirm_from_state
 from swarm_rl.records import RunRecords
 from swarm_rl.protocol import (AVG_SCORE, CMD, COMPONENT_ID, DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION,
-                            FITNESS_SPREAD, NR_OF_EPISODE, ROOM_EVOLUTION, SCORES, STATE, WEIGHTS, custom_message)
+                               FITNESS_SPREAD, NR_OF_EPISODE, ROOM_EVOLUTION, SCORES, STATE, WEIGHTS, custom_message)
 from swarm_rl.rounds import train_until_solved
 from swarm_rl.scripts import load_script
 from swarm_rl.environments import solved_at

@@ -11,7 +11,7 @@ import torch
 
 from swarm_rl.checks import BadMessage, as_vector, get_float, get_str, require
 from swarm_rl.protocol import (CMD, COMPONENT_ID, EXP_AVG, EXP_AVG_SQ, HYPERPARAMETERS, LEARNING_RATE, OPTIMIZER, SET,
-                            STEP, WEIGHTS, read_hyperparameters)
+                               STEP, WEIGHTS, read_hyperparameters)
 from swarm_rl.settings import SettingsError, SwarmSettings, refuse
 
 FILE_NAME = "swarm.pt"

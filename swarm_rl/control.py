@@ -10,7 +10,7 @@ from typing import Any
 from swarm_rl.client import ConnectionClosed, SwarmClient
 from swarm_rl.launcher import ManagedSwarm, SwarmError
 from swarm_rl.protocol import (COMPONENT_ID, ERROR, MISSING, ROOM_CONTROL, ROOM_EVOLUTION, ROOT_ID, STATUS,
-                            custom_message)
+                               custom_message)
 
 
 class ControlClient(SwarmClient):

@@ -27,8 +27,8 @@ from swarm_rl.environments import BEST_RETURNS
 from swarm_rl.launcher import SwarmError, model_processes
 from swarm_rl.learner import Members
 from swarm_rl.protocol import (ACTION, CMD, DETERMINISTIC, ENV_DONE, ERROR, EVO_DONE, EVOLUTION,
-                            FITNESS_SPREAD, NR_OF_EPISODE, OBSERVATION, PING, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING,
-                            ROOT_ID, SCORES, STATE, STATUS, WEIGHTS, custom_message)
+                               FITNESS_SPREAD, NR_OF_EPISODE, OBSERVATION, PING, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING,
+                               ROOT_ID, SCORES, STATE, STATUS, WEIGHTS, custom_message)
 from swarm_rl.scripts import load_script
 from swarm_rl.settings import SwarmSettings
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from swarm_rl.kinds import (Kind, SettingsError, choice, existing_file, folder, number, optional, secret_text, setting,
-                         switch, text, whole)
+                            switch, text, whole)
 
 __all__ = ["Kind", "RuntimeSettings", "SettingsError", "SwarmSettings", "choice", "existing_file", "folder",
            "load_settings", "number", "optional", "secret_text", "setting", "switch", "text", "whole"]

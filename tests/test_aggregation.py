@@ -5,7 +5,7 @@ import pytest
 from swarm_rl.checks import BadMessage
 from swarm_rl.fitness import Contribution, LeadReturn, Outcome, ReturnCredit
 from swarm_rl.protocol import (ACTION, BEHAVIOUR, CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, ERROR,
-                            GET, LOGITS, MISSING, PONG, REWARD, ROOT_ID, SET, STATUS, WEIGHTS)
+                               GET, LOGITS, MISSING, PONG, REWARD, ROOT_ID, SET, STATUS, WEIGHTS)
 from swarm_rl.settings import SwarmSettings
 from tests.helpers import load_script
 

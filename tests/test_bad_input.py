@@ -7,8 +7,8 @@ import numpy as np
 
 from swarm_rl.client import SwarmClient
 from swarm_rl.protocol import (ACTION, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, ENV_DONE, EPISODE, EVO_DONE,
-                            EVOLUTION, LOGITS, NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL,
-                            ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION, ROOT_ID, SET, WEIGHTS, custom_message)
+                               EVOLUTION, LOGITS, NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_ACTION, ROOM_CONTROL,
+                               ROOM_EVOLUTION, ROOM_LOGITS, ROOM_OBSERVATION, ROOT_ID, SET, WEIGHTS, custom_message)
 from swarm_rl.wire import frame
 from tests.helpers import drain, get_weights, ready_swarm, set_weights
 

@@ -7,8 +7,8 @@ from swarm_rl.checks import BadMessage
 from swarm_rl.client import Reply
 from swarm_rl.environments import DEFAULT_ENV_ID as ENV_ID
 from swarm_rl.protocol import (ACTION, AVG_SCORE, DETERMINISTIC, DONE, ENV_DONE, ENV_PROGRESS, EPISODE, EVOLUTION,
-                            FINAL_OBSERVATION, NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_CONTROL, ROOT_ID, SCORES,
-                            STATUS, STEPS, TRUNCATED)
+                               FINAL_OBSERVATION, NR_OF_EPISODE, OBSERVATION, REWARD, ROOM_CONTROL, ROOT_ID, SCORES,
+                               STATUS, STEPS, TRUNCATED)
 from swarm_rl.settings import SwarmSettings
 from tests.helpers import load_script
 

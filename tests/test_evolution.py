@@ -7,9 +7,9 @@ import pytest
 from swarm_rl.checks import BadMessage
 from swarm_rl.client import Reply
 from swarm_rl.protocol import (CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, COPIED, ENT_COEF, ERROR, EVO_DONE, EVOLUTION,
-                            FITNESS, FITNESS_SPREAD, GAMMA, GET, HYPERPARAMETERS, LEARNING_RATE, MISSING, NR_OF_EPISODE,
-                            OPTIMIZER, PONG, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING, ROOT_ID, SET, STATUS, WEIGHTS,
-                            custom_message)
+                               FITNESS, FITNESS_SPREAD, GAMMA, GET, HYPERPARAMETERS, LEARNING_RATE, MISSING, NR_OF_EPISODE,
+                               OPTIMIZER, PONG, ROOM_CONTROL, ROOM_EVOLUTION, ROOM_PING, ROOT_ID, SET, STATUS, WEIGHTS,
+                               custom_message)
 from swarm_rl.settings import SwarmSettings
 from tests.helpers import load_script
 

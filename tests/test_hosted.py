@@ -18,9 +18,9 @@ from swarm_rl.control import ControlClient
 from swarm_rl.component import hosted_names
 from swarm_rl.launcher import SwarmError
 from swarm_rl.protocol import (ACTION, CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION,
-                            EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, FITNESS_SPREAD, GET, HYPERPARAMETERS, LEARNING_RATE,
-                            LOGITS, NR_OF_EPISODE, OBSERVATION, OPTIMIZER, REWARD, ROOM_EVOLUTION, SET, STATE, STEP,
-                            TRUNCATED, WEIGHTS)
+                               EXP_AVG, EXP_AVG_SQ, FINAL_OBSERVATION, FITNESS_SPREAD, GET, HYPERPARAMETERS, LEARNING_RATE,
+                               LOGITS, NR_OF_EPISODE, OBSERVATION, OPTIMIZER, REWARD, ROOM_EVOLUTION, SET, STATE, STEP,
+                               TRUNCATED, WEIGHTS)
 from swarm_rl.settings import SwarmSettings
 from tests.helpers import COMPONENTS, assert_all_gone, get_weights, set_weights, start_swarm
 from tests.test_model import model

@@ -7,9 +7,9 @@ from swarm_rl.checks import BadMessage
 from swarm_rl.environments import spaces
 from swarm_rl.learner import Members, make_policy
 from swarm_rl.protocol import (ACTION, BEHAVIOUR, CMD, COMPONENT_ID, DETERMINISTIC, DONE, ENT_COEF, EXP_AVG, EXP_AVG_SQ,
-                            FINAL_OBSERVATION, GAMMA, GET,
-                            HYPERPARAMETERS, LEARNING_RATE, LOGITS, OBSERVATION, OPTIMIZER, REWARD, SET, STATE, STEP,
-                            TRUNCATED, WEIGHTS)
+                               FINAL_OBSERVATION, GAMMA, GET,
+                               HYPERPARAMETERS, LEARNING_RATE, LOGITS, OBSERVATION, OPTIMIZER, REWARD, SET, STATE, STEP,
+                               TRUNCATED, WEIGHTS)
 from swarm_rl.scripts import load_script
 from swarm_rl.settings import SwarmSettings
 

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from swarm_rl.settings import (RuntimeSettings, SettingsError, SwarmSettings, command_line, load_settings, option_name,
-                            readme_with_table)
+                               readme_with_table)
 from tests.helpers import ROOT, processes_with_log_dir
 
 CONTROL = ROOT / "06_control.py"

@@ -17,7 +17,7 @@ from swarm_rl.client import SwarmClient
 from swarm_rl.control import ControlClient
 from swarm_rl.launcher import wait_for_answers
 from swarm_rl.protocol import (DETERMINISTIC, ENV_DONE, EPISODE, EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOM_CONTROL, ROOT_ID,
-                            SCORES, STATUS)
+                               SCORES, STATUS)
 from swarm_rl.settings import SwarmSettings
 from tests.helpers import COMPONENTS, assert_all_gone, start_swarm
 

@@ -15,8 +15,8 @@ from swarm_rl.client import SwarmClient
 from swarm_rl.control import ControlClient
 from swarm_rl.launcher import ManagedSwarm, SwarmError
 from swarm_rl.protocol import (AVG_SCORE, CMD, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, ENV_DONE, ENV_PROGRESS, EPISODE,
-                            EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOM_CONTROL, ROOM_EVOLUTION, ROOT_ID, SCORES, SET,
-                            STATUS, STEPS, WEIGHTS, custom_message)
+                               EVO_DONE, EVOLUTION, NR_OF_EPISODE, ROOM_CONTROL, ROOM_EVOLUTION, ROOT_ID, SCORES, SET,
+                               STATUS, STEPS, WEIGHTS, custom_message)
 from tests.helpers import (COMPONENTS, ROOT, assert_all_gone, drain, get_weights, ready_swarm, run_control, set_weights,
                            start_swarm, wait_for_line)
 
