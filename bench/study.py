@@ -18,12 +18,14 @@ as the budget (the environment's SWARM_MAX_STEPS) in the medians.
 The swarm runs in process by default (`swarm_rl.local`: the real handlers, no sockets, every model in
 one learner; a seeded swarm plays the same rounds there as over sockets, docs/learning.md,
 "Reproducibility"), or over sockets with `--sockets` (`06_control.py`).
-Runs go `--jobs` at a time, each in a process of its own.
+Runs go `--jobs` at a time, each in a process of its own, or (`--ray ADDRESS`) as tasks of an
+existing Ray cluster, one CPU each.
 
     python bench/study.py --seeds 0-19                          # every arm but the tutorial, 20 seeds
     python bench/study.py --seeds 0-2 --arms tutorial           # the tutorial's algorithm (slow)
     python bench/study.py --seeds 0-2 --arms swarm --sockets    # the real swarm, over sockets
     python bench/study.py --quick                               # a smoke test: tiny swarms, tiny budgets
+    python bench/study.py --seeds 0-99 --ray HEAD:6379         # on a Ray cluster (`ray start --head` there)
     python bench/study.py --seeds 0-9 --env Acrobot-v1 --arms swarm sb3-a2c-zoo sb3-ppo-zoo   # another game
 
 It prints a table per run and per arm, the Mann-Whitney U p-value of `swarm` against
@@ -49,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +150,55 @@ def exit_with_parent(parent: int) -> None:
 
 def run_task(task: tuple[str, int, argparse.Namespace]) -> dict:
     return run(*task)
+
+
+def played_here(tasks: list[tuple[str, int]], args: argparse.Namespace) -> Iterator[dict]:
+    """The runs, --jobs at a time in this machine's processes, each result as it finishes."""
+    context = multiprocessing.get_context("spawn")
+    # Leaving the block (done, error, Ctrl-C, SIGTERM) terminates the workers; a SIGKILLed study
+    # leaves none either: each worker watches its parent.
+    with context.Pool(min(args.jobs, max(len(tasks), 1)), initializer=exit_with_parent,
+                      initargs=(os.getpid(),)) as pool:
+        yield from pool.imap_unordered(run_task, [(arm, seed, args) for arm, seed in tasks])
+
+
+# What Ray need not ship to its workers: they have their own environment; the rest is output.
+RAY_EXCLUDES = [".venv/", ".git/", "runs/", "logs/", "docs/", "build/", "**/__pycache__/", "*.egg-info/"]
+
+
+def played_on_ray(tasks: list[tuple[str, int]], args: argparse.Namespace) -> Iterator[dict]:
+    """The runs as tasks of the Ray cluster at --ray (one CPU each), each result as it finishes.
+    Ray ships this project to the workers; each node needs this project's dependencies."""
+    import ray
+
+    try:
+        ray.init(address=args.ray, runtime_env={"working_dir": str(PROJECT_DIR), "excludes": RAY_EXCLUDES},
+                 log_to_driver=False, logging_level="warning")
+    except (ConnectionError, RuntimeError) as error:
+        raise SystemExit(f"--ray {args.ray}: no Ray cluster answered ({error})") from None
+    pending: list = []
+    try:
+        play = ray.remote(num_cpus=1, max_retries=0)(run_shipped)
+        pending = [play.remote((arm, seed, args)) for arm, seed in tasks]
+        patience = args.max_seconds + 900  # a run's budget, its start and its last evaluation
+        while pending:
+            finished, pending = ray.wait(pending, num_returns=1, timeout=patience)
+            if not finished:
+                raise TimeoutError(f"no run on the Ray cluster at {args.ray} finished within {patience:.0f} s "
+                                   f"({len(pending)} waiting)")
+            yield ray.get(finished[0])
+    finally:
+        for task in pending:
+            ray.cancel(task, force=True)
+        ray.shutdown()
+
+
+def run_shipped(task: tuple[str, int, argparse.Namespace]) -> dict:
+    """One run on a Ray worker, by the copy of this script that Ray shipped there (its working
+    folder, first on its path, so the shipped swarm_rl is the one imported)."""
+    from swarm_rl.scripts import load_script
+
+    return load_script("bench/study.py").run(*task)
 
 
 def run(arm: str, seed: int, args: argparse.Namespace) -> dict:
@@ -294,6 +346,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
     parser.add_argument("--sockets", action="store_true", help="the swarm arms over sockets (06_control.py)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time (default: one per CPU)")
+    parser.add_argument("--ray", metavar="ADDRESS", help="run the runs on the Ray cluster at ADDRESS (host:port; "
+                        "pip install '.[ray]'), as many at a time as it has CPUs; --jobs is then unused")
     parser.add_argument("--env", help="the environment of every arm (as --set SWARM_ENV_ID=...; default CartPole-v1)")
     parser.add_argument("--max-steps", type=int, help="training budget per run (default: the environment's, "
                         "SWARM_MAX_STEPS's default for it)")
@@ -326,7 +380,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python bench/study.py " + " ".join(sys.argv[1:])
     print(f"study: arms {', '.join(args.arms)}; seeds {args.seeds[0]}-{args.seeds[-1]}; "
-          f"{'over sockets' if args.sockets else 'in process'}; {args.jobs} at a time; output in {args.out}", flush=True)
+          f"{'over sockets' if args.sockets else 'in process'}; "
+          f"{f'on the Ray cluster at {args.ray}' if args.ray else f'{args.jobs} at a time'}; output in {args.out}",
+          flush=True)
     setups = {arm: describe_arm(arm, args) for arm in args.arms}
     for arm, setup in setups.items():
         print(f"  {arm}: {setup}", flush=True)
@@ -341,18 +397,14 @@ def main() -> None:
     if results:
         print(f"  {len(results)} runs already in {journal}; {len(tasks)} to play", flush=True)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so the pool below is ended
-    context = multiprocessing.get_context("spawn")
-    # Leaving the block (done, error, Ctrl-C, SIGTERM) terminates the workers; a SIGKILLed study
-    # leaves none either: each worker watches its parent.
-    with context.Pool(min(args.jobs, max(len(tasks), 1)), initializer=exit_with_parent,
-                      initargs=(os.getpid(),)) as pool:
-        for r in pool.imap_unordered(run_task, [(arm, seed, args) for arm, seed in tasks]):
-            results.append(r)
-            with open(journal, "a") as rows:
-                rows.write(json.dumps(dict(setup=setup, run=r)) + "\n")
-            print(f"  {r['arm']:<20} seed {r['seed']:>3}: {'solved' if r['solved'] else 'NOT solved'} "
-                  f"at {r['steps']:>7,} steps, {r['seconds']:5.0f} s ({len(results)}/{total})",
-                  flush=True)
+    played = (played_on_ray if args.ray else played_here)(tasks, args) if tasks else iter(())
+    for r in played:
+        results.append(r)
+        with open(journal, "a") as rows:
+            rows.write(json.dumps(dict(setup=setup, run=r)) + "\n")
+        print(f"  {r['arm']:<20} seed {r['seed']:>3}: {'solved' if r['solved'] else 'NOT solved'} "
+              f"at {r['steps']:>7,} steps, {r['seconds']:5.0f} s ({len(results)}/{total})",
+              flush=True)
 
     summary = {arm: {**arm_summary([r for r in results if r["arm"] == arm], args.max_steps), "setup": setups[arm]}
                for arm in args.arms if any(r["arm"] == arm for r in results)}
