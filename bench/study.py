@@ -46,6 +46,7 @@ import multiprocessing
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -169,13 +170,15 @@ RAY_EXCLUDES = [".venv/", ".git/", "runs/", "logs/", "docs/", "build/", "**/__py
 def played_on_ray(tasks: list[tuple[str, int]], args: argparse.Namespace) -> Iterator[dict]:
     """The runs as tasks of the Ray cluster at --ray (one CPU each), each result as it finishes.
     Ray ships this project to the workers; each node needs this project's dependencies."""
+    host, _, port = args.ray.rpartition(":")
+    try:  # Ray itself would retry for minutes
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--ray {args.ray}: no Ray cluster answered ({error})") from None
     import ray
 
-    try:
-        ray.init(address=args.ray, runtime_env={"working_dir": str(PROJECT_DIR), "excludes": RAY_EXCLUDES},
-                 log_to_driver=False, logging_level="warning")
-    except (ConnectionError, RuntimeError) as error:
-        raise SystemExit(f"--ray {args.ray}: no Ray cluster answered ({error})") from None
+    ray.init(address=args.ray, runtime_env={"working_dir": str(PROJECT_DIR), "excludes": RAY_EXCLUDES},
+             log_to_driver=False, logging_level="warning")
     pending: list = []
     try:
         play = ray.remote(num_cpus=1, max_retries=0)(run_shipped)

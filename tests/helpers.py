@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,3 +218,21 @@ def get_weights(probe, models):
 
 def set_weights(probe, weights):
     probe.send(custom_message(ROOM_EVOLUTION, {CMD: SET, WEIGHTS: {k: v.tolist() for k, v in weights.items()}}))
+
+
+# --------------------------------------------------------------------------- network namespaces
+def why_no_namespaces() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "no `ip` command (iproute2)"
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    if listed.returncode != 0:
+        return f"`ip netns` is unavailable: {listed.stderr.strip()}"
+    return None
+
+
+def ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    if result.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")

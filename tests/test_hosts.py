@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,7 +42,7 @@ from swarm_rl.protocol import COMPONENT_ID, HYPERPARAMETERS, LEARNING_RATE, WEIG
 from swarm_rl.server import SwarmServer, log_server_line
 from swarm_rl.settings import RuntimeSettings, SettingsError, SwarmSettings, load_settings
 from swarm_rl.wire import FORMAT, HEADER_LENGTH, frame
-from tests.helpers import ROOT, Output
+from tests.helpers import ROOT, Output, ip, why_no_namespaces
 from tests.peer import read_until_closed
 from tests.test_server_input import server_process, wait_for_log
 
@@ -318,23 +317,6 @@ def test_the_server_script_with_a_token_refuses_strangers_and_logs_no_secret(swa
 # --------------------------------------------------------------------------- network namespaces
 NETWORK = "10.213.7"  # a /24 that exists only inside the test's namespaces
 HOSTS = ["hub", "a", "b", "ctl"]  # the server and components; two models; two models; the control
-
-
-def why_no_namespaces() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if shutil.which("ip") is None:
-        return "no `ip` command (iproute2)"
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
-    if listed.returncode != 0:
-        return f"`ip netns` is unavailable: {listed.stderr.strip()}"
-    return None
-
-
-def ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-    if result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
 
 
 class Namespaces:

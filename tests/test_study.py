@@ -1,15 +1,19 @@
 """bench/study.py: its arms run end to end and it reports them (the figures themselves come from
 running the study: they take an hour and vary with the machine)."""
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.helpers import ROOT, assert_all_gone, kill_all, load_script
+from tests.helpers import ROOT, Output, assert_all_gone, ip, kill_all, load_script, why_no_namespaces
 
 study = load_script("bench/study.py")
 
@@ -120,3 +124,58 @@ def test_the_members_diagnostic_measures_every_member_and_vote_and_changes_nothi
     settings = SwarmSettings.from_env({**tiny, "SWARM_SEED": "4", "SWARM_LOG_DIR": str(tmp_path / "plain")})
     plain = LocalSwarm(settings).train_until_solved(report=lambda line: None)["history"]
     assert [(row["steps"], row["eval_mean"]) for row in plain] == [(row["steps"], row["swarm"]) for row in rows]
+
+
+@pytest.mark.slow
+def test_the_quick_study_runs_its_runs_as_tasks_of_a_ray_cluster(tmp_path):
+    """`--ray ADDRESS`: a Ray head started for the test runs the quick study's runs. Ray listens on
+    the machine's address unless it has no other than loopback, so the head and the study run in
+    a network namespace of their own with only `lo`."""
+    if reason := why_no_namespaces():
+        pytest.skip(reason)
+    namespace, port = f"swarm-rl-ray-{os.getpid()}", 6379  # the namespace's ports are all free
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must stay short
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    ip("netns", "add", namespace)
+    head = None
+    try:
+        ip("-n", namespace, "link", "set", "lo", "up")
+        head = subprocess.Popen(["ip", "netns", "exec", namespace, str(Path(sys.executable).parent / "ray"), "start",
+                                 "--head", f"--port={port}", "--num-cpus=2", "--object-store-memory=100000000",
+                                 "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={ray_dir}", "--block"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        output, deadline = Output(head), time.monotonic() + 120
+        while "Ray runtime started" not in output.wait_for("", timeout=max(1.0, deadline - time.monotonic())):
+            pass  # Ray's lines begin with a time
+        result = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "bench/study.py", "--quick",
+                                 "--ray", f"127.0.0.1:{port}", "--arms", "swarm", "sb3-a2c", "--out", str(tmp_path)],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"on the Ray cluster at 127.0.0.1:{port}" in result.stdout.splitlines()[0]
+        last = json.loads(result.stdout.strip().splitlines()[-1])
+        assert {arm: figures["runs"] for arm, figures in last["arms"].items()} == {"swarm": 2, "sb3-a2c": 2}
+        # Each task a Ray worker ran is named in that worker's log: the four runs were Ray's.
+        logs = (ray_dir / "session_latest" / "logs").glob("worker-*.out")
+        assert sum(log.read_text().count(":task_name:run_shipped") for log in logs) == 4
+    finally:
+        if head is not None:
+            head.terminate()  # `ray start --block` stops what it started
+            try:
+                head.wait(60)
+            except subprocess.TimeoutExpired:
+                head.kill()
+                head.wait()
+        pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, timeout=10).stdout
+        left = [psutil.Process(int(pid)) for pid in pids.split() if psutil.pid_exists(int(pid))]
+        kill_all(left)
+        ip("netns", "del", namespace)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert not left, f"Ray processes left behind: {[p.pid for p in left]}"
+
+
+def test_a_ray_address_where_no_cluster_answers_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "bench/study.py", "--quick", "--arms", "sb3-a2c", "--seeds", "0",
+                             "--ray", "127.0.0.1:1", "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert "--ray 127.0.0.1:1: no Ray cluster answered" in result.stderr
