@@ -7,9 +7,12 @@ from the swarm's), so the measurement changes nothing the swarm does: the run's 
 study's. Per round it prints the swarm's evaluation; the members' own returns (worst, median,
 best) and how many reach the threshold alone; the Spearman rank correlation between the fitness
 (SWARM_FITNESS=lead: the return of the last training episode a member led) and the members' own
-returns (near 0, selection on that fitness is a lottery); and the swarm's return on episodes of
-this script's own with each SWARM_VOTE. Its last line is one JSON object: the seed, whether and
-when the run solved, and the median correlation.
+returns (near 0, selection on that fitness is a lottery); the correlation between the members'
+own returns and a second measurement of them on other episodes (the reliability of the reference:
+no fitness can correlate with it much better); the correlation between each member's own critic's
+estimate of its episode length (CartPole: a reward of 1 a step) and its own returns; and the
+swarm's return on episodes of this script's own with each SWARM_VOTE. Its last line is one JSON
+object: the seed, whether and when the run solved, and the median correlations.
 
     python bench/members.py --seed 9 --out docs/study/members
     python bench/members.py --seed 0 --set SWARM_TRAINING_ACTIONS=greedy-leader --set SWARM_CORRECTION=vtrace
@@ -58,6 +61,28 @@ def own_returns(swarm: LocalSwarm, env_id: str, episodes: int, seed: int) -> dic
     return {model_id: play(alone(state, j), env_id, episodes, seed) for model_id, state, j in swarm.members()}
 
 
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation; None where either side has no spread, or fewer than 3 pairs."""
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return float(spearmanr(x, y).statistic)
+
+
+def value_lengths(swarm: LocalSwarm, env_id: str, episodes: int, seed: int) -> dict[str, float]:
+    """Each member's own critic's estimate of its episode length, from its values of the same
+    starting states as `own_returns`: V = (1 - gamma^T) / (1 - gamma) for a reward of 1 a step
+    (CartPole), solved for T, so that members with different discounts compare."""
+    starts = np.stack([gymnasium.make(env_id).reset(seed=seed + index)[0] for index in range(episodes)])
+    lengths = {}
+    for model_id, state, j in swarm.members():
+        with torch.no_grad():
+            values = state.forward(torch.as_tensor(starts, dtype=torch.float32))[1][j].numpy()
+        gamma = float(state.gammas[j])
+        reach = np.clip(values * (1 - gamma), 0.0, 1.0 - 1e-9)  # 1 - gamma^T
+        lengths[model_id] = float(np.mean(np.log1p(-reach) / np.log(gamma)))
+    return lengths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=9)
@@ -86,28 +111,38 @@ def main() -> None:
             # a copy: handing a tally over (SWARM_FITNESS=contribution, return) empties it for the evolution
             fitness = copy.deepcopy(aggregation.fitness).scores()
             ranked = [m for m in own if m in fitness]
-            rho = (float(spearmanr([fitness[m] for m in ranked], [own[m] for m in ranked]).statistic)
-                   if len(ranked) > 2 and len({fitness[m] for m in ranked}) > 1 and len({own[m] for m in ranked}) > 1
-                   else None)
+            rho = spearman([fitness[m] for m in ranked], [own[m] for m in ranked])
+            # How well own returns rank the members against a second, independent measurement of
+            # them: the most any fitness can reach against this reference.
+            again = own_returns(swarm, settings.env_id, args.episodes, 3_000_000 + 1_000 * len(history))
+            reliability = spearman([own[m] for m in own], [again[m] for m in own])
+            valued = value_lengths(swarm, settings.env_id, args.episodes, 1_000_000 + 1_000 * len(history))
+            value_rho = spearman([valued[m] for m in own], [own[m] for m in own])
             values = np.array(list(own.values()))
             seed = 2_000_000 + 1_000 * len(history)
             rules = {vote: play(lambda rows, vote=vote: swarm.actions(rows, vote), settings.env_id,
                                 args.rule_episodes, seed) for vote in VOTES}
             row = dict(round=history[-1]["round"], steps=history[-1]["steps"], swarm=history[-1]["eval_mean"],
-                       after=history[-1]["after_mean"], own=own, fitness=fitness, rho=rho, rules=rules)
+                       after=history[-1]["after_mean"], own=own, fitness=fitness, rho=rho, rules=rules,
+                       reliability=reliability, value_rho=value_rho)
             rows.append(row)
             print(f"round {row['round']:>3}  steps {row['steps']:>7,}  swarm {row['swarm']:6.1f}  "
                   f"members alone: worst {values.min():6.1f} median {np.median(values):6.1f} best {values.max():6.1f}, "
                   f"{int((values >= threshold).sum()):>2} reach {threshold:g}  "
                   f"fitness~own rho {'-' if rho is None else f'{rho:+.2f}'}  "
+                  f"own~own again {'-' if reliability is None else f'{reliability:+.2f}'}  "
+                  f"values~own {'-' if value_rho is None else f'{value_rho:+.2f}'}  "
                   + "  ".join(f"{vote} {value:5.1f}" for vote, value in rules.items()), flush=True)
 
         result = swarm.train_until_solved(report=lambda line: None, after_round=measure)
     rhos = [row["rho"] for row in rows if row["rho"] is not None]
+    medians = {name: (float(np.median(found)) if (found := [row[name] for row in rows if row[name] is not None])
+                      else None) for name in ("reliability", "value_rho")}
     print(f"{'solved' if result['solved'] else 'NOT solved'} at {result['steps']:,} steps; "
           f"median rho {np.median(rhos):+.2f} over {len(rhos)} rounds" if rhos else "no ranked rounds")
     print(json.dumps(dict(seed=args.seed, settings=args.set, solved=result["solved"], steps=result["steps"],
-                          median_rho=float(np.median(rhos)) if rhos else None, ranked_rounds=len(rhos))))
+                          median_rho=float(np.median(rhos)) if rhos else None, ranked_rounds=len(rhos),
+                          median_reliability=medians["reliability"], median_value_rho=medians["value_rho"])))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "members.json").write_text(json.dumps(dict(seed=args.seed, settings=args.set, rows=rows), indent=1))

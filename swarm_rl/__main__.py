@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in COMMANDS:
         script, argv = COMMANDS[argv[0]], argv[1:]
     path = PROJECT_DIR / script
-    # The script reads its options from sys.argv, as when it is run by path.
+    # The script reads its options from sys.argv, as when it is run by path (and its --help
+    # names it: runpy sets argv[0] to the script).
     sys.argv = [str(path), *argv]
     runpy.run_path(str(path), run_name="__main__")
 
