@@ -31,9 +31,9 @@ from typing import Any
 import gymnasium
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from swarm_rl.environments import solved_at
+from swarm_rl.fitness import rank_correlation
 from swarm_rl.local import LocalSwarm
 from swarm_rl.settings import VOTES, SwarmSettings
 
@@ -59,13 +59,6 @@ def own_returns(swarm: LocalSwarm, env_id: str, episodes: int, seed: int) -> dic
     def alone(state, j):
         return lambda rows: state.logits(torch.as_tensor(rows, dtype=torch.float32))[j].argmax(-1).numpy()
     return {model_id: play(alone(state, j), env_id, episodes, seed) for model_id, state, j in swarm.members()}
-
-
-def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rank correlation; None where either side has no spread, or fewer than 3 pairs."""
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    return float(spearmanr(x, y).statistic)
 
 
 def value_lengths(swarm: LocalSwarm, env_id: str, episodes: int, seed: int) -> dict[str, float]:
@@ -111,13 +104,13 @@ def main() -> None:
             # a copy: handing a tally over (SWARM_FITNESS=contribution, return) empties it for the evolution
             fitness = copy.deepcopy(aggregation.fitness).scores()
             ranked = [m for m in own if m in fitness]
-            rho = spearman([fitness[m] for m in ranked], [own[m] for m in ranked])
+            rho = rank_correlation([fitness[m] for m in ranked], [own[m] for m in ranked])
             # How well own returns rank the members against a second, independent measurement of
             # them: the most any fitness can reach against this reference.
             again = own_returns(swarm, settings.env_id, args.episodes, 3_000_000 + 1_000 * len(history))
-            reliability = spearman([own[m] for m in own], [again[m] for m in own])
+            reliability = rank_correlation([own[m] for m in own], [again[m] for m in own])
             valued = value_lengths(swarm, settings.env_id, args.episodes, 1_000_000 + 1_000 * len(history))
-            value_rho = spearman([valued[m] for m in own], [own[m] for m in own])
+            value_rho = rank_correlation([valued[m] for m in own], [own[m] for m in own])
             values = np.array(list(own.values()))
             seed = 2_000_000 + 1_000 * len(history)
             rules = {vote: play(lambda rows, vote=vote: swarm.actions(rows, vote), settings.env_id,

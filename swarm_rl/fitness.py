@@ -168,17 +168,20 @@ def fitness_spread(fitness: dict[str, float], models: Iterable[str]) -> float:
     return float((values.max() - values.min()) / size) if size > 0 else 0.0
 
 
+def rank_correlation(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation of paired values; None for fewer than three pairs, or a side
+    with no spread (no ranks to compare)."""
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    from scipy.stats import spearmanr  # scipy: only where a correlation is asked for
+
+    return float(spearmanr(x, y).statistic)
+
+
 def fitness_rank_correlation(previous: dict[str, float], current: dict[str, float],
                              replaced: Iterable[str] = ()) -> float | None:
     """Spearman's correlation between two consecutive evolutions' fitness of the members whose
     weights were not replaced between them: near 0, the fitness ranks them by luck; None if fewer
     than three such members, or a fitness with no spread."""
     members = sorted(set(previous) & set(current) - set(replaced))
-    if len(members) < 3:
-        return None
-    before, after = [previous[m] for m in members], [current[m] for m in members]
-    if len(set(before)) < 2 or len(set(after)) < 2:
-        return None
-    from scipy.stats import spearmanr  # scipy: only when a run records
-
-    return float(spearmanr(before, after).statistic)
+    return rank_correlation([previous[m] for m in members], [current[m] for m in members])
