@@ -167,17 +167,17 @@ class Output:
             self.new.put(line)
         self.new.put(None)
 
-    def wait_for(self, prefix: str, timeout: float = 180.0) -> str:
-        """The first new line that starts with `prefix`."""
-        deadline = time.monotonic() + timeout
+    def wait_for(self, prefix: str, timeout: float = 180.0, anywhere: bool = False) -> str:
+        """The first new line that starts with `prefix` (with `anywhere`: that holds it)."""
+        deadline, where = time.monotonic() + timeout, "holding" if anywhere else "starting with"
         while True:
             try:
                 line = self.new.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                pytest.fail(f"no line starting with {prefix!r} within {timeout:g} s in:\n{self.text()}")
+                pytest.fail(f"no line {where} {prefix!r} within {timeout:g} s in:\n{self.text()}")
             if line is None:
-                pytest.fail(f"the process ended without a line starting with {prefix!r}:\n{self.text()}")
-            if line.startswith(prefix):
+                pytest.fail(f"the process ended without a line {where} {prefix!r}:\n{self.text()}")
+            if prefix in line if anywhere else line.startswith(prefix):
                 return line
 
     def text(self) -> str:

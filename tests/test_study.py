@@ -144,9 +144,7 @@ def test_the_quick_study_runs_its_runs_as_tasks_of_a_ray_cluster(tmp_path):
                                  "--head", f"--port={port}", "--num-cpus=2", "--object-store-memory=100000000",
                                  "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={ray_dir}", "--block"],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        output, deadline = Output(head), time.monotonic() + 120
-        while "Ray runtime started" not in output.wait_for("", timeout=max(1.0, deadline - time.monotonic())):
-            pass  # Ray's lines begin with a time
+        Output(head).wait_for("Ray runtime started", timeout=120, anywhere=True)  # Ray's lines begin with a time
         result = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "bench/study.py", "--quick",
                                  "--ray", f"127.0.0.1:{port}", "--arms", "swarm", "sb3-a2c", "--out", str(tmp_path)],
                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
