@@ -151,7 +151,72 @@ class LeadReturn(Fitness):
             self.led.pop(model_id, None)
 
 
-FITNESSES: dict[str, type[Fitness]] = {kind.name: kind for kind in (LeadReturn, Contribution, ReturnCredit)}
+@dataclass
+class AdvantageCredit(Fitness):
+    """SWARM_FITNESS=advantage: how much more than the swarm's average a member would have chosen
+    the actions that turned out better, over every training step of the round.
+
+    At each step a member's probability of the action taken over the members' mean probability,
+    N x its share, weighs the step's discounted return-to-go, centred on the round's mean: an
+    importance-weighted estimate of the member's advantage over the swarm at the states visited.
+    Every member is scored from the same steps every round, so the ranking is fresh and costs no
+    extra step; steps of episodes a run cut off count for no one.
+    """
+    name: ClassVar[str] = "advantage"
+    discount: float = 0.99  # the swarm's horizon, the same for every member whatever its own
+    excess: list[list[np.ndarray]] = field(default_factory=list)  # per copy: (models,) N x share - 1, per step
+    rewards: list[list[float]] = field(default_factory=list)  # per copy: the rewards of the episode so far
+    weighted: np.ndarray | None = None  # (models,): the round's sum of excess x return-to-go
+    excess_sum: np.ndarray | None = None  # (models,): the round's sum of excess
+    returns_sum: float = 0.0
+    steps: int = 0
+    model_ids: list[str] = field(default_factory=list)
+    latest: dict[str, float] = field(default_factory=dict)  # the last round's scores, kept until replaced
+
+    def start_run(self) -> None:
+        self.excess, self.rewards = [], []
+
+    def observe(self, model_ids: list[str], shares: np.ndarray, outcome: Outcome | None) -> None:
+        if model_ids != self.model_ids:  # the members changed: what was summed is someone else's
+            self.model_ids, self.excess, self.rewards = list(model_ids), [], []
+            self.weighted, self.excess_sum = np.zeros(len(model_ids)), np.zeros(len(model_ids))
+            self.returns_sum, self.steps = 0.0, 0
+        if outcome is not None and self.excess:
+            for copy, episode in enumerate(self.rewards):
+                episode.append(float(outcome.rewards[copy]))
+                if outcome.dones[copy]:
+                    self._close_episode(copy)
+        if not self.excess:
+            self.excess, self.rewards = [[] for _ in range(shares.shape[1])], [[] for _ in range(shares.shape[1])]
+        for copy, step in enumerate((len(shares) * shares - 1.0).T):
+            self.excess[copy].append(step)
+
+    def _close_episode(self, copy: int) -> None:
+        rewards, excess = self.rewards[copy], np.array(self.excess[copy])
+        to_go, returns = 0.0, np.zeros(len(rewards))
+        for t in reversed(range(len(rewards))):
+            to_go = rewards[t] + self.discount * to_go
+            returns[t] = to_go
+        self.weighted += excess.T @ returns
+        self.excess_sum += excess.sum(axis=0)
+        self.returns_sum, self.steps = self.returns_sum + float(returns.sum()), self.steps + len(returns)
+        self.excess[copy], self.rewards[copy] = [], []
+
+    def scores(self) -> dict[str, float]:
+        """The round's estimate per member (the last one, if no episode finished since)."""
+        if self.steps:
+            centred = (self.weighted - self.returns_sum / self.steps * self.excess_sum) / self.steps
+            self.latest = dict(zip(self.model_ids, map(float, centred)))
+            self.weighted[:], self.excess_sum[:], self.returns_sum, self.steps = 0.0, 0.0, 0.0, 0
+        return dict(self.latest)
+
+    def forget(self, model_ids: Iterable[str]) -> None:
+        for model_id in model_ids:
+            self.latest.pop(model_id, None)
+
+
+FITNESSES: dict[str, type[Fitness]] = {kind.name: kind for kind in (LeadReturn, Contribution, ReturnCredit,
+                                                                       AdvantageCredit)}
 
 
 def make_fitness(name: str) -> Fitness:

@@ -182,9 +182,10 @@ class SwarmSettings(RuntimeSettings):
     correction: str = setting("SWARM_CORRECTION", "vtrace", choice("none", "vtrace"),
                               "how a member learns from actions it did not choose: as if it had (the tutorial's), "
                               "or weighted by its truncated probability ratio to the behaviour (V-trace)")
-    fitness: str = setting("SWARM_FITNESS", "lead", choice("lead", "contribution", "return"),
+    fitness: str = setting("SWARM_FITNESS", "lead", choice("lead", "contribution", "return", "advantage"),
                            "the evolution's fitness: the returns of the episodes a member led (needs "
-                           "SWARM_TRAINING_ACTIONS=leader), the tutorial's contribution, or credit for returns")
+                           "SWARM_TRAINING_ACTIONS=leader), the tutorial's contribution, credit for returns, or "
+                           "each member's importance-weighted advantage over the swarm on the round's steps")
     operators: str = setting("SWARM_OPERATORS", "pbt", choice("pbt", "genetic"),
                              "the evolution: the worst quarter copy the best quarter and perturb its "
                              "hyperparameters (population-based training), or the tutorial's genetic algorithm")

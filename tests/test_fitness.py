@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from swarm_rl.fitness import (FITNESSES, Contribution, Fitness, LeadReturn, Outcome, ReturnCredit,
+from swarm_rl.fitness import (FITNESSES, AdvantageCredit, Contribution, Fitness, LeadReturn, Outcome, ReturnCredit,
                               fitness_rank_correlation, fitness_spread, make_fitness)
 from swarm_rl.settings import SwarmSettings
 
@@ -122,6 +122,44 @@ def test_return_credit_cuts_off_episodes_at_a_new_run():
     assert fitness.excess is None
     fitness.observe(IDS, shares(0.6, 0.4), outcome(done=True))  # an echo at a run's first step closes nothing
     assert fitness.scores() == {} and not fitness.finished
+
+
+# --------------------------------------------------------------------------- advantage
+def test_advantage_weighs_each_step_by_its_return_to_go_centred_on_the_rounds_mean():
+    fitness = AdvantageCredit(discount=0.5)
+    steps = [shares(0.75, 0.25), shares(0.25, 0.75), shares(0.5, 0.5)]  # a: excess +0.5, -0.5, 0
+    fitness.observe(IDS, steps[0], None)
+    for pushed in steps[1:]:
+        fitness.observe(IDS, pushed, outcome(reward=1.0))
+    fitness.observe(IDS, shares(0.5, 0.5), outcome(reward=1.0, done=True))  # closes the 3-step episode
+    # returns to go 1.75, 1.5, 1: a's excess sums to 0, so the centring takes nothing away
+    scores = fitness.scores()
+    assert scores["a"] == pytest.approx((0.5 * 1.75 - 0.5 * 1.5) / 3) and scores["b"] == pytest.approx(-scores["a"])
+
+
+def test_advantage_scores_every_member_afresh_each_round_and_keeps_the_last():
+    fitness = AdvantageCredit()
+    fitness.observe(IDS, shares(0.9, 0.1), None)  # a pushed for the first action, the one most followed
+    fitness.observe(IDS, shares(0.5, 0.5), outcome())
+    fitness.observe(IDS, shares(0.5, 0.5), outcome())
+    assert fitness.scores() == {}, "no episode has finished"
+    fitness.observe(IDS, shares(0.5, 0.5), outcome(done=True))
+    first = fitness.scores()
+    assert first["a"] > 0 and first["b"] == pytest.approx(-first["a"])
+    assert fitness.scores() == first, "no step since: the last round's scores stay"
+    fitness.forget(["a"])
+    assert fitness.scores() == {"b": first["b"]}
+
+
+def test_equal_members_score_alike_and_cut_off_episodes_count_for_no_one():
+    fitness = AdvantageCredit()
+    fitness.observe(IDS, shares(0.9, 0.1), None)
+    fitness.observe(IDS, shares(0.9, 0.1), outcome())
+    fitness.start_run()  # the episode in progress is cut off
+    fitness.observe(IDS, shares(0.5, 0.5), outcome(done=True))  # an echo at a run's first step closes nothing
+    assert fitness.scores() == {}
+    fitness.observe(IDS, shares(0.5, 0.5), outcome(reward=5.0, done=True))
+    assert fitness.scores() == {"a": 0.0, "b": 0.0}
 
 
 # --------------------------------------------------------------------------- every strategy
