@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from swarm_rl.checks import BadMessage
-from swarm_rl.fitness import Contribution, LeadReturn, Outcome, ReturnCredit
+from swarm_rl.fitness import AdvantageCredit, Contribution, LeadReturn, Outcome, ReturnCredit
 from swarm_rl.protocol import (ACTION, BEHAVIOUR, CMD, COMPONENT, COMPONENT_ID, CONTRIBUTION, DETERMINISTIC, DONE, ERROR,
                                GET, LOGITS, MISSING, PONG, REWARD, ROOT_ID, SET, STATUS, WEIGHTS)
 from swarm_rl.settings import SwarmSettings
@@ -314,6 +314,18 @@ def test_each_episode_follows_its_leader_and_its_return_is_the_leaders_fitness()
     assert state.fitness.scores() == {leader_of[first[0]]: 3.0, leader_of[second[0]]: 7.0}
 
 
+def test_the_advantage_fitness_credits_the_member_whose_actions_were_followed_by_more():
+    state = new_state(2, fitness="advantage", training_actions="leader")
+    taken = [lead_step(state)]
+    taken += [lead_step(state, done=False) for _ in range(2)]
+    taken.append(lead_step(state, done=True))  # the first leader's episode: 3 steps
+    taken += [lead_step(state, done=False) for _ in range(6)]
+    lead_step(state, done=True)  # the second's: 7 steps
+    longer = {0: "a", 1: "b"}[taken[3]]
+    scores = state.fitness.scores()
+    assert scores[longer] > 0 > scores[{"a": "b", "b": "a"}[longer]], scores
+
+
 def test_evaluations_use_the_summed_probabilities_and_credit_no_one():
     state = lead_state()
     for _ in range(3):
@@ -353,6 +365,7 @@ def test_the_settings_pick_the_training_actions_and_the_fitness():
     assert isinstance(tutorial.training_actions, aggregation.SummedActions)
     assert isinstance(tutorial.fitness, Contribution)
     assert isinstance(aggregation.new_state(SwarmSettings(fitness="return")).fitness, ReturnCredit)
+    assert isinstance(aggregation.new_state(SwarmSettings(fitness="advantage")).fitness, AdvantageCredit)
 
 
 def test_leadership_goes_round_the_members_and_a_finished_episode_passes_it_on():
