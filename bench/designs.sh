@@ -20,3 +20,5 @@ run all --set SWARM_EVOLVED=all
 run leader-envs4 --set SWARM_ENVS=4
 run vtrace-greedy-envs4 --set SWARM_CORRECTION=vtrace --set SWARM_TRAINING_ACTIONS=greedy-leader --set SWARM_ENVS=4
 run vtrace-all-envs4 --set SWARM_CORRECTION=vtrace --set SWARM_EVOLVED=all --set SWARM_ENVS=4
+# The defaults since (4 copies, V-trace, PBT over all) with the advantage fitness
+run advantage --set SWARM_CORRECTION=vtrace --set SWARM_EVOLVED=all --set SWARM_ENVS=4 --set SWARM_FITNESS=advantage

@@ -83,8 +83,9 @@ def main() -> None:
     parser.add_argument("--rule-episodes", type=int, default=10, help="deterministic episodes per rule per round")
     parser.add_argument("--set", action="append", default=[], metavar="SWARM_NAME=VALUE", help="a setting for the swarm")
     parser.add_argument("--out", type=Path, help="where members.json and members.png go")
-    parser.add_argument("--plot-rho", type=Path, nargs="+", metavar="DIR",
-                        help="run nothing: plot the correlation per round of these runs' members.json as OUT/rho.png")
+    parser.add_argument("--plot-rho", type=Path, nargs="+", metavar="RUN",
+                        help="run nothing: plot the correlation per round of these runs (a members.json, or the "
+                             "folder that holds it) as OUT/rho.png")
     args = parser.parse_args()
     if args.plot_rho:
         plot_rho(args.plot_rho, (args.out or Path(".")) / "rho.png")
@@ -166,7 +167,8 @@ def plot(rows: list[dict[str, Any]], threshold: float, path: Path, seed: int) ->
 
 
 def plot_rho(folders: list[Path], path: Path) -> None:
-    """Spearman's rho between fitness and own return, per round, one line per run (by its settings)."""
+    """Spearman's rho between fitness and own return, per round, one line per run (a members.json
+    or its folder), coloured by its settings."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -174,7 +176,7 @@ def plot_rho(folders: list[Path], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(8, 4))
     colors: dict[str, str] = {}
     for folder in folders:
-        run = json.loads((folder / "members.json").read_text())
+        run = json.loads((folder / "members.json" if folder.is_dir() else folder).read_text())
         label = " ".join(run["settings"]) or "no --set (the defaults when it ran)"
         color = colors.setdefault(label, f"C{len(colors)}")
         rows = [row for row in run["rows"] if row["rho"] is not None]

@@ -87,3 +87,15 @@ def test_the_members_bench_ranks_the_fitness_against_each_members_own_return(tmp
     assert -1 <= summary["median_rho"] <= 1
     rows = json.loads((tmp_path / "members.json").read_text())["rows"]
     assert [row["round"] for row in rows] == [1, 2, 3] and all(len(row["own"]) == 4 for row in rows)
+
+
+def test_the_members_bench_plots_the_correlation_of_runs_given_as_files_or_folders(tmp_path):
+    rows = [dict(steps=steps, rho=rho) for steps, rho in ((100, 0.1), (200, None), (300, 0.5))]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "members.json").write_text(json.dumps(dict(settings=[], rows=rows)))
+    (tmp_path / "other.json").write_text(json.dumps(dict(settings=["SWARM_FITNESS=advantage"], rows=rows)))
+    result = subprocess.run([sys.executable, "bench/members.py", "--plot-rho", str(tmp_path / "run"),
+                             str(tmp_path / "other.json"), "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "rho.png").read_bytes().startswith(b"\x89PNG")
