@@ -113,11 +113,12 @@ class TrainingActions(Protocol):
         """Per copy, the member whose episode in progress the fitness may credit to it (None for a
         copy whose episode no one's alone); None: no one leads."""
 
-    def choose(self, probs: np.ndarray, rng: np.random.Generator,
-               dones: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def choose(self, probs: np.ndarray, rng: np.random.Generator, dones: np.ndarray | None,
+               fitness: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One action per copy from `probs`, (models, envs, actions), and the probability each had
         where it was drawn (the behaviour the members' updates correct for); `dones`: which
-        copies' episodes ended with the previous step (None at a run's first step)."""
+        copies' episodes ended with the previous step (None at a run's first step); `fitness`:
+        each member's last fitness (NaN: none yet)."""
 
 
 class SummedActions:
@@ -129,8 +130,8 @@ class SummedActions:
     def leaders(self, model_ids: list[str]) -> list[str | None] | None:
         return None
 
-    def choose(self, probs: np.ndarray, rng: np.random.Generator,
-               dones: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def choose(self, probs: np.ndarray, rng: np.random.Generator, dones: np.ndarray | None,
+               fitness: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         summed = probs.sum(axis=0)  # (envs, actions)
         summed = summed / summed.sum(axis=-1, keepdims=True)
         actions = sample(summed, rng)
@@ -150,11 +151,18 @@ class LeaderActions:
     leading: list[int] | None = None  # per copy: the index of the member leading its episode
     turn: int = 0  # the member that led last
     greedy_every_other: bool = False  # the leaders of copies 1, 3, 5, ... act greedily
+    tournament: bool = False  # the fitter of two members drawn at random leads
 
     def greedy(self, envs: int) -> np.ndarray:
         return (np.arange(envs) % 2 == 1) & self.greedy_every_other
 
-    def next_leader(self, members: int) -> int:
+    def next_leader(self, members: int, rng: np.random.Generator, fitness: np.ndarray) -> int:
+        """The next member in turn; in a tournament, the fitter of two drawn at random (a member
+        without a fitness loses to one with), once at least two members have one."""
+        if self.tournament and np.isfinite(fitness).sum() >= 2:
+            first, second = rng.choice(members, size=2, replace=False)
+            ranked = np.nan_to_num(fitness[[first, second]], nan=-np.inf)
+            return int(second if ranked[1] > ranked[0] else first)
         self.turn = (self.turn + 1) % members
         return self.turn
 
@@ -168,15 +176,15 @@ class LeaderActions:
         return [model_ids[index % len(model_ids)] if counts else None
                 for index, counts in zip(self.leading, credited)]
 
-    def choose(self, probs: np.ndarray, rng: np.random.Generator,
-               dones: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def choose(self, probs: np.ndarray, rng: np.random.Generator, dones: np.ndarray | None,
+               fitness: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A run's first step gives every copy a leader, a finished episode's copy the next member."""
         members, envs = probs.shape[:2]
         if self.leading is None:
-            self.leading = [self.next_leader(members) for _ in range(envs)]
+            self.leading = [self.next_leader(members, rng, fitness) for _ in range(envs)]
         elif dones is not None:
             for copy in np.flatnonzero(dones):
-                self.leading[copy] = self.next_leader(members)
+                self.leading[copy] = self.next_leader(members, rng, fitness)
         led = probs[np.array(self.leading) % members, np.arange(envs)]  # (envs, actions)
         actions = sample(led, rng)
         behaviour = led[np.arange(envs), actions]
@@ -192,8 +200,16 @@ def greedy_leaders() -> LeaderActions:
     return LeaderActions(greedy_every_other=True)
 
 
+def tournament_leaders() -> LeaderActions:
+    """SWARM_TRAINING_ACTIONS=tournament-leader: led as `leader`, but each episode's leader is the
+    fitter of two members drawn at random (a binary tournament on the last fitness handed to the
+    evolution): the better members act more often, and everyone learns from their steps."""
+    return LeaderActions(tournament=True)
+
+
 TRAINING_ACTIONS: dict[str, Callable[[], TrainingActions]] = {
-    "summed": SummedActions, "leader": LeaderActions, "greedy-leader": greedy_leaders}
+    "summed": SummedActions, "leader": LeaderActions, "greedy-leader": greedy_leaders,
+    "tournament-leader": tournament_leaders}
 
 
 @dataclass
@@ -247,7 +263,10 @@ def aggregate(msg: dict[str, Any], state: AggregationState) -> dict[str, Any] | 
         return {ACTION: decide(all_logits, state.vote).tolist()}
     model_ids, probs = list(by_model), softmax(all_logits)
     outcome = None if echoed is None else Outcome(*echoed, leaders=state.training_actions.leaders(model_ids))
-    actions, behaviour = state.training_actions.choose(probs, state.rng, None if outcome is None else outcome.dones)
+    ranking = state.fitness.ranking()
+    fitness = np.array([ranking.get(model_id, np.nan) for model_id in model_ids])
+    actions, behaviour = state.training_actions.choose(probs, state.rng, None if outcome is None else outcome.dones,
+                                                       fitness)
     state.fitness.observe(model_ids, shares_of(probs, actions), outcome)
     return {ACTION: actions.tolist(), BEHAVIOUR: behaviour.tolist() if state.envs > 1 else float(behaviour[0])}
 

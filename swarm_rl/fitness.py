@@ -47,19 +47,29 @@ class Fitness(ABC):
     def forget(self, model_ids: Iterable[str]) -> None:  # noqa: B027 (optional, as start_run)
         """These members have new weights: what they earned before is not theirs any more."""
 
+    def ranking(self) -> dict[str, float]:
+        """The fitness of the last hand-over, read without handing anything over (the members'
+        weights replaced since left out); empty before the first."""
+        return {}
+
 
 @dataclass
 class Tally(Fitness):
     """A fitness earned step by step and handed over whole: the next round starts from zero."""
     earned: dict[str, float] = field(default_factory=dict)
+    handed: dict[str, float] = field(default_factory=dict)  # the last hand-over
 
     def scores(self) -> dict[str, float]:
-        handed, self.earned = self.earned, {}
-        return handed
+        self.handed, self.earned = self.earned, {}
+        return dict(self.handed)
 
     def forget(self, model_ids: Iterable[str]) -> None:
         for model_id in model_ids:
             self.earned.pop(model_id, None)
+            self.handed.pop(model_id, None)
+
+    def ranking(self) -> dict[str, float]:
+        return dict(self.handed)
 
 
 @dataclass
@@ -150,6 +160,9 @@ class LeadReturn(Fitness):
         for model_id in model_ids:
             self.led.pop(model_id, None)
 
+    def ranking(self) -> dict[str, float]:
+        return self.scores()
+
 
 @dataclass
 class AdvantageCredit(Fitness):
@@ -213,6 +226,9 @@ class AdvantageCredit(Fitness):
     def forget(self, model_ids: Iterable[str]) -> None:
         for model_id in model_ids:
             self.latest.pop(model_id, None)
+
+    def ranking(self) -> dict[str, float]:
+        return dict(self.latest)
 
 
 FITNESSES: dict[str, type[Fitness]] = {kind.name: kind for kind in (LeadReturn, Contribution, ReturnCredit,

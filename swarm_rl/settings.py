@@ -174,11 +174,13 @@ class SwarmSettings(RuntimeSettings):
                                  "training budget in wall-clock seconds from the first round (0: none; "
                                  f"{budgets_shown(1)})")
     evolution: bool = setting("SWARM_EVOLUTION", True, switch(), "evolve the population after every round")
-    training_actions: str = setting("SWARM_TRAINING_ACTIONS", "leader", choice("summed", "leader", "greedy-leader"),
+    training_actions: str = setting("SWARM_TRAINING_ACTIONS", "leader",
+                                    choice("summed", "leader", "greedy-leader", "tournament-leader"),
                                     "how training actions are chosen: sampled from the members' summed probabilities "
                                     "(the tutorial's), or each episode of each copy led by one member in turn, "
                                     "whose own sampled actions it takes (greedy-leader: in every other copy its "
-                                    "most probable ones, and only those episodes earn fitness)")
+                                    "most probable ones, and only those episodes earn fitness; tournament-leader: "
+                                    "the fitter of two members drawn at random leads)")
     correction: str = setting("SWARM_CORRECTION", "vtrace", choice("none", "vtrace"),
                               "how a member learns from actions it did not choose: as if it had (the tutorial's), "
                               "or weighted by its truncated probability ratio to the behaviour (V-trace)")
@@ -230,6 +232,9 @@ class SwarmSettings(RuntimeSettings):
         if self.fitness == "lead" and self.training_actions == "summed":
             problems.append(f"SWARM_FITNESS=lead is not allowed with SWARM_TRAINING_ACTIONS={self.training_actions}: "
                             "it ranks members on the episodes they led (SWARM_TRAINING_ACTIONS=leader)")
+        if self.training_actions == "tournament-leader" and self.fitness == "lead":
+            problems.append("SWARM_TRAINING_ACTIONS=tournament-leader is not allowed with SWARM_FITNESS=lead: a "
+                            "member that loses its tournaments would never lead, and so never earn a fitness")
         if self.training_actions == "greedy-leader" and self.envs < 2:
             problems.append(f"SWARM_TRAINING_ACTIONS=greedy-leader is not allowed with SWARM_ENVS={self.envs}: "
                             "every other copy is led greedily, so it needs at least 2")

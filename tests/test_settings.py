@@ -41,6 +41,9 @@ SHELL_CASES = [
     ({"SWARM_ENV_ID": "NoSuchGame-v0"}, "SWARM_ENV_ID='NoSuchGame-v0'", "gymnasium cannot make it"),
     ({"SWARM_FITNESS": "lead", "SWARM_TRAINING_ACTIONS": "summed"}, "SWARM_FITNESS=lead is not allowed",
      "SWARM_TRAINING_ACTIONS=leader"),
+    ({"SWARM_TRAINING_ACTIONS": "tournament-leader", "SWARM_FITNESS": "lead"},
+     "SWARM_TRAINING_ACTIONS=tournament-leader is not allowed",
+     "never earn a fitness"),
 ]
 
 
