@@ -22,3 +22,5 @@ run vtrace-greedy-envs4 --set SWARM_CORRECTION=vtrace --set SWARM_TRAINING_ACTIO
 run vtrace-all-envs4 --set SWARM_CORRECTION=vtrace --set SWARM_EVOLVED=all --set SWARM_ENVS=4
 # The defaults since (4 copies, V-trace, PBT over all) with the advantage fitness
 run advantage --set SWARM_CORRECTION=vtrace --set SWARM_EVOLVED=all --set SWARM_ENVS=4 --set SWARM_FITNESS=advantage
+run tournament --set SWARM_CORRECTION=vtrace --set SWARM_EVOLVED=all --set SWARM_ENVS=4 --set SWARM_FITNESS=advantage \
+    --set SWARM_TRAINING_ACTIONS=tournament-leader
