@@ -24,3 +24,4 @@ run vtrace-all-envs4 --set SWARM_CORRECTION=vtrace --set SWARM_EVOLVED=all --set
 run advantage --set SWARM_CORRECTION=vtrace --set SWARM_EVOLVED=all --set SWARM_ENVS=4 --set SWARM_FITNESS=advantage
 run tournament --set SWARM_CORRECTION=vtrace --set SWARM_EVOLVED=all --set SWARM_ENVS=4 --set SWARM_FITNESS=advantage \
     --set SWARM_TRAINING_ACTIONS=tournament-leader
+run models5 --set SWARM_CORRECTION=vtrace --set SWARM_EVOLVED=all --set SWARM_ENVS=4 --set SWARM_MODELS=5
