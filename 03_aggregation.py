@@ -114,11 +114,11 @@ class TrainingActions(Protocol):
         copy whose episode no one's alone); None: no one leads."""
 
     def choose(self, probs: np.ndarray, rng: np.random.Generator, dones: np.ndarray | None,
-               fitness: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               fitness: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """One action per copy from `probs`, (models, envs, actions), and the probability each had
         where it was drawn (the behaviour the members' updates correct for); `dones`: which
-        copies' episodes ended with the previous step (None at a run's first step); `fitness`:
-        each member's last fitness (NaN: none yet)."""
+        copies' episodes ended with the previous step (None at a run's first step); `fitness()`:
+        each member's last fitness (NaN: none yet), read only where it is needed."""
 
 
 class SummedActions:
@@ -131,7 +131,7 @@ class SummedActions:
         return None
 
     def choose(self, probs: np.ndarray, rng: np.random.Generator, dones: np.ndarray | None,
-               fitness: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               fitness: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         summed = probs.sum(axis=0)  # (envs, actions)
         summed = summed / summed.sum(axis=-1, keepdims=True)
         actions = sample(summed, rng)
@@ -156,12 +156,12 @@ class LeaderActions:
     def greedy(self, envs: int) -> np.ndarray:
         return (np.arange(envs) % 2 == 1) & self.greedy_every_other
 
-    def next_leader(self, members: int, rng: np.random.Generator, fitness: np.ndarray) -> int:
+    def next_leader(self, members: int, rng: np.random.Generator, fitness: Callable[[], np.ndarray]) -> int:
         """The next member in turn; in a tournament, the fitter of two drawn at random (a member
         without a fitness loses to one with), once at least two members have one."""
-        if self.tournament and np.isfinite(fitness).sum() >= 2:
+        if self.tournament and np.isfinite(known := fitness()).sum() >= 2:
             first, second = rng.choice(members, size=2, replace=False)
-            ranked = np.nan_to_num(fitness[[first, second]], nan=-np.inf)
+            ranked = np.nan_to_num(known[[first, second]], nan=-np.inf)
             return int(second if ranked[1] > ranked[0] else first)
         self.turn = (self.turn + 1) % members
         return self.turn
@@ -177,7 +177,7 @@ class LeaderActions:
                 for index, counts in zip(self.leading, credited)]
 
     def choose(self, probs: np.ndarray, rng: np.random.Generator, dones: np.ndarray | None,
-               fitness: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               fitness: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """A run's first step gives every copy a leader, a finished episode's copy the next member."""
         members, envs = probs.shape[:2]
         if self.leading is None:
@@ -263,8 +263,10 @@ def aggregate(msg: dict[str, Any], state: AggregationState) -> dict[str, Any] | 
         return {ACTION: decide(all_logits, state.vote).tolist()}
     model_ids, probs = list(by_model), softmax(all_logits)
     outcome = None if echoed is None else Outcome(*echoed, leaders=state.training_actions.leaders(model_ids))
-    ranking = state.fitness.ranking()
-    fitness = np.array([ranking.get(model_id, np.nan) for model_id in model_ids])
+    def fitness() -> np.ndarray:
+        ranking = state.fitness.ranking()
+        return np.array([ranking.get(model_id, np.nan) for model_id in model_ids])
+
     actions, behaviour = state.training_actions.choose(probs, state.rng, None if outcome is None else outcome.dones,
                                                        fitness)
     state.fitness.observe(model_ids, shares_of(probs, actions), outcome)

@@ -373,7 +373,9 @@ def test_leadership_goes_round_the_members_and_a_finished_episode_passes_it_on()
     probs = np.array([[[1.0, 0.0]] * 2, [[0.0, 1.0]] * 2, [[1.0, 0.0]] * 2])  # members 0 and 2 take action 0
     rng = np.random.default_rng(0)
     assert actions.leaders(["a", "b", "c"]) is None, "no one leads before a run's first step"
-    unranked = np.full(3, np.nan)
+    def unranked():
+        raise AssertionError("leaders in turn never read the fitness")
+
     chosen, behaviour = actions.choose(probs, rng, None, unranked)
     assert chosen.tolist() == [1, 0] and behaviour.tolist() == [1.0, 1.0]  # copies 0 and 1: members 1 and 2
     assert actions.leaders(["a", "b", "c"]) == ["b", "c"]
@@ -388,11 +390,11 @@ def test_a_tournament_leads_with_the_fitter_of_two_and_takes_turns_until_two_are
     actions = aggregation.TRAINING_ACTIONS["tournament-leader"]()
     probs = np.full((4, 2, 2), 0.5)  # (members, copies, actions)
     rng = np.random.default_rng(0)
-    actions.choose(probs, rng, None, np.array([np.nan, np.nan, np.nan, 5.0]))
+    actions.choose(probs, rng, None, lambda: np.array([np.nan, np.nan, np.nan, 5.0]))
     assert actions.leading == [1, 2], "one member ranked: leaders in turn"
     led = []
     for _ in range(400):
-        actions.choose(probs, rng, np.array([True, True]), np.array([3.0, 1.0, np.nan, 2.0]))
+        actions.choose(probs, rng, np.array([True, True]), lambda: np.array([3.0, 1.0, np.nan, 2.0]))
         led += actions.leading
     counts = np.bincount(led, minlength=4) / len(led)
     assert counts[2] == 0, "a member without a fitness loses every tournament"
@@ -406,7 +408,7 @@ def test_greedy_leaders_act_greedily_in_every_other_copy_and_only_those_earn_fit
     greedy_actions = set()
     for seed in range(20):
         actions.start_run()
-        chosen, behaviour = actions.choose(probs, np.random.default_rng(seed), None, np.full(2, np.nan))
+        chosen, behaviour = actions.choose(probs, np.random.default_rng(seed), None, lambda: np.full(2, np.nan))
         leaders = [int(i) % 2 for i in actions.leading]
         for copy in (1, 3):
             greedy_actions.add(chosen[copy])
