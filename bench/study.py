@@ -41,6 +41,7 @@ runs finished so far and plays nothing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -270,6 +271,34 @@ def median_ratio(results: list[dict], budget: int, a: str = "swarm", b: str = "s
                 ci95=[float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))])
 
 
+def evaluations_along_the_way(results: list[dict], budget: int, windows: int = 5) -> dict[str, list[float | None]]:
+    """Per arm, for each fifth of the budget: the median over runs of a run's mean evaluation in
+    it (None where no run evaluated: runs that solved stop evaluating)."""
+    edges = np.linspace(0, budget, windows + 1)
+    medians: dict[str, list[float | None]] = {}
+    for arm in dict.fromkeys(r["arm"] for r in results):
+        per_window: list[list[float]] = [[] for _ in range(windows)]
+        for r in (r for r in results if r["arm"] == arm and r["curve"]):
+            steps, scores = np.array(r["curve"], dtype=float).T
+            for i, (low, high) in enumerate(itertools.pairwise(edges)):
+                if (inside := (steps > low) & (steps <= high)).any():
+                    per_window[i].append(float(scores[inside].mean()))
+        medians[arm] = [float(np.median(w)) if w else None for w in per_window]
+    return medians
+
+
+def along_the_way_table(results: list[dict], budget: int) -> list[str]:
+    medians = evaluations_along_the_way(results, budget)
+    edges = np.linspace(0, budget, len(next(iter(medians.values()), [])) + 1)
+    lines = ["Evaluations along the way: per arm, the median over runs of each run's mean evaluation in each "
+             "part of the budget (runs that solved stop evaluating; -: none left)", "",
+             "| arm | " + " | ".join(f"{low:,.0f}-{high:,.0f}" for low, high in itertools.pairwise(edges)) + " |",
+             "| --- |" + " ---: |" * (len(edges) - 1)]
+    for arm, values in medians.items():
+        lines.append(f"| {arm} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in values) + " |")
+    return lines
+
+
 def table(results: list[dict], summary: dict, p: float | None, ratio: dict | None = None) -> list[str]:
     lines = ["| arm | runs | solved | median steps [IQR] | median wall s [IQR] | median fitness spread | setup |",
              "| --- | ---: | ---: | --- | --- | ---: | --- |"]
@@ -414,7 +443,7 @@ def main() -> None:
     both = {"swarm", "swarm-no-evolution"} <= set(args.arms)
     p = p_value(results, args.max_steps) if both else None
     ratio = median_ratio(results, args.max_steps) if both else None
-    lines = table(results, summary, p, ratio)
+    lines = [*table(results, summary, p, ratio), "", *along_the_way_table(results, args.max_steps)]
     print("\n" + "\n".join(lines))
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     (args.out / "study.json").write_text(json.dumps(dict(command=command, machine=machine, env_id=args.env_id,

@@ -177,3 +177,14 @@ def test_a_ray_address_where_no_cluster_answers_is_a_clear_error(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
     assert "--ray 127.0.0.1:1: no Ray cluster answered" in result.stderr
+
+
+def test_evaluations_along_the_way_are_each_runs_mean_per_part_of_the_budget_then_the_median():
+    runs = [dict(arm="a", curve=[[100, 10.0], [200, 20.0], [300, 30.0], [900, 90.0]]),
+            dict(arm="a", curve=[[100, 0.0], [250, 40.0]]),  # solved at 250: nothing later
+            dict(arm="b", curve=[])]
+    medians = study.evaluations_along_the_way(runs, budget=1000, windows=2)
+    # first half: run one's mean (10+20+30)/3 = 20, run two's 20, median 20; second half: 90 alone.
+    assert medians == {"a": [20.0, 90.0], "b": [None, None]}
+    lines = study.along_the_way_table(runs, 1000)
+    assert "| a | 7.5 | 35.0 | - | - | 90.0 |" in lines and "| b | - | - | - | - | - |" in lines
