@@ -272,8 +272,8 @@ def median_ratio(results: list[dict], budget: int, a: str = "swarm", b: str = "s
 
 
 def evaluations_along_the_way(results: list[dict], budget: int, windows: int = 5) -> dict[str, list[float | None]]:
-    """Per arm, for each fifth of the budget: the median over runs of a run's mean evaluation in
-    it (None where no run evaluated: runs that solved stop evaluating)."""
+    """Per arm, for each of `windows` equal parts of the budget: the median over runs of a run's
+    mean evaluation in it (None where no run evaluated: runs that solved stop evaluating)."""
     edges = np.linspace(0, budget, windows + 1)
     medians: dict[str, list[float | None]] = {}
     for arm in dict.fromkeys(r["arm"] for r in results):
@@ -287,9 +287,9 @@ def evaluations_along_the_way(results: list[dict], budget: int, windows: int = 5
     return medians
 
 
-def along_the_way_table(results: list[dict], budget: int) -> list[str]:
-    medians = evaluations_along_the_way(results, budget)
-    edges = np.linspace(0, budget, len(next(iter(medians.values()), [])) + 1)
+def along_the_way_table(results: list[dict], budget: int, windows: int = 5) -> list[str]:
+    medians = evaluations_along_the_way(results, budget, windows)
+    edges = np.linspace(0, budget, windows + 1)
     lines = ["Evaluations along the way: per arm, the median over runs of each run's mean evaluation in each "
              "part of the budget (runs that solved stop evaluating; -: none left)", "",
              "| arm | " + " | ".join(f"{low:,.0f}-{high:,.0f}" for low, high in itertools.pairwise(edges)) + " |",
